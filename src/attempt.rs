@@ -1,0 +1,282 @@
+//! One claimed job → one child process → one recorded result. Runs on a pool thread; touches
+//! no database.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::db::jobs::{Claim, Finish, Outcome};
+use crate::exec::{self, template, ChildOutcome, ChildSpec, Status, StopSignal};
+use crate::models::{Backend, ModelConfig, Settings};
+use crate::text::{last_line, lossy, split_thinking};
+
+/// Everything an attempt needs, owned, so it can move to a pool thread.
+pub struct AttemptJob {
+    pub claim: Claim,
+    pub model: Arc<ModelConfig>,
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+    /// For grade jobs: the rubric the grader answers.
+    pub rubric: Option<Arc<crate::grading::Rubric>>,
+}
+
+/// The request the HTTP worker reads on stdin.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerRequest {
+    pub backend: Backend,
+    pub endpoint: String,
+    pub model: String,
+    pub prompt: String,
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The worker's own HTTP deadline, just under the model timeout.
+    pub timeout_s: f64,
+}
+
+/// The result the HTTP worker writes on stdout.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WorkerResponse {
+    pub outcome: String,
+    #[serde(default)]
+    pub http_status: Option<i64>,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    #[serde(default)]
+    pub raw_output: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub timings: Option<Value>,
+}
+
+pub fn execute(job: &AttemptJob, stop: &StopSignal) -> Finish {
+    let prompt = match prompt_for(job) {
+        Ok(p) => p,
+        Err(e) => return Finish::new(Outcome::Spawn, 0).error(format!("{e:#}")),
+    };
+    let spec = match spec_for(job, &prompt) {
+        Ok(s) => s,
+        Err(e) => return Finish::new(Outcome::Spawn, 0).error(format!("{e:#}")),
+    };
+    let child = exec::run(&spec, stop);
+    let mut finish = match job.model.backend {
+        Backend::Command => from_command(job, child),
+        Backend::Ollama | Backend::Openai => from_worker(job, child),
+    };
+    if finish.outcome == Outcome::Ok {
+        if let Some(rubric) = &job.rubric {
+            crate::grading::judge(rubric, &mut finish);
+        }
+    }
+    finish
+}
+
+fn prompt_for(job: &AttemptJob) -> anyhow::Result<String> {
+    match &job.rubric {
+        Some(rubric) => crate::grading::grade_prompt(rubric, &job.claim),
+        None => Ok(job.claim.prompt.clone()),
+    }
+}
+
+fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
+    let c = &job.claim;
+    let env = vec![
+        ("LLMBATCH_JOB_ID".to_string(), c.job_id.to_string()),
+        ("LLMBATCH_ATTEMPT".to_string(), c.number.to_string()),
+        ("LLMBATCH_MODEL".to_string(), c.model.clone()),
+        ("LLMBATCH_BATCH".to_string(), c.batch.clone()),
+        ("LLMBATCH_ITEM_ID".to_string(), c.item_id.clone()),
+    ];
+    let (argv, stdin) = match job.model.backend {
+        Backend::Command => {
+            let Some(tpl) = job.model.command.as_deref() else {
+                anyhow::bail!(
+                    "model {} has no command: set one with `llmbatch models set {} --command '…'`",
+                    c.model,
+                    c.model
+                );
+            };
+            let lookup = |name: &str| lookup(c, prompt, name);
+            let argv = template::command_argv(tpl, &lookup)
+                .map_err(|e| anyhow::anyhow!("command template of model {}: {e}", c.model))?;
+            (argv, prompt.as_bytes().to_vec())
+        }
+        backend => {
+            let exe = std::env::current_exe()?;
+            let request = WorkerRequest {
+                backend,
+                endpoint: c.endpoint.clone(),
+                model: c.model.clone(),
+                prompt: prompt.to_string(),
+                settings: job.model.settings.clone(),
+                api_key_env: job.model.api_key_env.clone(),
+                timeout_s: worker_deadline(job.timeout).as_secs_f64(),
+            };
+            let argv = vec![exe.to_string_lossy().into_owned(), "worker".to_string()];
+            (argv, serde_json::to_vec(&request)?)
+        }
+    };
+    Ok(ChildSpec {
+        argv,
+        stdin,
+        env,
+        timeout: job.timeout,
+        kill_grace: job.kill_grace,
+    })
+}
+
+/// The worker gives up just before the coordinator would kill it, so a slow server ends as a
+/// clean `timeout` with the worker's own message.
+fn worker_deadline(timeout: Duration) -> Duration {
+    let margin = (timeout / 20).clamp(Duration::from_millis(200), Duration::from_secs(2));
+    timeout.saturating_sub(margin).max(timeout / 2)
+}
+
+fn lookup(c: &Claim, prompt: &str, name: &str) -> Option<String> {
+    match name {
+        "model" => Some(c.model.clone()),
+        "prompt" => Some(prompt.to_string()),
+        "batch" => Some(c.batch.clone()),
+        "item_id" => Some(c.item_id.clone()),
+        "job_id" => Some(c.job_id.to_string()),
+        "attempt" => Some(c.number.to_string()),
+        _ => c.vars.get(name).map(template::value_text),
+    }
+}
+
+/// Outcome of a child that was not (or not only) the judge of its own result.
+fn killed_or_spawn(job: &AttemptJob, child: &ChildOutcome) -> Option<Finish> {
+    let ms = child.duration.as_millis() as i64;
+    let f = match &child.status {
+        Status::SpawnFailed(msg) => Finish::new(Outcome::Spawn, ms).error(msg.clone()),
+        Status::TimedOut => Finish::new(Outcome::Timeout, ms).error(format!(
+            "no answer within the {} timeout: killed",
+            crate::util::human_secs(job.timeout.as_secs_f64())
+        )),
+        Status::Interrupted => {
+            Finish::new(Outcome::Interrupted, ms).error("runner stopped by a signal")
+        }
+        _ => return None,
+    };
+    Some(f)
+}
+
+fn from_command(job: &AttemptJob, child: ChildOutcome) -> Finish {
+    let stderr = (!child.stderr_tail.is_empty()).then(|| lossy(&child.stderr_tail));
+    let mut f = killed_or_spawn(job, &child).unwrap_or_else(|| {
+        let ms = child.duration.as_millis() as i64;
+        match child.status {
+            Status::Exited(0) => answer(lossy(&child.stdout), ms),
+            Status::Exited(code) => {
+                let mut f = Finish::new(Outcome::Exit, ms).error(format!(
+                    "exited with code {code}{}",
+                    tail_note(stderr.as_deref())
+                ));
+                f.exit_code = Some(code as i64);
+                f
+            }
+            Status::Signaled(sig) => {
+                let mut f = Finish::new(Outcome::Crash, ms).error(format!(
+                    "killed by signal {}{}",
+                    signal_name(sig),
+                    tail_note(stderr.as_deref())
+                ));
+                f.signal = Some(sig as i64);
+                f
+            }
+            _ => unreachable!("handled by killed_or_spawn"),
+        }
+    });
+    if child.stdout_truncated {
+        f.error
+            .get_or_insert_with(|| format!("output truncated at {} bytes", exec::MAX_STDOUT));
+    }
+    f.stderr = stderr;
+    f
+}
+
+/// A finished answer: reasoning apart, `empty` when nothing is left of it.
+pub fn answer(raw: String, ms: i64) -> Finish {
+    let (text, reasoning) = split_thinking(&raw);
+    let mut f = if text.is_empty() {
+        let why = if reasoning.is_some() {
+            "no answer after the reasoning (thinking used up the budget?)"
+        } else {
+            "no output"
+        };
+        Finish::new(Outcome::Empty, ms).error(why)
+    } else {
+        Finish::new(Outcome::Ok, ms)
+    };
+    if reasoning.is_some() || text != raw {
+        f.raw_output = Some(raw);
+    }
+    f.output = Some(text);
+    f.reasoning = reasoning;
+    f
+}
+
+fn from_worker(job: &AttemptJob, child: ChildOutcome) -> Finish {
+    let stderr = (!child.stderr_tail.is_empty()).then(|| lossy(&child.stderr_tail));
+    let ms = child.duration.as_millis() as i64;
+    let mut f = killed_or_spawn(job, &child).unwrap_or_else(|| {
+        match serde_json::from_slice::<WorkerResponse>(&child.stdout) {
+            Ok(r) if matches!(child.status, Status::Exited(0)) => from_response(r, ms),
+            _ => Finish::new(Outcome::Crash, ms).error(format!(
+                "the HTTP worker failed ({:?}){}",
+                child.status,
+                tail_note(stderr.as_deref())
+            )),
+        }
+    });
+    f.stderr = stderr;
+    f
+}
+
+fn from_response(r: WorkerResponse, ms: i64) -> Finish {
+    let outcome = Outcome::ALL
+        .into_iter()
+        .find(|o| o.as_str() == r.outcome)
+        .unwrap_or(Outcome::Http);
+    let mut f = Finish::new(outcome, ms);
+    f.http_status = r.http_status;
+    f.output = r.output;
+    f.reasoning = r.reasoning;
+    f.raw_output = r.raw_output;
+    f.error = r.error;
+    f.timings = r.timings;
+    f
+}
+
+fn tail_note(stderr: Option<&str>) -> String {
+    stderr
+        .and_then(last_line)
+        .map(|l| format!(": {}", l.chars().take(300).collect::<String>()))
+        .unwrap_or_default()
+}
+
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("{sig}"),
+    };
+    format!("{sig} ({name})")
+}
+
+/// Variables as a JSON map, for callers that build one.
+pub type Vars = Map<String, Value>;

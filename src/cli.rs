@@ -1,0 +1,350 @@
+//! The command line: global flags and one subcommand per job. Parsing only; each command's
+//! file turns its arguments into work.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::db::jobs::Outcome;
+use crate::util::duration_arg;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    all requested work done
+  1    operational error (database, I/O, an endpoint unreachable past --unavailable-limit)
+  2    usage or bad input (bad flag, malformed input line, unknown job id, missing database)
+  3    some jobs ended failed
+  130  interrupted by SIGINT (jobs in flight went back to pending)
+  143  interrupted by SIGTERM (jobs in flight went back to pending)
+
+Environment: LLMBATCH_DB (database path), OLLAMA_HOST (default Ollama endpoint), RUST_LOG.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "llmbatch",
+    version,
+    about = "Run batches of LLM prompts against several models, from cron and shell pipelines",
+    long_about = "Run batches of LLM prompts against several models — Ollama, any OpenAI-compatible \
+server, or any command reading a prompt on stdin — with hard per-model timeouts, automatic \
+retries, crash recovery and every attempt on record in one SQLite file.",
+    after_help = EXIT_CODES,
+    after_long_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// The database file (the only state).
+    #[arg(
+        long,
+        global = true,
+        env = "LLMBATCH_DB",
+        default_value = "llmbatch.db"
+    )]
+    pub db: PathBuf,
+    /// More log output (-vv for debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr; no progress bars or summaries.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Also append log lines to this file.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Set or list per-model settings (backend, command or endpoints, timeout, concurrency).
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Read prompts (CSV or JSONL, file or stdin) × models into jobs; idempotent.
+    #[command(after_help = "Examples:
+  llmbatch enqueue --model qwen2.5:7b --model llama3.2 prompts.csv
+  llmbatch enqueue --model echo --template joke.txt --batch jokes topics.jsonl
+  cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -")]
+    Enqueue(EnqueueArgs),
+    /// Claim jobs and run each attempt as a killable child process with a hard timeout.
+    #[command(after_help = "Examples:
+  llmbatch run                          # everything pending, then exit
+  llmbatch run --model qwen2.5:7b --jobs 4
+  llmbatch run --max-runtime 9m         # a cron tick that never overlaps the next
+  llmbatch report jobs --state failed --format ids | llmbatch run --ids-file -
+
+Exit codes: 0 all done, 1 operational error, 2 bad input, 3 some jobs failed, 130/143 interrupted.")]
+    Run(RunArgs),
+    /// Return jobs whose runner died (lease expired, process gone) to the queue, or fail them.
+    #[command(after_help = "Example:\n  llmbatch reap --dry-run")]
+    Reap(ReapArgs),
+    /// Put failed or cancelled jobs back in the queue with a fresh attempt budget.
+    #[command(after_help = "Examples:
+  llmbatch resume --model qwen3:4b --outcome timeout
+  llmbatch report jobs --state failed --outcome timeout --format ids | llmbatch resume --ids-file -")]
+    Resume(ResumeArgs),
+    /// Queue grading jobs: grader models score each output against a rubric.
+    #[command(after_help = "Examples:
+  llmbatch grade --grader qwen2.5:7b --rubric joke
+  llmbatch grade --grader judge-a --grader judge-b --rubric fixtures/rubrics/summary.txt --batch news")]
+    Grade(GradeArgs),
+    /// Status, latency percentiles, failures by kind, timeout advice, grades, runners.
+    #[command(after_help = "Examples:
+  llmbatch report                       # status, latency and failures
+  llmbatch report latency --by batch,model --since 24h
+  llmbatch report timeouts throughput --format json
+  llmbatch report jobs --state failed --format ids")]
+    Report(ReportArgs),
+    /// Outputs and grades as JSONL, CSV or a GNU parallel joblog.
+    #[command(after_help = "Examples:
+  llmbatch export --batch jokes --with-grades > jokes.jsonl
+  llmbatch export --format joblog > joblog.tsv")]
+    Export(ExportArgs),
+    /// One HTTP call for an attempt: request JSON on stdin, result JSON on stdout (internal).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Create or change a model's settings (unset flags keep their current values).
+    #[command(after_help = "Examples:
+  llmbatch models set echo --backend command --command 'sh -c cat' --timeout 10
+  llmbatch models set qwen3:4b --timeout 600 --think false --option num_ctx=8192
+  llmbatch models set gpt --backend openai --endpoint https://api.example.com --api-key-env OPENAI_API_KEY
+  llmbatch models set llama3.1:70b --endpoint http://gpu1:11434 --endpoint http://gpu2:11434 --concurrency 2")]
+    Set(Box<ModelSetArgs>),
+    /// List configured models.
+    List(FormatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ModelSetArgs {
+    pub name: String,
+    #[arg(long, value_enum)]
+    pub backend: Option<crate::models::Backend>,
+    /// Command template: split like a shell would, but no shell runs; `{model}` and item
+    /// variables are filled per argument; the prompt goes to stdin.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub command: Option<String>,
+    /// Base URL of a server (repeat for several; the lane spreads work over them).
+    #[arg(long = "endpoint", value_name = "URL")]
+    pub endpoints: Vec<String>,
+    /// Seconds (or a duration like 10m) per attempt, or `auto` (2 × p99 of recent successes).
+    #[arg(long, value_name = "SECS|auto")]
+    pub timeout: Option<String>,
+    /// Attempts at once (per endpoint for HTTP models).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub concurrency: Option<i64>,
+    /// Attempt budget per job (retries included).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_attempts: Option<i64>,
+    /// Backend option KEY=VALUE (Ollama options such as num_ctx, temperature; OpenAI body fields).
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// Ollama keep_alive, e.g. 10m.
+    #[arg(long, value_name = "DUR")]
+    pub keep_alive: Option<String>,
+    /// Ollama think: true, false, or a level low|medium|high (sent explicitly when set).
+    #[arg(long, value_name = "true|false|low|medium|high")]
+    pub think: Option<String>,
+    /// System prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Ollama structured output: `json` or a JSON schema.
+    #[arg(long, value_name = "json|SCHEMA")]
+    pub format_output: Option<String>,
+    /// Name of the environment variable holding the API key (the key is never stored).
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EnqueueArgs {
+    /// Model to run each prompt on (repeat for several).
+    #[arg(long = "model", value_name = "M", required = true)]
+    pub models: Vec<String>,
+    /// Batch name (default: the input file's stem, `stdin` for -).
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Prompt template with {column} placeholders (default: the `prompt` field).
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// Input format (default: from the file extension; csv for stdin).
+    #[arg(long, value_enum)]
+    pub input_format: Option<InputFormat>,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// CSV or JSONL file, or - for stdin.
+    pub input: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ScopeArgs {
+    /// Only jobs of this batch.
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Only jobs of this model (repeatable).
+    #[arg(long = "model", value_name = "M")]
+    pub models: Vec<String>,
+    /// Only these job ids: one per line (# comments allowed) or CSV with the id first; - = stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub ids_file: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Attempts at once over all models (default: the sum of the models' concurrency).
+    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
+    /// Claim at most N jobs, then finish.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Lease on each running job, renewed by a heartbeat every third of it.
+    #[arg(long, value_parser = duration_arg, default_value = "30s", value_name = "DUR")]
+    pub lease: Duration,
+    /// Time between SIGTERM and SIGKILL when an attempt is killed.
+    #[arg(long, value_parser = duration_arg, default_value = "5s", value_name = "DUR")]
+    pub kill_grace: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    #[arg(long, value_parser = duration_arg, default_value = "2s", value_name = "DUR")]
+    pub retry_base: Duration,
+    /// Stop claiming after this long, let attempts in flight finish, exit 0.
+    #[arg(long, value_parser = duration_arg, value_name = "DUR")]
+    pub max_runtime: Option<Duration>,
+    /// Stop claiming after N failed attempts (or P% of attempts), finish, exit 3.
+    #[arg(long, value_name = "N|P%")]
+    pub max_failures: Option<String>,
+    /// Stop a model's lane when all its endpoints stay unreachable this long (jobs stay pending).
+    #[arg(long, value_parser = duration_arg, default_value = "2m", value_name = "DUR")]
+    pub unavailable_limit: Duration,
+    /// Keep polling for new work instead of exiting (for a daemon).
+    #[arg(long)]
+    pub watch: bool,
+    /// Polling interval with --watch.
+    #[arg(long, value_parser = duration_arg, default_value = "5s", value_name = "DUR")]
+    pub poll: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ReapArgs {
+    /// Only list what would be reaped.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Only jobs whose last attempt ended so.
+    #[arg(long, value_enum)]
+    pub outcome: Option<Outcome>,
+    /// Attempts granted to each job (default: a fresh budget, the model's max attempts).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub extra_attempts: Option<i64>,
+    /// Only say what would be resumed.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct GradeArgs {
+    /// Grader model (repeat for several).
+    #[arg(long = "grader", value_name = "M", required = true)]
+    pub graders: Vec<String>,
+    /// Rubric template file, or a built-in name (joke).
+    #[arg(long, default_value = "joke", value_name = "FILE|joke")]
+    pub rubric: String,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    Status,
+    Latency,
+    Failures,
+    Jobs,
+    Runners,
+    Timeouts,
+    Throughput,
+    Grades,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Sections to show (default: status latency failures).
+    #[arg(value_enum)]
+    pub sections: Vec<Section>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Only attempts that started within this window, e.g. 24h, 7d.
+    #[arg(long, value_parser = duration_arg, value_name = "DUR")]
+    pub since: Option<Duration>,
+    /// Group latency and failures by these, e.g. batch,model or endpoint.
+    #[arg(long, value_delimiter = ',', value_enum, value_name = "KEYS")]
+    pub by: Vec<GroupKey>,
+    /// `jobs`: only jobs in this state.
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    /// `jobs`: only jobs whose last attempt ended so.
+    #[arg(long, value_enum)]
+    pub outcome: Option<Outcome>,
+    /// `latency`: where the time went (load, prompt, generation, overhead), cold and warm apart.
+    #[arg(long)]
+    pub breakdown: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupKey {
+    Batch,
+    Model,
+    Endpoint,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: ExportFormat,
+    /// Include each output's grades.
+    #[arg(long)]
+    pub with_grades: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+    Joblog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    /// Only job ids, one per line (for job listings).
+    Ids,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct FormatArgs {
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}

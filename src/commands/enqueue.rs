@@ -1,0 +1,307 @@
+//! `enqueue`: prompts (CSV or JSONL, file or stdin) × models into jobs, in one transaction.
+//! Idempotent: a (batch, item, model) already queued is counted, not added again.
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::{json, Map, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use crate::cli::{EnqueueArgs, Format, InputFormat};
+use crate::exec::template;
+use crate::usage;
+use crate::util::now_ms;
+
+/// One input record: where it came from, its id and variables.
+struct Record {
+    line: u64,
+    id: String,
+    vars: Map<String, Value>,
+}
+
+#[derive(Default)]
+struct Counts {
+    items: u64,
+    new: u64,
+    existing: u64,
+}
+
+pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
+    let template = match &a.template {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            crate::error::UsageError(format!("cannot read template {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    let (name, reader) = open_input(&a.input)?;
+    let mut reader = BufReader::new(reader);
+    let format = match a.input_format {
+        Some(f) => f,
+        None => detect_format(&a.input, &mut reader)?,
+    };
+    let batch = a.batch.clone().unwrap_or_else(|| default_batch(&a.input));
+    if batch.trim().is_empty() {
+        usage!("the batch name is empty: pass --batch NAME");
+    }
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut counts = Counts::default();
+    {
+        let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
+        let mut each = |rec: Record| sink.add(rec, &mut counts);
+        match format {
+            InputFormat::Csv => read_csv(reader, &name, &mut each)?,
+            InputFormat::Jsonl => read_jsonl(reader, &name, &mut each)?,
+        }
+    }
+    tx.commit().context("cannot commit the enqueued jobs")?;
+
+    match a.format.format {
+        Format::Json => println!(
+            "{}",
+            json!({"batch": batch, "new": counts.new, "existing": counts.existing, "items": counts.items, "models": a.models})
+        ),
+        _ => println!(
+            "batch {batch}: {} new, {} already queued ({} items × {} models)",
+            counts.new,
+            counts.existing,
+            counts.items,
+            a.models.len()
+        ),
+    }
+    Ok(0)
+}
+
+fn open_input(input: &str) -> Result<(String, Box<dyn Read>)> {
+    if input == "-" {
+        return Ok(("stdin".into(), Box::new(std::io::stdin())));
+    }
+    let file = std::fs::File::open(input)
+        .map_err(|e| crate::error::UsageError(format!("cannot read {input}: {e}")))?;
+    Ok((input.to_string(), Box::new(file)))
+}
+
+/// By extension; for stdin or an unknown extension, by the first character (`{` = JSONL).
+fn detect_format(input: &str, reader: &mut BufReader<Box<dyn Read>>) -> Result<InputFormat> {
+    let ext = Path::new(input)
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("jsonl" | "ndjson" | "json") => return Ok(InputFormat::Jsonl),
+        Some("csv" | "tsv") => return Ok(InputFormat::Csv),
+        _ => {}
+    }
+    let head = reader.fill_buf()?;
+    let first = head.iter().find(|b| !b.is_ascii_whitespace());
+    Ok(if first == Some(&b'{') {
+        InputFormat::Jsonl
+    } else {
+        InputFormat::Csv
+    })
+}
+
+fn default_batch(input: &str) -> String {
+    if input == "-" {
+        return "stdin".into();
+    }
+    Path::new(input)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "default".into())
+}
+
+fn read_csv(
+    reader: impl Read,
+    name: &str,
+    each: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    let mut csv = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_reader(reader);
+    let headers: Vec<String> = csv
+        .headers()
+        .map_err(|e| crate::error::UsageError(format!("{name}: cannot read the CSV header: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    if headers.iter().all(|h| h.is_empty()) {
+        usage!("{name}: the CSV has no header row (expected columns such as id,prompt)");
+    }
+    if let Some(dup) = headers
+        .iter()
+        .enumerate()
+        .find(|(i, h)| headers[..*i].contains(h))
+    {
+        usage!("{name} line 1: column {:?} appears twice", dup.1);
+    }
+    let mut row = csv::StringRecord::new();
+    let mut number = 0u64;
+    loop {
+        let more = csv.read_record(&mut row).map_err(|e| {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            crate::error::UsageError(format!("{name} line {line}: {}", csv_problem(&e)))
+        })?;
+        if !more {
+            return Ok(());
+        }
+        number += 1;
+        let line = row.position().map(|p| p.line()).unwrap_or(number + 1);
+        let vars: Map<String, Value> = headers
+            .iter()
+            .zip(row.iter())
+            .map(|(h, v)| (h.clone(), Value::String(v.to_string())))
+            .collect();
+        let id = match vars.get("id").and_then(Value::as_str) {
+            Some(id) if !id.trim().is_empty() => id.trim().to_string(),
+            Some(_) => usage!("{name} line {line}: field `id` is empty"),
+            None => number.to_string(),
+        };
+        each(Record { line, id, vars })?;
+    }
+}
+
+fn csv_problem(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
+            format!("expected {expected_len} fields like the header, found {len}")
+        }
+        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn read_jsonl(
+    reader: impl BufRead,
+    name: &str,
+    each: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    let mut number = 0u64;
+    for (i, line) in reader.lines().enumerate() {
+        let line_no = i as u64 + 1;
+        let text =
+            line.map_err(|e| crate::error::UsageError(format!("{name} line {line_no}: {e}")))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        number += 1;
+        let vars = match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => usage!("{name} line {line_no}: expected a JSON object"),
+            Err(e) => usage!("{name} line {line_no}: invalid JSON: {e}"),
+        };
+        let id = match vars.get("id") {
+            None | Some(Value::Null) => number.to_string(),
+            Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => {
+                usage!("{name} line {line_no}: field `id` must be a string or number, not {other}")
+            }
+        };
+        each(Record {
+            line: line_no,
+            id,
+            vars,
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes items and jobs with prepared statements, counting new and existing ones.
+struct Sink<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    batch: &'a str,
+    models: &'a [String],
+    template: Option<&'a str>,
+    name: &'a str,
+    now: i64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(
+        tx: &'a rusqlite::Transaction<'a>,
+        batch: &'a str,
+        models: &'a [String],
+        template: Option<&'a str>,
+        name: &'a str,
+    ) -> Result<Sink<'a>> {
+        if let Some(m) = models.iter().find(|m| m.trim().is_empty()) {
+            usage!("--model {m:?}: a model name cannot be empty");
+        }
+        Ok(Sink {
+            tx,
+            batch,
+            models,
+            template,
+            name,
+            now: now_ms(),
+        })
+    }
+
+    fn add(&mut self, rec: Record, counts: &mut Counts) -> Result<()> {
+        let prompt = self.prompt(&rec)?;
+        let vars = Value::Object(rec.vars).to_string();
+        let inserted = self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO items (batch, item_id, prompt, vars) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![self.batch, rec.id, prompt, vars])?;
+        if inserted == 0 {
+            let stored: Option<String> = self
+                .tx
+                .prepare_cached("SELECT prompt FROM items WHERE batch = ?1 AND item_id = ?2")?
+                .query_row(params![self.batch, rec.id], |r| r.get(0))
+                .optional()?;
+            if stored.as_deref() != Some(prompt.as_str()) {
+                usage!(
+                    "{} line {}: item {:?} is already in batch {:?} with a different prompt (a duplicate id, or the input changed: use another --batch)",
+                    self.name, rec.line, rec.id, self.batch
+                );
+            }
+        }
+        counts.items += 1;
+        let mut job = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'generate', ?4, ?4)",
+        )?;
+        for model in self.models {
+            if job.execute(params![self.batch, rec.id, model, self.now])? == 1 {
+                counts.new += 1;
+            } else {
+                counts.existing += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn prompt(&self, rec: &Record) -> Result<String> {
+        match self.template {
+            Some(t) => template::render(t, &template::vars_lookup(&rec.vars)).map_err(|e| {
+                crate::error::UsageError(format!(
+                    "{} line {}: {e} (fields: {})",
+                    self.name,
+                    rec.line,
+                    rec.vars.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+                .into()
+            }),
+            None => match rec.vars.get("prompt") {
+                Some(Value::String(p)) if !p.trim().is_empty() => Ok(p.clone()),
+                Some(Value::String(_)) => {
+                    usage!("{} line {}: field `prompt` is empty", self.name, rec.line)
+                }
+                Some(other) => usage!(
+                    "{} line {}: field `prompt` must be text, not {other}",
+                    self.name,
+                    rec.line
+                ),
+                None => usage!(
+                    "{} line {}: no `prompt` field (give one, or a --template using the fields {})",
+                    self.name,
+                    rec.line,
+                    rec.vars.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            },
+        }
+    }
+}

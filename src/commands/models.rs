@@ -1,0 +1,196 @@
+//! `models set` / `models list`: per-model settings.
+
+use anyhow::Result;
+use rusqlite::Connection;
+use serde_json::{json, Value};
+
+use crate::cli::{ModelSetArgs, ModelsCommand};
+use crate::models::{self, Backend, ModelConfig};
+use crate::report::render::{render, Table};
+use crate::usage;
+
+pub fn run(cmd: &ModelsCommand, conn: &mut Connection) -> Result<u8> {
+    match cmd {
+        ModelsCommand::Set(a) => set(a, conn),
+        ModelsCommand::List(f) => {
+            let tables = [list_table(conn)?];
+            render(&tables, f.format, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+    }
+}
+
+fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
+    let mut m = models::load(conn, &a.name)?;
+    let was_configured = m.configured;
+    if let Some(b) = a.backend {
+        m.backend = b;
+    }
+    if let Some(c) = &a.command {
+        m.command = Some(c.clone());
+    }
+    if !a.endpoints.is_empty() {
+        let port = if m.backend == Backend::Openai {
+            8000
+        } else {
+            11434
+        };
+        m.endpoints = a
+            .endpoints
+            .iter()
+            .map(|e| models::normalize_endpoint(e, port))
+            .collect();
+    } else if !was_configured && m.backend != Backend::Ollama {
+        m.endpoints.clear();
+    }
+    if let Some(t) = &a.timeout {
+        if t.trim().eq_ignore_ascii_case("auto") {
+            m.timeout_auto = true;
+        } else {
+            let d = crate::util::parse_duration(t)
+                .map_err(|e| crate::error::UsageError(format!("--timeout: {e}")))?;
+            if d.is_zero() {
+                usage!("--timeout must be more than zero");
+            }
+            m.timeout_s = Some(d.as_secs_f64());
+            m.timeout_auto = false;
+        }
+    }
+    if let Some(c) = a.concurrency {
+        m.concurrency = c;
+    }
+    if let Some(n) = a.max_attempts {
+        m.max_attempts = n;
+    }
+    for opt in &a.options {
+        let Some((k, v)) = opt.split_once('=') else {
+            usage!("--option {opt:?}: expected KEY=VALUE");
+        };
+        // Numbers and booleans go to the server as such; anything else as a string.
+        let value = serde_json::from_str::<Value>(v.trim()).unwrap_or_else(|_| json!(v));
+        m.settings.options.insert(k.trim().to_string(), value);
+    }
+    if let Some(k) = &a.keep_alive {
+        m.settings.keep_alive = Some(k.clone());
+    }
+    if let Some(t) = &a.think {
+        m.settings.think = Some(match t.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" => json!(true),
+            "false" | "no" | "off" => json!(false),
+            level @ ("low" | "medium" | "high") => json!(level),
+            other => usage!("--think {other:?}: expected true, false, low, medium or high"),
+        });
+    }
+    if let Some(s) = &a.system {
+        m.settings.system = Some(s.clone());
+    }
+    if let Some(f) = &a.format_output {
+        m.settings.format = Some(if f.trim() == "json" {
+            json!("json")
+        } else {
+            serde_json::from_str(f).map_err(|e| {
+                crate::error::UsageError(format!(
+                    "--format-output: not `json` nor a JSON schema: {e}"
+                ))
+            })?
+        });
+    }
+    if let Some(k) = &a.api_key_env {
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            usage!("--api-key-env takes the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key");
+        }
+        m.api_key_env = Some(k.clone());
+    }
+    validate(&m)?;
+    models::save(conn, &m)?;
+    let verb = if was_configured { "updated" } else { "added" };
+    println!("{verb} model {}: {}", m.name, describe(&m));
+    Ok(0)
+}
+
+fn validate(m: &ModelConfig) -> Result<()> {
+    if m.backend == Backend::Command {
+        let Some(cmd) = &m.command else {
+            usage!(
+                "model {}: --backend command needs --command 'TEMPLATE'",
+                m.name
+            );
+        };
+        if let Err(e) = shell_words::split(cmd) {
+            usage!("model {}: cannot split --command {cmd:?}: {e}", m.name);
+        }
+        if cmd.trim().is_empty() {
+            usage!("model {}: --command is empty", m.name);
+        }
+    }
+    if m.backend == Backend::Openai && m.endpoints.is_empty() {
+        usage!("model {}: --backend openai needs --endpoint URL", m.name);
+    }
+    Ok(())
+}
+
+fn describe(m: &ModelConfig) -> String {
+    let target = match m.backend {
+        Backend::Command => format!("command {:?}", m.command.clone().unwrap_or_default()),
+        _ => format!(
+            "{} at {}",
+            m.backend.as_str(),
+            m.effective_endpoints().join(", ")
+        ),
+    };
+    format!(
+        "{target}, timeout {}, concurrency {}, max attempts {}",
+        timeout_text(m),
+        m.concurrency,
+        m.max_attempts
+    )
+}
+
+fn timeout_text(m: &ModelConfig) -> String {
+    if m.timeout_auto {
+        format!("auto (fallback {}s)", m.timeout())
+    } else {
+        format!("{}s", m.timeout())
+    }
+}
+
+fn list_table(conn: &Connection) -> Result<Table> {
+    let mut t = Table::new(
+        "models",
+        "Models",
+        &[
+            "name",
+            "backend",
+            "target",
+            "timeout_s",
+            "timeout_auto",
+            "concurrency",
+            "max_attempts",
+            "settings",
+            "api_key_env",
+        ],
+    );
+    for m in models::list(conn)? {
+        let target = match m.backend {
+            Backend::Command => m.command.clone().unwrap_or_default(),
+            _ => m.effective_endpoints().join(" "),
+        };
+        t.push(vec![
+            json!(m.name),
+            json!(m.backend.as_str()),
+            json!(target),
+            json!(m.timeout()),
+            json!(m.timeout_auto),
+            json!(m.concurrency),
+            json!(m.max_attempts),
+            json!(serde_json::to_string(&m.settings)?),
+            json!(m.api_key_env),
+        ]);
+    }
+    t.notes.push(format!(
+        "Unlisted model names run on Ollama at {} with defaults (timeout {}s, concurrency 1, max attempts 3).",
+        models::ollama_host(),
+        models::DEFAULT_TIMEOUT_S
+    ));
+    Ok(t)
+}

@@ -1,0 +1,611 @@
+//! Every transition of `jobs.state` lives here, in SQL: claim, finish (fenced by lease
+//! token), reap, resume. Nothing else writes a job's state.
+
+use anyhow::{Context, Result};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
+use serde_json::{Map, Value};
+
+use crate::util::now_ms;
+
+/// What happened in one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Outcome {
+    Ok,
+    Timeout,
+    Exit,
+    Crash,
+    Spawn,
+    Http,
+    Unavailable,
+    Empty,
+    Parse,
+    Lost,
+    Interrupted,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 11] = [
+        Outcome::Ok,
+        Outcome::Timeout,
+        Outcome::Exit,
+        Outcome::Crash,
+        Outcome::Spawn,
+        Outcome::Http,
+        Outcome::Unavailable,
+        Outcome::Empty,
+        Outcome::Parse,
+        Outcome::Lost,
+        Outcome::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Timeout => "timeout",
+            Outcome::Exit => "exit",
+            Outcome::Crash => "crash",
+            Outcome::Spawn => "spawn",
+            Outcome::Http => "http",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Empty => "empty",
+            Outcome::Parse => "parse",
+            Outcome::Lost => "lost",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// A server that is down, or a runner that was stopped, is not the job's fault.
+    pub fn charged(self) -> bool {
+        !matches!(self, Outcome::Unavailable | Outcome::Interrupted)
+    }
+
+    /// Whether another attempt may help. HTTP: 408, 429 and 5xx may; other 4xx never.
+    pub fn retryable(self, http_status: Option<i64>) -> bool {
+        match self {
+            Outcome::Ok | Outcome::Spawn => false,
+            Outcome::Http => match http_status {
+                Some(s) => s == 408 || s == 429 || s >= 500,
+                None => true,
+            },
+            _ => true,
+        }
+    }
+}
+
+/// Which jobs a command works on: `--batch`, `--model`, `--ids-file`.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub batch: Option<String>,
+    pub models: Vec<String>,
+    /// Restrict to the ids loaded into `temp.scope_ids` by [`install_ids`].
+    pub ids: bool,
+}
+
+impl Filter {
+    /// ` AND …` conditions on the jobs table under `alias`, with their parameters.
+    pub fn sql(&self, alias: &str) -> (String, Vec<SqlValue>) {
+        self.sql_on(alias, "id")
+    }
+
+    /// The same conditions on a table whose job id column is `id_col` (`job_id` on attempts).
+    pub fn sql_on(&self, alias: &str, id_col: &str) -> (String, Vec<SqlValue>) {
+        let mut sql = String::new();
+        let mut args = Vec::new();
+        if let Some(b) = &self.batch {
+            sql.push_str(&format!(" AND {alias}.batch = ?"));
+            args.push(SqlValue::Text(b.clone()));
+        }
+        if !self.models.is_empty() {
+            let marks = vec!["?"; self.models.len()].join(", ");
+            sql.push_str(&format!(" AND {alias}.model IN ({marks})"));
+            args.extend(self.models.iter().map(|m| SqlValue::Text(m.clone())));
+        }
+        if self.ids {
+            sql.push_str(&format!(
+                " AND {alias}.{id_col} IN (SELECT id FROM temp.scope_ids)"
+            ));
+        }
+        (sql, args)
+    }
+}
+
+/// Loads job ids into `temp.scope_ids`; an id with no job is a usage error listing them all.
+pub fn install_ids(conn: &Connection, ids: &[i64]) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS scope_ids (id INTEGER PRIMARY KEY); DELETE FROM temp.scope_ids;",
+    )?;
+    {
+        let mut ins = conn.prepare("INSERT OR IGNORE INTO temp.scope_ids (id) VALUES (?1)")?;
+        for id in ids {
+            ins.execute([id])?;
+        }
+    }
+    let mut stmt = conn.prepare(
+        "SELECT s.id FROM temp.scope_ids s LEFT JOIN jobs j ON j.id = s.id WHERE j.id IS NULL ORDER BY s.id",
+    )?;
+    let unknown: Vec<i64> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !unknown.is_empty() {
+        let shown: Vec<String> = unknown.iter().take(20).map(i64::to_string).collect();
+        let more = if unknown.len() > 20 {
+            format!(" and {} more", unknown.len() - 20)
+        } else {
+            String::new()
+        };
+        crate::usage!(
+            "{} unknown job id(s) in the ids file: {}{more}",
+            unknown.len(),
+            shown.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A job claimed by a runner, with everything its attempt needs.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub job_id: i64,
+    pub attempt_id: i64,
+    pub number: i64,
+    pub token: i64,
+    pub started_at: i64,
+    pub kind: String,
+    pub batch: String,
+    pub item_id: String,
+    pub model: String,
+    pub endpoint: String,
+    pub prompt: String,
+    pub vars: Map<String, Value>,
+    pub charged: i64,
+    pub max_attempts: Option<i64>,
+    pub parent_id: Option<i64>,
+    pub rubric_id: Option<i64>,
+    /// For grade jobs: the graded job's output.
+    pub parent_output: Option<String>,
+}
+
+/// Claims up to `endpoints.len()` runnable jobs of `model`, one per endpoint slot, in the
+/// caller's transaction: state, attempt number, lease and attempt row together.
+#[allow(clippy::too_many_arguments)]
+pub fn claim(
+    tx: &Transaction,
+    runner_id: i64,
+    model: &str,
+    endpoints: &[String],
+    timeout_s: f64,
+    lease_ms: i64,
+    filter: &Filter,
+) -> Result<Vec<Claim>> {
+    if endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = now_ms();
+    let (cond, mut args) = filter.sql("j");
+    let sql = format!(
+        "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
+                j.parent_id, j.rubric_id, pa.output
+         FROM jobs j
+         JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
+         LEFT JOIN jobs p ON p.id = j.parent_id
+         LEFT JOIN attempts pa ON pa.id = p.attempt_id
+         WHERE j.state = 'pending' AND j.model = ? AND j.not_before <= ?
+           AND (j.parent_id IS NULL OR p.state = 'done'){cond}
+         ORDER BY j.not_before, j.id LIMIT ?"
+    );
+    let mut head = vec![SqlValue::Text(model.to_string()), SqlValue::Integer(now)];
+    head.append(&mut args);
+    head.push(SqlValue::Integer(endpoints.len() as i64));
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(head), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, Option<i64>>(8)?,
+                r.get::<_, Option<i64>>(9)?,
+                r.get::<_, Option<String>>(10)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut take = tx.prepare_cached(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, runner_id = ?1,
+                lease_token = ?2, lease_expires_at = ?3, updated_at = ?4
+         WHERE id = ?5 AND state = 'pending' RETURNING attempts",
+    )?;
+    let mut record = tx.prepare_cached(
+        "INSERT INTO attempts (job_id, number, model, batch, runner_id, endpoint, timeout_s, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut point = tx.prepare_cached("UPDATE jobs SET attempt_id = ?1 WHERE id = ?2")?;
+    let mut claims = Vec::with_capacity(rows.len());
+    for (row, endpoint) in rows.into_iter().zip(endpoints) {
+        let (
+            job_id,
+            kind,
+            batch,
+            item_id,
+            prompt,
+            vars,
+            charged,
+            max_attempts,
+            parent_id,
+            rubric_id,
+            parent_output,
+        ) = row;
+        let token = fastrand::i64(1..i64::MAX);
+        let number: Option<i64> = take
+            .query_row(
+                params![runner_id, token, now + lease_ms, now, job_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(number) = number else { continue };
+        let endpoint_col = (!endpoint.is_empty()).then_some(endpoint.as_str());
+        record.execute(params![
+            job_id,
+            number,
+            model,
+            batch,
+            runner_id,
+            endpoint_col,
+            timeout_s,
+            now
+        ])?;
+        let attempt_id = tx.last_insert_rowid();
+        point.execute(params![attempt_id, job_id])?;
+        claims.push(Claim {
+            job_id,
+            attempt_id,
+            number,
+            token,
+            started_at: now,
+            kind,
+            batch,
+            item_id,
+            model: model.to_string(),
+            endpoint: endpoint.clone(),
+            prompt,
+            vars: serde_json::from_str(&vars).unwrap_or_default(),
+            charged,
+            max_attempts,
+            parent_id,
+            rubric_id,
+            parent_output,
+        });
+    }
+    Ok(claims)
+}
+
+/// The recorded result of an attempt.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub outcome: Outcome,
+    pub duration_ms: i64,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub http_status: Option<i64>,
+    pub output: Option<String>,
+    pub reasoning: Option<String>,
+    pub raw_output: Option<String>,
+    pub stderr: Option<String>,
+    pub error: Option<String>,
+    pub timings: Option<Value>,
+}
+
+impl Finish {
+    pub fn new(outcome: Outcome, duration_ms: i64) -> Finish {
+        Finish {
+            outcome,
+            duration_ms,
+            exit_code: None,
+            signal: None,
+            http_status: None,
+            output: None,
+            reasoning: None,
+            raw_output: None,
+            stderr: None,
+            error: None,
+            timings: None,
+        }
+    }
+
+    pub fn error(mut self, msg: impl Into<String>) -> Finish {
+        self.error = Some(msg.into());
+        self
+    }
+}
+
+/// Where a finished attempt sends its job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    Done,
+    /// Back to pending, not before this time (ms).
+    Retry(i64),
+    Failed,
+}
+
+impl Next {
+    fn state(self) -> &'static str {
+        match self {
+            Next::Done => "done",
+            Next::Retry(_) => "pending",
+            Next::Failed => "failed",
+        }
+    }
+}
+
+/// Decides what follows an attempt: done, a retry after a backoff, or failed.
+/// Backoff: `retry_base × 2^(n-1)` with ±25 % jitter, at most 10 minutes.
+pub fn decide(claim: &Claim, f: &Finish, budget: i64, retry_base_ms: i64) -> Next {
+    if f.outcome == Outcome::Ok {
+        return Next::Done;
+    }
+    if !f.outcome.charged() {
+        return Next::Retry(now_ms());
+    }
+    let used = claim.charged + 1;
+    if !f.outcome.retryable(f.http_status) || used >= budget {
+        return Next::Failed;
+    }
+    let exp = 2f64.powi((used - 1).min(20) as i32);
+    let jitter = 0.75 + fastrand::f64() * 0.5;
+    let delay = (retry_base_ms as f64 * exp * jitter).min(600_000.0) as i64;
+    Next::Retry(now_ms() + delay)
+}
+
+/// Records an attempt's end and moves its job, fenced by the lease token: if the job is no
+/// longer ours (reaped meanwhile), nothing is written and false is returned.
+pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result<bool> {
+    let now = now_ms();
+    let charged = f.outcome.charged() as i64;
+    let not_before = match next {
+        Next::Retry(t) => t,
+        _ => 0,
+    };
+    let last_error = match next {
+        Next::Done => None,
+        _ => f
+            .error
+            .clone()
+            .or_else(|| Some(f.outcome.as_str().to_string())),
+    };
+    let changed = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = ?1, charged = charged + ?2, not_before = ?3, runner_id = NULL,
+                    lease_token = NULL, lease_expires_at = NULL, last_outcome = ?4,
+                    last_error = ?5, updated_at = ?6
+             WHERE id = ?7 AND state = 'running' AND lease_token = ?8",
+        )?
+        .execute(params![
+            next.state(),
+            charged,
+            not_before,
+            f.outcome.as_str(),
+            last_error,
+            now,
+            claim.job_id,
+            claim.token
+        ])?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    // finished_at can never precede started_at, whatever the wall clock did meanwhile.
+    let finished_at = now.max(claim.started_at);
+    tx.prepare_cached(
+        "UPDATE attempts SET finished_at = ?1, duration_ms = ?2, outcome = ?3, charged = ?4,
+                exit_code = ?5, signal = ?6, http_status = ?7, output = ?8, reasoning = ?9,
+                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13
+         WHERE id = ?14 AND outcome IS NULL",
+    )?
+    .execute(params![
+        finished_at,
+        f.duration_ms,
+        f.outcome.as_str(),
+        charged,
+        f.exit_code,
+        f.signal,
+        f.http_status,
+        f.output,
+        f.reasoning,
+        f.raw_output,
+        f.stderr,
+        f.error,
+        f.timings.as_ref().map(Value::to_string),
+        claim.attempt_id
+    ])?;
+    Ok(true)
+}
+
+/// A running job whose runner is gone or whose lease ran out.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub job_id: i64,
+    pub model: String,
+    pub batch: String,
+    pub runner_id: Option<i64>,
+    pub runner: String,
+    pub lease_expired_ms: i64,
+    pub reason: String,
+    pub token: i64,
+    pub attempt_id: Option<i64>,
+    pub charged: i64,
+    pub max_attempts: Option<i64>,
+}
+
+/// Finds orphans: running jobs whose lease expired, or whose runner on this host is dead
+/// (process gone, pid reused, or an older boot). Jobs of `self_runner` are never orphans.
+pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<Orphan>> {
+    let now = now_ms();
+    let host = crate::util::hostname();
+    let boot = crate::util::boot_id();
+    let mut stmt = conn.prepare_cached(
+        "SELECT j.id, j.model, j.batch, j.runner_id, j.lease_expires_at, j.lease_token,
+                j.attempt_id, j.charged, j.max_attempts, r.host, r.pid, r.pid_start, r.boot_id,
+                r.stopped_at
+         FROM jobs j LEFT JOIN runners r ON r.id = j.runner_id
+         WHERE j.state = 'running' AND j.runner_id IS NOT ?1",
+    )?;
+    let rows = stmt.query_map([self_runner], |r| {
+        Ok((
+            Orphan {
+                job_id: r.get(0)?,
+                model: r.get(1)?,
+                batch: r.get(2)?,
+                runner_id: r.get(3)?,
+                runner: String::new(),
+                lease_expired_ms: now - r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                reason: String::new(),
+                token: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                attempt_id: r.get(6)?,
+                charged: r.get(7)?,
+                max_attempts: r.get(8)?,
+            },
+            r.get::<_, Option<String>>(9)?,
+            r.get::<_, Option<i64>>(10)?,
+            r.get::<_, Option<String>>(11)?,
+            r.get::<_, Option<String>>(12)?,
+            r.get::<_, Option<i64>>(13)?,
+        ))
+    })?;
+    let mut orphans = Vec::new();
+    for row in rows {
+        let (mut o, r_host, r_pid, r_start, r_boot, r_stopped) = row?;
+        o.runner = match (&r_host, r_pid) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            _ => "unknown".into(),
+        };
+        let local = r_host.as_deref() == Some(host.as_str());
+        let reason = if r_pid.is_none() {
+            Some("its runner is unknown".to_string())
+        } else if r_stopped.is_some() {
+            Some("its runner has stopped".to_string())
+        } else if local && r_boot.is_some() && r_boot != boot {
+            Some("its runner belongs to an earlier boot".to_string())
+        } else if local && !crate::util::process_alive(r_pid.unwrap_or(0), r_start.as_deref()) {
+            Some(format!("its runner (pid {}) is gone", r_pid.unwrap_or(0)))
+        } else if o.lease_expired_ms > 0 {
+            Some(format!(
+                "its lease expired {} ago",
+                crate::util::human_secs(o.lease_expired_ms as f64 / 1000.0)
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            o.reason = reason;
+            orphans.push(o);
+        }
+    }
+    Ok(orphans)
+}
+
+/// Reaps orphans: the attempt ends `lost` (charged), the job goes back to pending while its
+/// budget allows, else to failed. Fenced by token, so a job renewed meanwhile is left alone.
+/// Returns the orphans reaped with the state each job went to.
+pub fn reap(tx: &Transaction, orphans: &[Orphan]) -> Result<Vec<(Orphan, &'static str)>> {
+    let now = now_ms();
+    let mut reaped = Vec::new();
+    for o in orphans {
+        let budget = match o.max_attempts {
+            Some(b) => b,
+            None => crate::models::load(tx, &o.model)?.max_attempts,
+        };
+        let state = if o.charged + 1 >= budget {
+            "failed"
+        } else {
+            "pending"
+        };
+        let error = format!("lost: {}", o.reason);
+        let changed = tx.execute(
+            "UPDATE jobs SET state = ?1, charged = charged + 1, runner_id = NULL, lease_token = NULL,
+                    lease_expires_at = NULL, last_outcome = 'lost', last_error = ?2, updated_at = ?3
+             WHERE id = ?4 AND state = 'running' AND lease_token IS ?5",
+            params![state, error, now, o.job_id, o.token],
+        )?;
+        if changed == 0 {
+            continue;
+        }
+        if let Some(aid) = o.attempt_id {
+            tx.execute(
+                "UPDATE attempts SET outcome = 'lost', charged = 1, error = ?1,
+                        finished_at = MAX(?2, started_at), duration_ms = MAX(?2, started_at) - started_at
+                 WHERE id = ?3 AND outcome IS NULL",
+                params![error, now, aid],
+            )?;
+        }
+        reaped.push((o.clone(), state));
+    }
+    // A local runner found dead is marked stopped, so reports stop calling it live.
+    for runner_id in orphans.iter().filter_map(|o| o.runner_id) {
+        mark_dead_if_gone(tx, runner_id, now)?;
+    }
+    Ok(reaped)
+}
+
+fn mark_dead_if_gone(tx: &Transaction, runner_id: i64, now: i64) -> Result<()> {
+    let row: Option<(String, i64, Option<String>, Option<String>)> = tx
+        .query_row(
+            "SELECT host, pid, pid_start, boot_id FROM runners WHERE id = ?1 AND stopped_at IS NULL",
+            [runner_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    if let Some((host, pid, start, boot)) = row {
+        let local = host == crate::util::hostname();
+        let dead = local
+            && (boot.is_some() && boot != crate::util::boot_id()
+                || !crate::util::process_alive(pid, start.as_deref()));
+        if dead {
+            tx.execute(
+                "UPDATE runners SET stopped_at = MAX(?1, heartbeat_at), stop_reason = 'died' WHERE id = ?2",
+                params![now, runner_id],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts failed and cancelled jobs matching the filter back to pending, each with `extra`
+/// more attempts (default: a fresh budget of its model's max attempts). Returns their ids.
+pub fn resume(
+    tx: &Transaction,
+    filter: &Filter,
+    outcome: Option<Outcome>,
+    extra: Option<i64>,
+    dry_run: bool,
+) -> Result<Vec<i64>> {
+    let (cond, mut args) = filter.sql("j");
+    let mut sql = format!("SELECT j.id FROM jobs j WHERE j.state IN ('failed', 'cancelled'){cond}");
+    if let Some(o) = outcome {
+        sql.push_str(" AND j.last_outcome = ?");
+        args.push(SqlValue::Text(o.as_str().into()));
+    }
+    sql.push_str(" ORDER BY j.id");
+    let ids: Vec<i64> = tx
+        .prepare(&sql)?
+        .query_map(params_from_iter(args), |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if dry_run {
+        return Ok(ids);
+    }
+    let mut upd = tx.prepare(
+        "UPDATE jobs SET state = 'pending', not_before = 0, updated_at = ?1,
+                max_attempts = charged + COALESCE(?2,
+                    (SELECT max_attempts FROM models m WHERE m.name = jobs.model), ?3)
+         WHERE id = ?4 AND state IN ('failed', 'cancelled')",
+    )?;
+    let now = now_ms();
+    for id in &ids {
+        upd.execute(params![now, extra, crate::models::DEFAULT_MAX_ATTEMPTS, id])
+            .with_context(|| format!("cannot resume job {id}"))?;
+    }
+    Ok(ids)
+}

@@ -1,0 +1,102 @@
+//! Opening the one database file: pragmas on every open, migrations by `PRAGMA user_version`.
+
+pub mod jobs;
+
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::UsageError;
+
+/// Migrations in order. Never remove or edit an entry once shipped: add a new file.
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_init", include_str!("../../sql/001_init.sql")),
+    ("002_grades", include_str!("../../sql/002_grades.sql")),
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a writer waits for another to finish before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens (creating when `create`) and migrates the database at `path`.
+pub fn open(path: &Path, create: bool) -> Result<Connection> {
+    if !create && !path.exists() {
+        return Err(UsageError(format!(
+            "no database at {} — enqueue some work first (llmbatch enqueue), or point --db / LLMBATCH_DB at the right file",
+            path.display()
+        ))
+        .into());
+    }
+    let mut conn = Connection::open(path)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    configure(&conn).with_context(|| format!("cannot configure database {}", path.display()))?;
+    migrate(&mut conn).with_context(|| format!("cannot migrate database {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Opens an already-migrated database for a helper thread (heartbeat).
+pub fn open_again(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(UsageError(format!(
+            "database schema version {version} is newer than this llmbatch understands ({SCHEMA_VERSION}); upgrade llmbatch"
+        ))
+        .into());
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (name, sql) in &MIGRATIONS[version as usize..] {
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {name} failed"))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_twice_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(open(&path, true).unwrap());
+        let conn = open(&path, true).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open(&path, true).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = open(&path, false).unwrap_err();
+        assert!(format!("{err:#}").contains("newer"), "{err:#}");
+    }
+}

@@ -1,0 +1,39 @@
+//! Exit codes, the documented contract, and the error kinds that choose them.
+
+use std::fmt;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_FAILED: u8 = 3;
+pub const EXIT_SIGINT: u8 = 130;
+pub const EXIT_SIGTERM: u8 = 143;
+
+/// Bad input or usage: exits 2. Wrap the message with `anyhow::Error::new(UsageError(..))`.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns early with a usage error (exit 2).
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::error::UsageError(format!($($arg)*))))
+    };
+}
+
+/// The exit code for an error that reached `main`.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|e| e.is::<UsageError>()) {
+        EXIT_USAGE
+    } else {
+        EXIT_ERROR
+    }
+}

@@ -1,0 +1,274 @@
+//! One attempt as a child process: its own process group, pipes drained on threads into bounded
+//! buffers, a hard deadline, then SIGTERM to the group and SIGKILL after a grace.
+
+pub mod template;
+
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+use wait_timeout::ChildExt;
+
+/// Output kept from a child's stdout; the rest is read and dropped so the child never blocks.
+pub const MAX_STDOUT: usize = 16 * 1024 * 1024;
+/// The tail of stderr kept for the attempt record.
+pub const MAX_STDERR: usize = 8 * 1024;
+/// How often a waiting attempt looks at the stop request of the runner.
+const WAIT_SLICE: Duration = Duration::from_millis(200);
+/// Prompts up to this size fit in the pipe buffer and are written without a thread.
+const INLINE_STDIN: usize = 32 * 1024;
+
+pub struct ChildSpec {
+    pub argv: Vec<String>,
+    pub stdin: Vec<u8>,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Exited(i32),
+    Signaled(i32),
+    /// Killed by us at the deadline.
+    TimedOut,
+    /// Killed by us because the runner is stopping.
+    Interrupted,
+    /// Could not be started at all.
+    SpawnFailed(String),
+}
+
+#[derive(Debug)]
+pub struct ChildOutcome {
+    pub status: Status,
+    pub stdout: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_tail: Vec<u8>,
+    pub duration: Duration,
+}
+
+/// The runner's request to its attempts: 0 carry on, 1 terminate (with grace), 2 kill now.
+#[derive(Default)]
+pub struct StopSignal(AtomicU8);
+
+impl StopSignal {
+    pub const TERMINATE: u8 = 1;
+    pub const KILL: u8 = 2;
+
+    pub fn request(&self, level: u8) {
+        self.0.fetch_max(level, Ordering::SeqCst);
+    }
+
+    pub fn level(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs one child to completion, timeout or stop. Never waits without a deadline.
+pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
+    let started = Instant::now();
+    let failed = |msg: String| ChildOutcome {
+        status: Status::SpawnFailed(msg),
+        stdout: Vec::new(),
+        stdout_truncated: false,
+        stderr_tail: Vec::new(),
+        duration: started.elapsed(),
+    };
+    let Some((program, args)) = spec.argv.split_first() else {
+        return failed("empty command".into());
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(format!("cannot start {program:?}: {e}")),
+    };
+    let pgid = child.id() as i32;
+    feed_stdin(&mut child, &spec.stdin);
+    let out_rx = drain(child.stdout.take(), MAX_STDOUT, false);
+    let err_rx = drain(child.stderr.take(), MAX_STDERR, true);
+
+    let deadline = started + spec.timeout;
+    let (status, exit) = wait_until(&mut child, pgid, deadline, spec.kill_grace, stop);
+    // Whatever the leader did, nothing of its group may outlive the attempt.
+    kill_group(pgid, libc::SIGKILL);
+    let grace = spec.kill_grace.max(Duration::from_millis(500));
+    let (stdout, stdout_truncated) = out_rx.recv_timeout(grace).unwrap_or_default();
+    let (stderr_tail, _) = err_rx.recv_timeout(grace).unwrap_or_default();
+    let status =
+        status.unwrap_or_else(|| classify(exit.expect("exit status when not killed by us")));
+    ChildOutcome {
+        status,
+        stdout,
+        stdout_truncated,
+        stderr_tail,
+        duration: started.elapsed(),
+    }
+}
+
+fn classify(exit: ExitStatus) -> Status {
+    match (exit.code(), exit.signal()) {
+        (Some(code), _) => Status::Exited(code),
+        (None, Some(sig)) => Status::Signaled(sig),
+        (None, None) => Status::Exited(-1),
+    }
+}
+
+/// Waits for the child; at the deadline or on a stop request kills its group. Returns our
+/// verdict when we killed it, else its exit status.
+fn wait_until(
+    child: &mut Child,
+    pgid: i32,
+    deadline: Instant,
+    grace: Duration,
+    stop: &StopSignal,
+) -> (Option<Status>, Option<ExitStatus>) {
+    loop {
+        let now = Instant::now();
+        let slice = deadline.saturating_duration_since(now).min(WAIT_SLICE);
+        match child.wait_timeout(slice) {
+            Ok(Some(exit)) => return (None, Some(exit)),
+            Ok(None) => {}
+            Err(_) => {
+                let _ = child.wait();
+                return (None, Some(ExitStatus::from_raw(-1)));
+            }
+        }
+        let verdict = if stop.level() > 0 {
+            Status::Interrupted
+        } else if Instant::now() >= deadline {
+            Status::TimedOut
+        } else {
+            continue;
+        };
+        terminate(child, pgid, grace, stop);
+        return (Some(verdict), None);
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after the grace (or at once on a second stop request).
+fn terminate(child: &mut Child, pgid: i32, grace: Duration, stop: &StopSignal) {
+    kill_group(pgid, libc::SIGTERM);
+    let until = Instant::now() + grace;
+    loop {
+        if stop.level() >= StopSignal::KILL {
+            break;
+        }
+        let slice = until
+            .saturating_duration_since(Instant::now())
+            .min(WAIT_SLICE);
+        if slice.is_zero() {
+            break;
+        }
+        if let Ok(Some(_)) = child.wait_timeout(slice) {
+            return;
+        }
+    }
+    kill_group(pgid, libc::SIGKILL);
+    let _ = child.wait();
+}
+
+fn kill_group(pgid: i32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group; no memory is touched.
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
+fn feed_stdin(child: &mut Child, input: &[u8]) {
+    let Some(mut stdin) = child.stdin.take() else {
+        return;
+    };
+    if input.len() <= INLINE_STDIN {
+        // Fits the pipe buffer: never blocks. A child that exits early gives EPIPE: ignored.
+        let _ = stdin.write_all(input);
+    } else {
+        let input = input.to_vec();
+        thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+}
+
+/// Reads a pipe to its end on a thread, keeping the first (or, with `tail`, the last) `limit`
+/// bytes. The result arrives on the channel; a reader stuck on a pipe held open by an escaped
+/// process is abandoned by the caller after a bounded wait.
+fn drain<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    limit: usize,
+    tail: bool,
+) -> mpsc::Receiver<(Vec<u8>, bool)> {
+    let (tx, rx) = mpsc::channel();
+    let Some(mut pipe) = pipe else {
+        let _ = tx.send((Vec::new(), false));
+        return rx;
+    };
+    thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut truncated = false;
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > limit {
+                truncated = true;
+                if tail {
+                    kept.drain(..kept.len() - limit);
+                } else {
+                    kept.truncate(limit);
+                }
+            }
+        }
+        let _ = tx.send((kept, truncated));
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(argv: &[&str], timeout_ms: u64) -> ChildSpec {
+        ChildSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            stdin: b"hello".to_vec(),
+            env: vec![],
+            timeout: Duration::from_millis(timeout_ms),
+            kill_grace: Duration::from_millis(300),
+        }
+    }
+
+    #[test]
+    fn echoes_stdin() {
+        let out = run(&spec(&["cat"], 5000), &StopSignal::default());
+        assert_eq!(out.status, Status::Exited(0));
+        assert_eq!(out.stdout, b"hello");
+    }
+
+    #[test]
+    fn kills_at_deadline() {
+        let out = run(
+            &spec(&["sh", "-c", "trap '' TERM; sleep 30"], 300),
+            &StopSignal::default(),
+        );
+        assert_eq!(out.status, Status::TimedOut);
+        assert!(out.duration < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn missing_program_is_spawn_failure() {
+        let out = run(&spec(&["/no/such/program"], 1000), &StopSignal::default());
+        assert!(matches!(out.status, Status::SpawnFailed(_)));
+    }
+}

@@ -1,0 +1,19 @@
+//! Thin entry: parse, set up logging, dispatch, print an error once, exit with its code.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+use llmbatch::cli::Cli;
+use llmbatch::{commands, error};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    commands::init_logging(&cli);
+    match commands::dispatch(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("llmbatch: error: {err:#}");
+            ExitCode::from(error::exit_code_for(&err))
+        }
+    }
+}

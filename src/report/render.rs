@@ -1,0 +1,148 @@
+//! Rows computed once, rendered as a table for people or CSV / JSON for pipes.
+
+use anyhow::Result;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table as Grid};
+use serde_json::{Map, Value};
+use std::io::Write;
+
+use crate::cli::Format;
+
+/// One section: named columns (snake_case, as in JSON) and rows of JSON values.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: String,
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+    /// Lines printed under the table (warnings, advice); kept out of CSV and JSON rows.
+    pub notes: Vec<String>,
+}
+
+impl Table {
+    pub fn new(name: &str, title: &str, columns: &[&str]) -> Table {
+        Table {
+            name: name.to_string(),
+            title: title.to_string(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: Vec<Value>) {
+        debug_assert_eq!(row.len(), self.columns.len());
+        self.rows.push(row);
+    }
+}
+
+pub fn render(tables: &[Table], format: Format, out: &mut dyn Write) -> Result<()> {
+    match format {
+        Format::Table => render_tables(tables, out),
+        Format::Csv => render_csv(tables, out),
+        Format::Json => render_json(tables, out),
+        Format::Ids => render_ids(tables, out),
+    }
+}
+
+fn render_tables(tables: &[Table], out: &mut dyn Write) -> Result<()> {
+    for (i, t) in tables.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        writeln!(out, "{}", t.title)?;
+        if t.rows.is_empty() {
+            writeln!(out, "  (nothing yet)")?;
+        } else {
+            let mut grid = Grid::new();
+            grid.load_preset(UTF8_FULL_CONDENSED);
+            grid.set_header(t.columns.iter().map(Cell::new));
+            for row in &t.rows {
+                grid.add_row(row.iter().map(|v| {
+                    let cell = Cell::new(cell_text(v));
+                    if v.is_number() {
+                        cell.set_alignment(CellAlignment::Right)
+                    } else {
+                        cell
+                    }
+                }));
+            }
+            writeln!(out, "{grid}")?;
+        }
+        for note in &t.notes {
+            writeln!(out, "{note}")?;
+        }
+    }
+    Ok(())
+}
+
+/// A value as table or CSV text: floats to 3 decimals, null as empty.
+pub fn cell_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(0.0);
+            format!("{f:.3}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// One CSV block per section; with several, each block is preceded by `# section`.
+fn render_csv(tables: &[Table], out: &mut dyn Write) -> Result<()> {
+    for (i, t) in tables.iter().enumerate() {
+        if tables.len() > 1 {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "# {}", t.name)?;
+        }
+        let mut w = csv::Writer::from_writer(&mut *out);
+        w.write_record(&t.columns)?;
+        for row in &t.rows {
+            w.write_record(row.iter().map(cell_text))?;
+        }
+        w.flush()?;
+    }
+    Ok(())
+}
+
+fn render_json(tables: &[Table], out: &mut dyn Write) -> Result<()> {
+    let mut doc = Map::new();
+    for t in tables {
+        let rows: Vec<Value> = t
+            .rows
+            .iter()
+            .map(|row| Value::Object(t.columns.iter().cloned().zip(row.iter().cloned()).collect()))
+            .collect();
+        doc.insert(t.name.clone(), Value::Array(rows));
+    }
+    serde_json::to_writer_pretty(&mut *out, &Value::Object(doc))?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Only the `id` column of sections that list jobs.
+fn render_ids(tables: &[Table], out: &mut dyn Write) -> Result<()> {
+    let mut any = false;
+    for t in tables {
+        if let Some(col) = t.columns.iter().position(|c| c == "id") {
+            any = true;
+            for row in &t.rows {
+                writeln!(out, "{}", cell_text(&row[col]))?;
+            }
+        }
+    }
+    if !any {
+        crate::usage!("--format ids needs a listing of jobs (e.g. `report jobs`)");
+    }
+    Ok(())
+}
+
+/// Seconds with millisecond precision, as a JSON number.
+pub fn secs(ms: Option<f64>) -> Value {
+    match ms {
+        Some(ms) => serde_json::json!(ms.round() / 1000.0),
+        None => Value::Null,
+    }
+}

@@ -1,0 +1,373 @@
+//! The core sections: status, latency, failures, jobs, runners.
+
+use anyhow::Result;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params_from_iter, Connection};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use super::render::{secs, Table};
+use super::{rank, Query};
+use crate::db::jobs::Outcome;
+use crate::util::now_ms;
+
+/// Per model: jobs in each state, grade jobs waiting on their parent, the oldest running age.
+pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
+    let (cond, args) = q.filter.sql("j");
+    let now = now_ms();
+    let sql = format!(
+        "SELECT j.model,
+                SUM(j.state = 'pending' AND (j.parent_id IS NULL OR p.state = 'done')),
+                SUM(j.state = 'pending' AND j.parent_id IS NOT NULL AND p.state <> 'done'),
+                SUM(j.state = 'running'), SUM(j.state = 'done'), SUM(j.state = 'failed'),
+                SUM(j.state = 'cancelled'),
+                MIN(CASE WHEN j.state = 'running' THEN a.started_at END)
+         FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
+              LEFT JOIN attempts a ON a.id = j.attempt_id
+         WHERE 1 = 1{cond} GROUP BY j.model ORDER BY j.model"
+    );
+    let mut t = Table::new(
+        "status",
+        "Status",
+        &[
+            "model",
+            "pending",
+            "waiting",
+            "running",
+            "done",
+            "failed",
+            "cancelled",
+            "oldest_running_s",
+        ],
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut pending_total = 0;
+    while let Some(r) = rows.next()? {
+        let oldest: Option<i64> = r.get(7)?;
+        pending_total += r.get::<_, i64>(1)?;
+        t.push(vec![
+            json!(r.get::<_, String>(0)?),
+            json!(r.get::<_, i64>(1)?),
+            json!(r.get::<_, i64>(2)?),
+            json!(r.get::<_, i64>(3)?),
+            json!(r.get::<_, i64>(4)?),
+            json!(r.get::<_, i64>(5)?),
+            json!(r.get::<_, i64>(6)?),
+            secs(oldest.map(|s| (now - s).max(0) as f64)),
+        ]);
+    }
+    let running = running_jobs(conn, q)?;
+    if pending_total > 0 && !running.rows.is_empty() {
+        t.notes.push(format!(
+            "{} job(s) running now (see below).",
+            running.rows.len()
+        ));
+    }
+    let mut out = vec![t];
+    if !running.rows.is_empty() {
+        out.push(running);
+    }
+    Ok(out)
+}
+
+/// Each running job with the true age of its attempt, computed now.
+fn running_jobs(conn: &Connection, q: &Query) -> Result<Table> {
+    let (cond, args) = q.filter.sql("j");
+    let now = now_ms();
+    let sql = format!(
+        "SELECT j.id, j.model, j.batch, j.item_id, a.number, r.host, r.pid, a.started_at, j.lease_expires_at
+         FROM jobs j JOIN attempts a ON a.id = j.attempt_id LEFT JOIN runners r ON r.id = j.runner_id
+         WHERE j.state = 'running'{cond} ORDER BY a.started_at LIMIT 200"
+    );
+    let mut t = Table::new(
+        "running",
+        "Running now",
+        &[
+            "id",
+            "model",
+            "batch",
+            "item",
+            "attempt",
+            "runner",
+            "age_s",
+            "lease_left_s",
+        ],
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        let host: Option<String> = r.get(5)?;
+        let pid: Option<i64> = r.get(6)?;
+        let lease: Option<i64> = r.get(8)?;
+        t.push(vec![
+            json!(r.get::<_, i64>(0)?),
+            json!(r.get::<_, String>(1)?),
+            json!(r.get::<_, String>(2)?),
+            json!(r.get::<_, String>(3)?),
+            json!(r.get::<_, i64>(4)?),
+            json!(format!("{}:{}", host.unwrap_or_default(), pid.unwrap_or(0))),
+            secs(Some((now - r.get::<_, i64>(7)?).max(0) as f64)),
+            secs(lease.map(|l| (l - now) as f64)),
+        ]);
+    }
+    Ok(t)
+}
+
+/// Per group, over `ok` attempts: n, nearest-rank p50/p95/p99, max and mean, in seconds.
+/// Two passes (counts, then one ordered stream) keep memory flat in the number of attempts.
+pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
+    let cols = q.group_cols();
+    let keys: Vec<&str> = cols.iter().map(|c| c.1).collect();
+    let key_list = keys.join(", ");
+    let (cond, args) = q.attempt_sql("a");
+    let counts_sql = format!(
+        "SELECT {key_list}, COUNT(*), AVG(duration_ms), MAX(duration_ms) FROM attempts a
+         WHERE a.outcome = 'ok'{cond} GROUP BY {key_list} ORDER BY {key_list}"
+    );
+    let mut groups: BTreeMap<Vec<String>, (i64, f64, i64)> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare(&counts_sql)?;
+        let mut rows = stmt.query(params_from_iter(args.clone()))?;
+        while let Some(r) = rows.next()? {
+            let key = (0..keys.len())
+                .map(|i| r.get::<_, String>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            groups.insert(
+                key,
+                (
+                    r.get(keys.len())?,
+                    r.get(keys.len() + 1)?,
+                    r.get(keys.len() + 2)?,
+                ),
+            );
+        }
+    }
+    let stream_sql = format!(
+        "SELECT {key_list}, duration_ms FROM attempts a WHERE a.outcome = 'ok'{cond}
+         ORDER BY {key_list}, duration_ms"
+    );
+    let mut picks: BTreeMap<Vec<String>, [i64; 3]> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare(&stream_sql)?;
+        let mut rows = stmt.query(params_from_iter(args))?;
+        let mut current: Option<Vec<String>> = None;
+        let mut i = 0i64;
+        while let Some(r) = rows.next()? {
+            let key = (0..keys.len())
+                .map(|k| r.get::<_, String>(k))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if current.as_ref() != Some(&key) {
+                current = Some(key.clone());
+                i = 0;
+            }
+            i += 1;
+            let d: i64 = r.get(keys.len())?;
+            let n = groups.get(&key).map(|g| g.0).unwrap_or(0);
+            let entry = picks.entry(key).or_insert([0; 3]);
+            for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
+                if i == rank(*p, n) {
+                    entry[slot] = d;
+                }
+            }
+        }
+    }
+    let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    header.extend(["n", "p50_s", "p95_s", "p99_s", "max_s", "mean_s"]);
+    let mut t = Table::new(
+        "latency",
+        "Latency of successful attempts (seconds)",
+        &header,
+    );
+    for (key, (n, mean, max)) in groups {
+        let p = picks.get(&key).copied().unwrap_or([0; 3]);
+        let mut row: Vec<Value> = key.into_iter().map(Value::String).collect();
+        row.extend([
+            json!(n),
+            secs(Some(p[0] as f64)),
+            secs(Some(p[1] as f64)),
+            secs(Some(p[2] as f64)),
+            secs(Some(max as f64)),
+            secs(Some(mean)),
+        ]);
+        t.push(row);
+    }
+    Ok(t)
+}
+
+/// Per group: attempts, failed attempts, fail rate and one column per failure outcome.
+pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
+    let cols = q.group_cols();
+    let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
+    let (cond, args) = q.attempt_sql("a");
+    let kinds: Vec<Outcome> = Outcome::ALL
+        .into_iter()
+        .filter(|o| *o != Outcome::Ok)
+        .collect();
+    let sums: String = kinds
+        .iter()
+        .map(|o| format!(", SUM(a.outcome = '{}')", o.as_str()))
+        .collect();
+    let sql = format!(
+        "SELECT {key_list}, COUNT(*), SUM(a.outcome <> 'ok'){sums},
+                SUM(json_extract(a.timings, '$.done_reason') = 'length')
+         FROM attempts a WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list} ORDER BY {key_list}"
+    );
+    let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    header.extend(["attempts", "failed_attempts", "fail_rate"]);
+    header.extend(kinds.iter().map(|o| o.as_str()));
+    header.push("truncated");
+    let mut t = Table::new("failures", "Failures by kind", &header);
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let k = cols.len();
+    while let Some(r) = rows.next()? {
+        let mut row: Vec<Value> = (0..k)
+            .map(|i| r.get::<_, String>(i).map(Value::String))
+            .collect::<rusqlite::Result<_>>()?;
+        let attempts: i64 = r.get(k)?;
+        let failed: i64 = r.get(k + 1)?;
+        row.push(json!(attempts));
+        row.push(json!(failed));
+        row.push(json!(if attempts > 0 {
+            (failed as f64 / attempts as f64 * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }));
+        for i in 0..kinds.len() {
+            row.push(json!(r.get::<_, i64>(k + 2 + i)?));
+        }
+        row.push(json!(r
+            .get::<_, Option<i64>>(k + 2 + kinds.len())?
+            .unwrap_or(0)));
+        t.push(row);
+    }
+    Ok(t)
+}
+
+/// Single jobs, for looking at and for `--format ids` pipelines.
+pub fn jobs(
+    conn: &Connection,
+    q: &Query,
+    state: Option<&str>,
+    outcome: Option<Outcome>,
+) -> Result<Table> {
+    let (mut cond, mut args) = q.filter.sql("j");
+    if let Some(s) = state {
+        const STATES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
+        if !STATES.contains(&s) {
+            crate::usage!("--state {s:?}: expected one of {}", STATES.join(", "));
+        }
+        cond.push_str(" AND j.state = ?");
+        args.push(SqlValue::Text(s.to_string()));
+    }
+    if let Some(o) = outcome {
+        cond.push_str(" AND j.last_outcome = ?");
+        args.push(SqlValue::Text(o.as_str().to_string()));
+    }
+    if let Some(since) = q.since_ms {
+        cond.push_str(" AND j.updated_at >= ?");
+        args.push(SqlValue::Integer(since));
+    }
+    let sql = format!(
+        "SELECT j.id, j.batch, j.item_id, j.model, j.kind, j.state, j.attempts, j.last_outcome,
+                j.last_error, j.updated_at
+         FROM jobs j WHERE 1 = 1{cond} ORDER BY j.id"
+    );
+    let now = now_ms();
+    let mut t = Table::new(
+        "jobs",
+        "Jobs",
+        &[
+            "id",
+            "batch",
+            "item",
+            "model",
+            "kind",
+            "state",
+            "attempts",
+            "last_outcome",
+            "last_error",
+            "age_s",
+        ],
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        let err: Option<String> = r.get(8)?;
+        t.push(vec![
+            json!(r.get::<_, i64>(0)?),
+            json!(r.get::<_, String>(1)?),
+            json!(r.get::<_, String>(2)?),
+            json!(r.get::<_, String>(3)?),
+            json!(r.get::<_, String>(4)?),
+            json!(r.get::<_, String>(5)?),
+            json!(r.get::<_, i64>(6)?),
+            json!(r.get::<_, Option<String>>(7)?),
+            json!(err),
+            secs(Some((now - r.get::<_, i64>(9)?).max(0) as f64)),
+        ]);
+    }
+    Ok(t)
+}
+
+/// Every runner: where, since when, last heartbeat, jobs held, live or stopped.
+pub fn runners(conn: &Connection) -> Result<Table> {
+    let now = now_ms();
+    let host = crate::util::hostname();
+    let boot = crate::util::boot_id();
+    let mut t = Table::new(
+        "runners",
+        "Runners",
+        &[
+            "id",
+            "host",
+            "pid",
+            "started",
+            "heartbeat_age_s",
+            "jobs_held",
+            "state",
+            "stop_reason",
+        ],
+    );
+    let mut stmt = conn.prepare(
+        "SELECT r.id, r.host, r.pid, r.pid_start, r.boot_id, r.started_at, r.heartbeat_at, r.stopped_at,
+                r.stop_reason, (SELECT COUNT(*) FROM jobs j WHERE j.runner_id = r.id AND j.state = 'running')
+         FROM runners r ORDER BY r.id DESC LIMIT 50",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let r_host: String = r.get(1)?;
+        let pid: i64 = r.get(2)?;
+        let start: Option<String> = r.get(3)?;
+        let r_boot: Option<String> = r.get(4)?;
+        let heartbeat: i64 = r.get(6)?;
+        let stopped: Option<i64> = r.get(7)?;
+        let state = if stopped.is_some() {
+            "stopped"
+        } else if r_host == host {
+            if r_boot.is_some() && r_boot != boot
+                || !crate::util::process_alive(pid, start.as_deref())
+            {
+                "dead"
+            } else {
+                "live"
+            }
+        } else if now - heartbeat < 120_000 {
+            "live"
+        } else {
+            "silent"
+        };
+        t.push(vec![
+            json!(r.get::<_, i64>(0)?),
+            json!(r_host),
+            json!(pid),
+            json!(crate::commands::iso_time(r.get(5)?)),
+            secs(Some((now - heartbeat).max(0) as f64)),
+            json!(r.get::<_, i64>(9)?),
+            json!(state),
+            json!(r.get::<_, Option<String>>(8)?),
+        ]);
+    }
+    Ok(t)
+}

@@ -1,0 +1,159 @@
+//! A model's lane: its settings, its endpoints with their in-flight counts and rest periods,
+//! and what it has done in this run.
+
+use indicatif::ProgressBar;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::models::ModelConfig;
+
+/// The first rest after an endpoint was unreachable; it doubles up to `MAX_REST`.
+const FIRST_REST: Duration = Duration::from_secs(2);
+const MAX_REST: Duration = Duration::from_secs(30);
+
+pub struct Endpoint {
+    pub url: String,
+    pub in_flight: usize,
+    rest: Duration,
+    rest_until: Option<Instant>,
+    down_since: Option<Instant>,
+}
+
+pub struct Lane {
+    pub model: Arc<ModelConfig>,
+    pub timeout: Duration,
+    pub endpoints: Vec<Endpoint>,
+    pub in_flight: usize,
+    /// No claim is tried before this (nothing runnable was found).
+    pub idle_until: Instant,
+    /// Why the lane stopped taking work, if it did.
+    pub stopped: Option<String>,
+    pub done: u64,
+    pub failed: u64,
+    /// Start of each attempt in flight, by job id: the oldest is shown in progress.
+    pub started: BTreeMap<i64, Instant>,
+    pub bar: Option<ProgressBar>,
+}
+
+impl Lane {
+    pub fn new(model: ModelConfig, timeout: Duration) -> Lane {
+        let endpoints = model
+            .effective_endpoints()
+            .into_iter()
+            .map(|url| Endpoint {
+                url,
+                in_flight: 0,
+                rest: Duration::ZERO,
+                rest_until: None,
+                down_since: None,
+            })
+            .collect();
+        Lane {
+            model: Arc::new(model),
+            timeout,
+            endpoints,
+            in_flight: 0,
+            idle_until: Instant::now(),
+            stopped: None,
+            done: 0,
+            failed: 0,
+            started: BTreeMap::new(),
+            bar: None,
+        }
+    }
+
+    /// One endpoint per free slot, the least busy first, so work spreads evenly.
+    pub fn free_slots(&self, now: Instant, cap: usize) -> Vec<String> {
+        if self.stopped.is_some() || now < self.idle_until {
+            return Vec::new();
+        }
+        let per = self.model.concurrency.max(1) as usize;
+        let mut load: Vec<(usize, usize)> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.rest_until.is_none_or(|t| now >= t))
+            .map(|(i, e)| (e.in_flight, i))
+            .collect();
+        let mut slots = Vec::new();
+        while slots.len() < cap {
+            load.sort();
+            match load.first_mut() {
+                Some((n, i)) if *n < per => {
+                    slots.push(self.endpoints[*i].url.clone());
+                    *n += 1;
+                }
+                _ => break,
+            }
+        }
+        slots
+    }
+
+    pub fn endpoint_mut(&mut self, url: &str) -> Option<&mut Endpoint> {
+        self.endpoints.iter_mut().find(|e| e.url == url)
+    }
+
+    pub fn started(&mut self, job_id: i64, url: &str) {
+        self.in_flight += 1;
+        self.started.insert(job_id, Instant::now());
+        if let Some(e) = self.endpoint_mut(url) {
+            e.in_flight += 1;
+        }
+    }
+
+    pub fn ended(&mut self, job_id: i64, url: &str, reachable: bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.started.remove(&job_id);
+        let now = Instant::now();
+        if let Some(e) = self.endpoint_mut(url) {
+            e.in_flight = e.in_flight.saturating_sub(1);
+            if reachable {
+                e.rest = Duration::ZERO;
+                e.rest_until = None;
+                e.down_since = None;
+            } else {
+                e.rest = (e.rest * 2).clamp(FIRST_REST, MAX_REST);
+                e.rest_until = Some(now + e.rest);
+                e.down_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// The endpoints down for longer than `limit`, when every endpoint of the lane is.
+    pub fn unreachable_past(&self, limit: Duration) -> Option<Vec<String>> {
+        let now = Instant::now();
+        let all_down = self
+            .endpoints
+            .iter()
+            .all(|e| e.down_since.is_some_and(|t| now.duration_since(t) >= limit));
+        all_down.then(|| self.endpoints.iter().map(|e| e.url.clone()).collect())
+    }
+
+    /// When the next resting endpoint may take work again.
+    pub fn next_rest_end(&self) -> Option<Instant> {
+        self.endpoints.iter().filter_map(|e| e.rest_until).min()
+    }
+
+    pub fn oldest_age(&self) -> Option<Duration> {
+        self.started.values().min().map(|t| t.elapsed())
+    }
+
+    pub fn refresh_bar(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done + self.failed);
+            let oldest = self
+                .oldest_age()
+                .map(|d| format!(", oldest {}", crate::util::human_secs(d.as_secs_f64())))
+                .unwrap_or_default();
+            let state = match &self.stopped {
+                Some(why) => format!(" — stopped: {why}"),
+                None => String::new(),
+            };
+            bar.set_message(format!(
+                "{} done, {} failed, {} in flight{oldest}{state}",
+                self.done, self.failed, self.in_flight
+            ));
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! `run`: the coordinator. It alone writes results: it claims jobs per lane, hands each
+//! attempt to a pool thread (which runs a child process), and records what comes back —
+//! finishes and the next claims in one transaction. It never blocks on a model.
+
+mod heartbeat;
+mod lane;
+pub mod signals;
+
+use anyhow::{Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rusqlite::{params, params_from_iter, Connection, TransactionBehavior};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::attempt::{self, AttemptJob};
+use crate::db::jobs::{self, Claim, Filter, Finish, Next, Outcome};
+use crate::exec::StopSignal;
+use crate::models;
+use crate::util::{human_secs, now_ms};
+use lane::Lane;
+
+/// The longest the coordinator sleeps before looking around again.
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+pub enum FailureLimit {
+    Count(u64),
+    Percent(f64),
+}
+
+impl FailureLimit {
+    pub fn parse(text: &str) -> Result<FailureLimit> {
+        let t = text.trim();
+        let bad = || {
+            anyhow::Error::new(crate::error::UsageError(format!(
+                "invalid --max-failures {text:?}: expected a count (5) or a share (10%)"
+            )))
+        };
+        if let Some(p) = t.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(bad());
+            }
+            Ok(FailureLimit::Percent(p))
+        } else {
+            Ok(FailureLimit::Count(t.parse().map_err(|_| bad())?))
+        }
+    }
+
+    fn reached(self, failed: u64, attempts: u64) -> bool {
+        match self {
+            FailureLimit::Count(n) => failed >= n.max(1),
+            // A share needs a few attempts to mean anything.
+            FailureLimit::Percent(p) => {
+                attempts >= 10 && failed as f64 * 100.0 >= p * attempts as f64
+            }
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub db_path: PathBuf,
+    pub filter: Filter,
+    pub jobs: Option<usize>,
+    pub limit: Option<u64>,
+    pub lease: Duration,
+    pub kill_grace: Duration,
+    pub retry_base: Duration,
+    pub max_runtime: Option<Duration>,
+    pub max_failures: Option<FailureLimit>,
+    pub unavailable_limit: Duration,
+    pub watch: bool,
+    pub poll: Duration,
+    pub progress: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub done: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub attempts: u64,
+    pub failed_attempts: u64,
+    pub requeued: u64,
+    pub discarded: u64,
+    pub signal: Option<i32>,
+    pub halted_on_failures: bool,
+    /// Lanes stopped because every endpoint stayed unreachable: (model, message).
+    pub unreachable: Vec<(String, String)>,
+    pub elapsed: Duration,
+}
+
+struct Done {
+    claim: Claim,
+    finish: Finish,
+}
+
+struct Coordinator<'a> {
+    conn: &'a mut Connection,
+    opts: RunOptions,
+    runner_id: i64,
+    lanes: BTreeMap<String, Lane>,
+    pool: rayon::ThreadPool,
+    cap: usize,
+    in_flight: usize,
+    claimed: u64,
+    stop: Arc<StopSignal>,
+    tx: Sender<Done>,
+    rx: Receiver<Done>,
+    rubrics: HashMap<i64, Arc<crate::grading::Rubric>>,
+    multi: Option<MultiProgress>,
+    summary: Summary,
+    started: Instant,
+    next_reap: Instant,
+}
+
+/// Runs jobs in scope until none is left (or a stop condition), then reports what it did.
+pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
+    let runner_id = register(conn)?;
+    let stop = Arc::new(StopSignal::default());
+    let signals = signals::SignalWatch::install(stop.clone())?;
+    let heartbeat = heartbeat::Heartbeat::start(&opts.db_path, runner_id, opts.lease)?;
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let mut coord = Coordinator {
+        conn,
+        runner_id,
+        lanes: BTreeMap::new(),
+        pool: rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.jobs.unwrap_or(64).clamp(1, 512))
+            .thread_name(|i| format!("attempt-{i}"))
+            .build()?,
+        cap: opts.jobs.unwrap_or(usize::MAX),
+        in_flight: 0,
+        claimed: 0,
+        stop,
+        tx,
+        rx,
+        rubrics: HashMap::new(),
+        multi: opts
+            .progress
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+        summary: Summary::default(),
+        started,
+        next_reap: started,
+        opts,
+    };
+    let result = coord.startup().and_then(|_| coord.work(&signals));
+    drop(heartbeat);
+    let reason = match (&result, coord.summary.signal) {
+        (Err(_), _) => "error",
+        (_, Some(_)) => "interrupted",
+        _ => "finished",
+    };
+    let _ = coord.conn.execute(
+        "UPDATE runners SET stopped_at = ?1, stop_reason = ?2 WHERE id = ?3",
+        params![now_ms(), reason, runner_id],
+    );
+    if let Some(multi) = &coord.multi {
+        let _ = multi.clear();
+    }
+    result?;
+    let mut summary = std::mem::take(&mut coord.summary);
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn register(conn: &Connection) -> Result<i64> {
+    let pid = std::process::id() as i64;
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO runners (host, pid, pid_start, boot_id, started_at, heartbeat_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![
+            crate::util::hostname(),
+            pid,
+            crate::util::pid_start(pid),
+            crate::util::boot_id(),
+            now
+        ],
+    )
+    .context("cannot register this runner")?;
+    Ok(conn.last_insert_rowid())
+}
+
+impl Coordinator<'_> {
+    /// One line of what was found, then the orphans of dead runners back in the queue.
+    fn startup(&mut self) -> Result<()> {
+        let (cond, args) = self.opts.filter.sql("j");
+        let sql =
+            format!("SELECT j.state, COUNT(*) FROM jobs j WHERE 1 = 1{cond} GROUP BY j.state");
+        let counts: HashMap<String, i64> = self
+            .conn
+            .prepare(&sql)?
+            .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
+        let n = |s: &str| counts.get(s).copied().unwrap_or(0);
+        log::info!(
+            "runner {} found {} pending, {} running ({} orphaned), {} done, {} failed",
+            self.runner_id,
+            n("pending"),
+            n("running"),
+            orphans.len(),
+            n("done"),
+            n("failed")
+        );
+        self.reap_now(orphans)?;
+        self.refresh_lanes()?;
+        Ok(())
+    }
+
+    fn reap_now(&mut self, orphans: Vec<jobs::Orphan>) -> Result<()> {
+        self.next_reap = Instant::now() + (self.opts.lease / 2).max(Duration::from_millis(500));
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let reaped = jobs::reap(&tx, &orphans)?;
+        tx.commit()?;
+        for (o, state) in &reaped {
+            log::warn!(
+                "reaped job {} ({}): {}; back to {state}",
+                o.job_id,
+                o.model,
+                o.reason
+            );
+            if *state == "failed" && self.in_scope(o) {
+                self.summary.failed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn in_scope(&self, o: &jobs::Orphan) -> bool {
+        let f = &self.opts.filter;
+        f.batch.as_ref().is_none_or(|b| *b == o.batch)
+            && (f.models.is_empty() || f.models.contains(&o.model))
+    }
+
+    /// Opens a lane for every model with pending work in scope.
+    fn refresh_lanes(&mut self) -> Result<()> {
+        let (cond, args) = self.opts.filter.sql("j");
+        let sql = format!("SELECT DISTINCT j.model FROM jobs j WHERE j.state = 'pending'{cond}");
+        let names: Vec<String> = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params_from_iter(args), |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for name in names {
+            if self.lanes.contains_key(&name) {
+                continue;
+            }
+            let config = models::load(self.conn, &name)?;
+            if !config.configured {
+                log::info!(
+                    "model {name} is not configured: using Ollama at {} (see `llmbatch models set`)",
+                    config.effective_endpoints().join(", ")
+                );
+            }
+            let timeout = crate::timeouts::effective(self.conn, &config)?;
+            let mut lane = Lane::new(config, timeout);
+            if let Some(multi) = &self.multi {
+                let total = self.count_open(&name)?;
+                let bar = multi.add(ProgressBar::new(total));
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix:>16.bold} [{bar:30}] {pos}/{len} {msg}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_prefix(name.clone());
+                lane.bar = Some(bar);
+            }
+            self.lanes.insert(name, lane);
+        }
+        Ok(())
+    }
+
+    fn count_open(&self, model: &str) -> Result<u64> {
+        let (cond, mut args) = self.opts.filter.sql("j");
+        let sql = format!(
+            "SELECT COUNT(*) FROM jobs j WHERE j.state IN ('pending', 'running') AND j.model = ?{cond}"
+        );
+        args.insert(0, rusqlite::types::Value::Text(model.to_string()));
+        Ok(self
+            .conn
+            .query_row(&sql, params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    fn work(&mut self, signals: &signals::SignalWatch) -> Result<()> {
+        let mut pending: Vec<Done> = Vec::new();
+        loop {
+            if let Some(sig) = signals.received() {
+                self.summary.signal = Some(sig);
+            }
+            pending.extend(self.rx.try_iter());
+            let claiming = self.may_claim();
+            if claiming && Instant::now() >= self.next_reap {
+                let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
+                self.reap_now(orphans)?;
+            }
+            let dispatched = self.record_and_claim(std::mem::take(&mut pending), claiming)?;
+            self.check_unreachable();
+            for lane in self.lanes.values() {
+                lane.refresh_bar();
+            }
+            if self.in_flight == 0 && dispatched == 0 {
+                if !claiming || !self.work_left()? {
+                    if self.opts.watch && claiming {
+                        std::thread::sleep(self.opts.poll);
+                        self.refresh_lanes()?;
+                        continue;
+                    }
+                    return Ok(());
+                }
+                self.refresh_lanes()?;
+            }
+            match self.rx.recv_timeout(self.wait_time()) {
+                Ok(done) => pending.push(done),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    unreachable!("the coordinator holds a sender")
+                }
+            }
+        }
+    }
+
+    /// Whether new work may be claimed: no signal, runtime, failure limit or --limit reached.
+    fn may_claim(&mut self) -> bool {
+        if self.summary.signal.is_some() || self.stop.level() > 0 {
+            return false;
+        }
+        if let Some(max) = self.opts.max_runtime {
+            if self.started.elapsed() >= max {
+                return false;
+            }
+        }
+        if let Some(limit) = self.opts.max_failures {
+            if limit.reached(self.summary.failed_attempts, self.summary.attempts) {
+                if !self.summary.halted_on_failures {
+                    log::warn!(
+                        "{} of {} attempts failed: --max-failures reached, no more claims",
+                        self.summary.failed_attempts,
+                        self.summary.attempts
+                    );
+                }
+                self.summary.halted_on_failures = true;
+                return false;
+            }
+        }
+        self.opts.limit.is_none_or(|l| self.claimed < l)
+    }
+
+    /// How long to wait for a result before looking again.
+    fn wait_time(&self) -> Duration {
+        let now = Instant::now();
+        let mut until = now + TICK;
+        for lane in self.lanes.values().filter(|l| l.stopped.is_none()) {
+            until = until.min(lane.idle_until.max(now));
+            if let Some(t) = lane.next_rest_end() {
+                until = until.min(t.max(now));
+            }
+        }
+        until = until.min(self.next_reap.max(now));
+        until
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(5))
+    }
+
+    /// Records finished attempts and claims replacements in one transaction, then starts them.
+    fn record_and_claim(&mut self, results: Vec<Done>, claiming: bool) -> Result<usize> {
+        let plan = if claiming {
+            self.plan_claims()
+        } else {
+            Vec::new()
+        };
+        if results.is_empty() && plan.is_empty() {
+            return Ok(0);
+        }
+        let retry_base = self.opts.retry_base.as_millis() as i64;
+        let lease_ms = self.opts.lease.as_millis() as i64;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut decided = Vec::with_capacity(results.len());
+        for done in results {
+            let lane = self
+                .lanes
+                .get(&done.claim.model)
+                .expect("lane of a claimed job");
+            let budget = done.claim.max_attempts.unwrap_or(lane.model.max_attempts);
+            let next = jobs::decide(&done.claim, &done.finish, budget, retry_base);
+            let kept = jobs::finish(&tx, &done.claim, &done.finish, next)?;
+            if kept && next == Next::Done && done.claim.kind == "grade" {
+                crate::grading::record(&tx, &done.claim, &done.finish)?;
+            }
+            decided.push((done, next, kept));
+        }
+        let mut claims = Vec::new();
+        for (model, slots) in &plan {
+            let lane = &self.lanes[model];
+            let got = jobs::claim(
+                &tx,
+                self.runner_id,
+                model,
+                slots,
+                lane.timeout.as_secs_f64(),
+                lease_ms,
+                &self.opts.filter,
+            )?;
+            claims.push((model.clone(), slots.len(), got));
+        }
+        tx.commit()?;
+        for (done, next, kept) in decided {
+            self.account(done, next, kept);
+        }
+        let mut dispatched = 0;
+        for (model, wanted, got) in claims {
+            if got.len() < wanted {
+                self.idle_lane(&model)?;
+            }
+            for claim in got {
+                self.dispatch(claim)?;
+                dispatched += 1;
+            }
+        }
+        Ok(dispatched)
+    }
+
+    /// Free slots per lane (each an endpoint), within the global cap and --limit.
+    fn plan_claims(&self) -> Vec<(String, Vec<String>)> {
+        let now = Instant::now();
+        let mut room = self.cap.saturating_sub(self.in_flight);
+        if let Some(limit) = self.opts.limit {
+            room = room.min(limit.saturating_sub(self.claimed) as usize);
+        }
+        let mut plan = Vec::new();
+        for (name, lane) in &self.lanes {
+            if room == 0 {
+                break;
+            }
+            let slots = lane.free_slots(now, room);
+            room -= slots.len();
+            if !slots.is_empty() {
+                plan.push((name.clone(), slots));
+            }
+        }
+        plan
+    }
+
+    /// Nothing runnable now: look again when the earliest backoff ends (or within a tick).
+    fn idle_lane(&mut self, model: &str) -> Result<()> {
+        let (cond, mut args) = self.opts.filter.sql("j");
+        let sql = format!(
+            "SELECT MIN(j.not_before) FROM jobs j WHERE j.state = 'pending' AND j.model = ?{cond}"
+        );
+        args.insert(0, rusqlite::types::Value::Text(model.to_string()));
+        let next: Option<i64> = self
+            .conn
+            .query_row(&sql, params_from_iter(args), |r| r.get(0))?;
+        let now = now_ms();
+        let wait = match next {
+            Some(t) if t > now => Duration::from_millis((t - now) as u64).min(TICK),
+            _ => TICK,
+        };
+        if let Some(lane) = self.lanes.get_mut(model) {
+            lane.idle_until = Instant::now() + wait;
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, claim: Claim) -> Result<()> {
+        let rubric = match claim.rubric_id {
+            Some(id) => Some(self.rubric(id)?),
+            None => None,
+        };
+        let lane = self
+            .lanes
+            .get_mut(&claim.model)
+            .expect("lane of a claimed job");
+        lane.started(claim.job_id, &claim.endpoint);
+        log::debug!(
+            "job {} ({}) attempt {} started",
+            claim.job_id,
+            claim.model,
+            claim.number
+        );
+        let job = AttemptJob {
+            claim,
+            model: lane.model.clone(),
+            timeout: lane.timeout,
+            kill_grace: self.opts.kill_grace,
+            rubric,
+        };
+        self.in_flight += 1;
+        self.claimed += 1;
+        let tx = self.tx.clone();
+        let stop = self.stop.clone();
+        self.pool.spawn(move || {
+            let finish = attempt::execute(&job, &stop);
+            let _ = tx.send(Done {
+                claim: job.claim,
+                finish,
+            });
+        });
+        Ok(())
+    }
+
+    fn rubric(&mut self, id: i64) -> Result<Arc<crate::grading::Rubric>> {
+        if let Some(r) = self.rubrics.get(&id) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(crate::grading::Rubric::load(self.conn, id)?);
+        self.rubrics.insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// Updates lanes and counters for a recorded attempt, and says what happened.
+    fn account(&mut self, done: Done, next: Next, kept: bool) {
+        let Done { claim, finish } = done;
+        self.in_flight -= 1;
+        let reachable = finish.outcome != Outcome::Unavailable;
+        // Any end may make other work runnable (a graded parent, a freed slot).
+        for lane in self.lanes.values_mut() {
+            lane.idle_until = Instant::now();
+        }
+        let lane = self
+            .lanes
+            .get_mut(&claim.model)
+            .expect("lane of a claimed job");
+        lane.ended(claim.job_id, &claim.endpoint, reachable);
+        let what = format!(
+            "job {} ({}, {}/{})",
+            claim.job_id, claim.model, claim.batch, claim.item_id
+        );
+        if !kept {
+            self.summary.discarded += 1;
+            log::warn!(
+                "{what}: result of attempt {} ({}) discarded — the job was reaped meanwhile (lease lost)",
+                claim.number,
+                finish.outcome.as_str()
+            );
+            return;
+        }
+        self.summary.attempts += 1;
+        if finish.outcome.charged() && finish.outcome != Outcome::Ok {
+            self.summary.failed_attempts += 1;
+        }
+        let why = finish.error.as_deref().unwrap_or(finish.outcome.as_str());
+        match next {
+            Next::Done => {
+                lane.done += 1;
+                self.summary.done += 1;
+            }
+            Next::Failed => {
+                lane.failed += 1;
+                self.summary.failed += 1;
+                log::warn!(
+                    "{what} failed after attempt {}: {}: {why}",
+                    claim.number,
+                    finish.outcome.as_str()
+                );
+            }
+            Next::Retry(_) if finish.outcome.charged() => {
+                self.summary.retried += 1;
+                log::info!(
+                    "{what} attempt {} {}: {why}; will retry",
+                    claim.number,
+                    finish.outcome.as_str()
+                );
+            }
+            Next::Retry(_) => {
+                self.summary.requeued += 1;
+                log::debug!("{what} back to pending: {why}");
+            }
+        }
+    }
+
+    /// Stops lanes whose endpoints all stayed unreachable past the limit; their jobs stay pending.
+    fn check_unreachable(&mut self) {
+        for (name, lane) in self.lanes.iter_mut() {
+            if lane.stopped.is_some() {
+                continue;
+            }
+            if let Some(urls) = lane.unreachable_past(self.opts.unavailable_limit) {
+                let msg = format!(
+                    "model {name}: {} unreachable for {} — is the server running? its jobs stay pending",
+                    urls.join(", "),
+                    human_secs(self.opts.unavailable_limit.as_secs_f64())
+                );
+                log::error!("{msg}");
+                lane.stopped = Some("unreachable".into());
+                self.summary.unreachable.push((name.clone(), msg));
+            }
+        }
+    }
+
+    /// Whether any job in scope may still run: pending (not waiting on a failed parent, not in
+    /// a stopped lane) or running under another runner.
+    fn work_left(&self) -> Result<bool> {
+        let (cond, mut args) = self.opts.filter.sql("j");
+        let stopped: Vec<&String> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.stopped.is_some())
+            .map(|(n, _)| n)
+            .collect();
+        let mut skip = String::new();
+        if !stopped.is_empty() {
+            skip = format!(
+                " AND j.model NOT IN ({})",
+                vec!["?"; stopped.len()].join(", ")
+            );
+            args.extend(
+                stopped
+                    .iter()
+                    .map(|s| rusqlite::types::Value::Text((*s).clone())),
+            );
+        }
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
+             WHERE (j.state = 'running' OR (j.state = 'pending'
+                    AND (j.parent_id IS NULL OR p.state IN ('pending', 'running', 'done'))))
+               {cond}{skip})"
+        );
+        Ok(self
+            .conn
+            .query_row(&sql, params_from_iter(args), |r| r.get(0))?)
+    }
+}

@@ -1,0 +1,50 @@
+//! Timeout advice: 2 × p99 of recent successful attempts, clamped, used by `--timeout auto`.
+
+use anyhow::Result;
+use rusqlite::{params, Connection};
+use std::time::Duration;
+
+use crate::models::ModelConfig;
+use crate::util::now_ms;
+
+pub const ADVICE_WINDOW_MS: i64 = 7 * 86_400_000;
+pub const ADVICE_MIN_SAMPLES: i64 = 20;
+pub const ADVICE_MIN_S: f64 = 10.0;
+pub const ADVICE_MAX_S: f64 = 3600.0;
+
+/// The advised timeout in seconds, when there are enough recent successes to judge.
+pub fn advice(conn: &Connection, model: &str) -> Result<Option<(f64, i64, f64)>> {
+    let since = now_ms() - ADVICE_WINDOW_MS;
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM attempts WHERE model = ?1 AND outcome = 'ok' AND started_at >= ?2",
+        params![model, since],
+        |r| r.get(0),
+    )?;
+    if n < ADVICE_MIN_SAMPLES {
+        return Ok(None);
+    }
+    // Nearest-rank p99: the value at rank ceil(0.99 n).
+    let rank = ((n as f64) * 0.99).ceil() as i64;
+    let p99_ms: i64 = conn.query_row(
+        "SELECT duration_ms FROM attempts WHERE model = ?1 AND outcome = 'ok' AND started_at >= ?2
+         ORDER BY duration_ms LIMIT 1 OFFSET ?3",
+        params![model, since, rank - 1],
+        |r| r.get(0),
+    )?;
+    let p99 = p99_ms as f64 / 1000.0;
+    Ok(Some((
+        (2.0 * p99).clamp(ADVICE_MIN_S, ADVICE_MAX_S),
+        n,
+        p99,
+    )))
+}
+
+/// The timeout an attempt of this model gets now.
+pub fn effective(conn: &Connection, model: &ModelConfig) -> Result<Duration> {
+    if model.timeout_auto {
+        if let Some((secs, _, _)) = advice(conn, &model.name)? {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    Ok(Duration::from_secs_f64(model.timeout()))
+}

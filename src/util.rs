@@ -1,0 +1,93 @@
+//! Small shared helpers: clock, durations, host identity, process liveness.
+
+use anyhow::{bail, Result};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch: the one time unit stored in the database.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses `90s`, `5m`, `2h`, `7d`, `250ms` or a bare number of seconds (fractions allowed).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = match num.parse() {
+        Ok(v) if num.chars().any(|c| c.is_ascii_digit()) => v,
+        _ => bail!("invalid duration {text:?}: expected a number with an optional unit, e.g. 90s, 5m, 2h, 7d"),
+    };
+    let factor = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" | "mins" => 60.0,
+        "h" | "hr" | "hrs" => 3600.0,
+        "d" | "day" | "days" => 86400.0,
+        other => bail!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
+    };
+    if !value.is_finite() || value < 0.0 {
+        bail!("invalid duration {text:?}: must not be negative");
+    }
+    Ok(std::time::Duration::from_secs_f64(value * factor))
+}
+
+/// clap value parser for durations.
+pub fn duration_arg(text: &str) -> std::result::Result<std::time::Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Renders seconds the way people read them: `850ms`, `12.3s`, `4m05s`, `2h10m`.
+pub fn human_secs(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{:.0}ms", secs * 1000.0)
+    } else if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else if secs < 3600.0 {
+        format!("{}m{:02}s", (secs / 60.0) as u64, (secs % 60.0) as u64)
+    } else {
+        format!(
+            "{}h{:02}m",
+            (secs / 3600.0) as u64,
+            ((secs % 3600.0) / 60.0) as u64
+        )
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The kernel's id of this boot: a runner recorded under another boot id is dead.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat), so a pid
+/// reused by another process is not mistaken for the runner that held it.
+pub fn pid_start(pid: i64) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Whether the process that registered as (pid, start) on this boot is still alive.
+pub fn process_alive(pid: i64, start: Option<&str>) -> bool {
+    match (pid_start(pid), start) {
+        (None, _) => false,
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+    }
+}
