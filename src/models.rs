@@ -124,10 +124,11 @@ pub fn normalize_endpoint(raw: &str, default_port: u16) -> String {
         Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
         None => (rest, String::new()),
     };
-    let host = if host.is_empty() || host == "0.0.0.0" {
-        "127.0.0.1".to_string()
-    } else {
-        host
+    // Ollama listens on 0.0.0.0 when told to; a client reaches it on loopback.
+    let host = match host.strip_prefix("0.0.0.0") {
+        Some(port) => format!("127.0.0.1{port}"),
+        None if host.is_empty() => "127.0.0.1".to_string(),
+        None => host,
     };
     let has_port = host
         .rsplit_once(':')
