@@ -1,0 +1,5 @@
+//! Integration tests: the real binary on a temp database, real child processes and signals,
+//! a real HTTP server on 127.0.0.1. One test binary; one module per area.
+
+mod common;
+mod core;
