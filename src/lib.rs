@@ -10,6 +10,7 @@ pub mod error;
 pub mod exec;
 pub mod grading;
 pub mod ids;
+pub mod logging;
 pub mod models;
 pub mod report;
 pub mod runner;

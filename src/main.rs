@@ -8,7 +8,7 @@ use llmbatch::{commands, error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    commands::init_logging(&cli);
+    llmbatch::logging::init(&cli);
     match commands::dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

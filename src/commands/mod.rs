@@ -12,7 +12,6 @@ pub mod run;
 pub mod worker;
 
 use anyhow::Result;
-use std::io::Write;
 
 use crate::cli::{Cli, Command, ScopeArgs};
 use crate::db::{self, jobs::Filter};
@@ -27,7 +26,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         return worker::run();
     }
     let mut conn = db::open(&cli.db, creates)?;
-    match &cli.command {
+    let result = match &cli.command {
         Command::Models(a) => models::run(a, &mut conn),
         Command::Enqueue(a) => enqueue::run(a, &mut conn),
         Command::Run(a) => run::run(a, &mut conn, cli),
@@ -37,7 +36,8 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Report(a) => report::run(a, &mut conn),
         Command::Export(a) => export::run(a, &mut conn),
         Command::Worker => unreachable!("handled above"),
-    }
+    };
+    result.map_err(|e| db::explain_busy(e, &cli.db))
 }
 
 /// Turns `--batch/--model/--ids-file` into a filter, loading the ids into the connection.
@@ -57,60 +57,10 @@ pub fn scope_filter(scope: &ScopeArgs, conn: &rusqlite::Connection) -> Result<Fi
     })
 }
 
-/// Logs go to stderr (and `--log-file`); stdout carries only results.
-pub fn init_logging(cli: &Cli) {
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => log::LevelFilter::Error,
-        (false, 0) => log::LevelFilter::Info,
-        (false, 1) => log::LevelFilter::Debug,
-        (false, _) => log::LevelFilter::Trace,
-    };
-    let file = cli.log_file.as_ref().and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(|e| eprintln!("llmbatch: cannot open log file {}: {e}", p.display()))
-            .ok()
-    });
-    let file = file.map(std::sync::Mutex::new);
-    let mut builder = env_logger::Builder::new();
-    builder
-        .filter_module("llmbatch", level)
-        .filter_level(log::LevelFilter::Warn);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&spec);
-    }
-    builder.format(move |buf, record| {
-        let line = format!(
-            "{} {:<5} {}",
-            chrono_like_now(),
-            record.level(),
-            record.args()
-        );
-        if let Some(f) = &file {
-            if let Ok(mut f) = f.lock() {
-                let _ = writeln!(f, "{line}");
-            }
-        }
-        writeln!(buf, "llmbatch: {}", record.args())
-    });
-    let _ = builder.try_init();
-}
-
-/// UTC timestamp for log files, without a date crate.
-fn chrono_like_now() -> String {
-    let ms = crate::util::now_ms();
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86400, secs % 86400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+/// ISO-8601 UTC with milliseconds, for log files.
+pub fn iso_time_ms(ms: i64) -> String {
+    let base = iso_time(ms);
+    format!("{}.{:03}Z", base.trim_end_matches('Z'), ms.rem_euclid(1000))
 }
 
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).

@@ -72,6 +72,42 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// Adds to a "database is locked" error who holds the file: the live runners on it.
+pub fn explain_busy(err: anyhow::Error, path: &Path) -> anyhow::Error {
+    let busy = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
+        )
+    });
+    if !busy {
+        return err;
+    }
+    let holders = Connection::open(path)
+        .and_then(|c| {
+            let mut stmt = c.prepare(
+                "SELECT host || ':' || pid FROM runners WHERE stopped_at IS NULL ORDER BY id DESC LIMIT 10",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .unwrap_or_default();
+    let who = if holders.is_empty() {
+        "another process (no llmbatch runner is registered as live)".to_string()
+    } else {
+        format!(
+            "another process; runners registered as live: {}",
+            holders.join(", ")
+        )
+    };
+    err.context(format!(
+        "{} stayed locked for {}s by {who}",
+        path.display(),
+        BUSY_TIMEOUT.as_secs()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

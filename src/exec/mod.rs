@@ -80,6 +80,13 @@ pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
     let Some((program, args)) = spec.argv.split_first() else {
         return failed("empty command".into());
     };
+    if stop.level() > 0 {
+        // Queued before the stop request: never start it.
+        return ChildOutcome {
+            status: Status::Interrupted,
+            ..failed(String::new())
+        };
+    }
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))

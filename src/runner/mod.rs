@@ -148,7 +148,9 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         next_reap: started,
         opts,
     };
+    crate::logging::set_bars(coord.multi.clone());
     let result = coord.startup().and_then(|_| coord.work(&signals));
+    crate::logging::set_bars(None);
     drop(heartbeat);
     let reason = match (&result, coord.summary.signal) {
         (Err(_), _) => "error",
@@ -312,7 +314,7 @@ impl Coordinator<'_> {
             if self.in_flight == 0 && dispatched == 0 {
                 if !claiming || !self.work_left()? {
                     if self.opts.watch && claiming {
-                        std::thread::sleep(self.opts.poll);
+                        self.nap(self.opts.poll);
                         self.refresh_lanes()?;
                         continue;
                     }
@@ -327,6 +329,18 @@ impl Coordinator<'_> {
                     unreachable!("the coordinator holds a sender")
                 }
             }
+        }
+    }
+
+    /// Sleeps up to `d`, waking early for a stop request.
+    fn nap(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while self.stop.level() == 0 && Instant::now() < until {
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
+            );
         }
     }
 
