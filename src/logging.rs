@@ -22,6 +22,7 @@ fn bars() -> Option<MultiProgress> {
 
 struct Bridge {
     inner: env_logger::Logger,
+    file: Option<Mutex<std::fs::File>>,
 }
 
 impl log::Log for Bridge {
@@ -33,8 +34,22 @@ impl log::Log for Bridge {
         if !self.inner.matches(record) {
             return;
         }
+        if let Some(f) = &self.file {
+            if let Ok(mut f) = f.lock() {
+                let _ = writeln!(
+                    f,
+                    "{} {:<5} [{}] {}",
+                    crate::commands::iso_time_ms(crate::util::now_ms()),
+                    record.level(),
+                    std::process::id(),
+                    record.args()
+                );
+            }
+        }
         match bars() {
-            Some(bars) => bars.suspend(|| self.inner.log(record)),
+            Some(bars) => {
+                let _ = bars.println(format!("llmbatch: {}", record.args()));
+            }
             None => self.inner.log(record),
         }
     }
@@ -68,24 +83,10 @@ pub fn init(cli: &Cli) {
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
-    builder.format(move |buf, record| {
-        if let Some(f) = &file {
-            if let Ok(mut f) = f.lock() {
-                let _ = writeln!(
-                    f,
-                    "{} {:<5} [{}] {}",
-                    crate::commands::iso_time_ms(crate::util::now_ms()),
-                    record.level(),
-                    std::process::id(),
-                    record.args()
-                );
-            }
-        }
-        writeln!(buf, "llmbatch: {}", record.args())
-    });
+    builder.format(|buf, record| writeln!(buf, "llmbatch: {}", record.args()));
     let inner = builder.build();
     let max = inner.filter();
-    if log::set_boxed_logger(Box::new(Bridge { inner })).is_ok() {
+    if log::set_boxed_logger(Box::new(Bridge { inner, file })).is_ok() {
         log::set_max_level(max);
     }
 }
