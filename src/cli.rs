@@ -35,18 +35,24 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "LLMBATCH_DB",
         default_value = "llmbatch.db"
     )]
     pub db: PathBuf,
     /// More log output (-vv for debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
     /// Only errors on stderr; no progress bars or summaries.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
     /// Also append log lines to this file.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
     pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -68,7 +74,7 @@ pub enum Command {
   llmbatch run                          # everything pending, then exit
   llmbatch run --model qwen2.5:7b --jobs 4
   llmbatch run --max-runtime 9m         # a cron tick that never overlaps the next
-  llmbatch report jobs --state failed --format ids | llmbatch run --ids-file -
+  llmbatch report jobs --state pending --batch jokes --format ids | llmbatch run --ids-file -
 
 Exit codes: 0 all done, 1 operational error, 2 bad input, 3 some jobs failed, 130/143 interrupted.")]
     Run(RunArgs),
@@ -199,7 +205,7 @@ pub struct ScopeArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
-    /// Attempts at once over all models (default: the sum of the models' concurrency).
+    /// Attempts at once over all models (default: each model's concurrency, at most 64 in all).
     #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: Option<u64>,
     /// Claim at most N jobs, then finish.

@@ -22,6 +22,9 @@ use crate::models;
 use crate::util::{human_secs, now_ms};
 use lane::Lane;
 
+/// Attempts at once over all lanes when `--jobs` is not given.
+const DEFAULT_JOBS: usize = 64;
+
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -130,10 +133,10 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         runner_id,
         lanes: BTreeMap::new(),
         pool: rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.jobs.unwrap_or(64).clamp(1, 512))
+            .num_threads(opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512))
             .thread_name(|i| format!("attempt-{i}"))
             .build()?,
-        cap: opts.jobs.unwrap_or(usize::MAX),
+        cap: opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512),
         in_flight: 0,
         claimed: 0,
         stop,
