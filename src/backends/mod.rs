@@ -102,7 +102,7 @@ fn post(
         Ok(resp) => resp,
         Err(ureq::Error::Status(_, resp)) => resp,
         Err(ureq::Error::Transport(t)) => {
-            return Err(Box::new(transport(&t, r, url, timeout, down_hint)))
+            return Err(Box::new(transport(&t, url, timeout, down_hint)))
         }
     };
     let status = resp.status();
@@ -121,13 +121,7 @@ fn post(
     }
 }
 
-fn transport(
-    t: &ureq::Transport,
-    r: &WorkerRequest,
-    url: &str,
-    timeout: Duration,
-    down_hint: &str,
-) -> WorkerResponse {
+fn transport(t: &ureq::Transport, url: &str, timeout: Duration, down_hint: &str) -> WorkerResponse {
     use std::error::Error;
     let io = t
         .source()
@@ -142,10 +136,7 @@ fn transport(
         ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed => failure(
             "unavailable",
             None,
-            format!(
-                "cannot connect to {} ({detail}) — {down_hint}",
-                r.endpoint.trim_end_matches('/')
-            ),
+            format!("cannot connect: {detail} — {down_hint}"),
         ),
         ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => failure(
             "spawn",
@@ -180,7 +171,7 @@ fn timed_out(url: &str, timeout: Duration) -> WorkerResponse {
         "timeout",
         None,
         format!(
-            "no answer from {url} within {}: gave up",
+            "no answer from {url} within {} (just under the model's timeout): gave up",
             crate::util::human_secs(timeout.as_secs_f64())
         ),
     )

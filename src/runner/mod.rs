@@ -20,7 +20,7 @@ use crate::db::jobs::{self, Claim, Filter, Finish, Next, Outcome};
 use crate::exec::StopSignal;
 use crate::models;
 use crate::util::{human_secs, now_ms};
-use lane::Lane;
+use lane::{Lane, Reach};
 
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
@@ -533,11 +533,20 @@ impl Coordinator<'_> {
             .lanes
             .get_mut(&claim.model)
             .expect("lane of a claimed job");
-        lane.ended(claim.job_id, &claim.endpoint, reachable);
         let what = format!(
             "job {} ({}, {}/{})",
             claim.job_id, claim.model, claim.batch, claim.item_id
         );
+        match lane.ended(claim.job_id, &claim.endpoint, reachable) {
+            Reach::Down(rest) => log::warn!(
+                "{} unreachable, resting it {} (its jobs wait, not charged): {}",
+                claim.endpoint,
+                human_secs(rest.as_secs_f64()),
+                finish.error.as_deref().unwrap_or("unavailable")
+            ),
+            Reach::Up => log::info!("{} reachable again", claim.endpoint),
+            Reach::Same => {}
+        }
         if !kept {
             self.summary.discarded += 1;
             log::warn!(
