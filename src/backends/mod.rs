@@ -17,8 +17,9 @@ use crate::text::{lossy, split_thinking};
 
 /// Connecting takes milliseconds on a live server; longer means the host is not there.
 const CONNECT_MAX: Duration = Duration::from_secs(10);
-/// The most of a response body kept (an answer, or an error page).
-const MAX_BODY: u64 = 8 * 1024 * 1024;
+/// The most of a response body kept; with the answer and its raw text both in the result,
+/// this keeps the worker's stdout under the runner's capture limit.
+const MAX_BODY: u64 = 4 * 1024 * 1024;
 /// How much of an unexpected body an error message quotes.
 const QUOTE_CHARS: usize = 200;
 

@@ -1019,3 +1019,72 @@ fn openai_server_down_says_so() {
     );
     assert_eq!(env.state_count("pending"), 1);
 }
+
+#[test]
+fn an_ollama_restart_mid_run_fails_nothing() {
+    let port = closed_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let env = Env::new();
+    ollama_model(
+        &env,
+        "nightly",
+        &url,
+        &[
+            "--timeout",
+            "30",
+            "--max-attempts",
+            "1",
+            "--concurrency",
+            "2",
+        ],
+    );
+    env.cmd(&["enqueue", "--model", "nightly", &env.prompts("p.csv", 3)])
+        .assert()
+        .success();
+    let mut run = env
+        .spawn_cmd(&["run", "--unavailable-limit", "90s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("an unavailable attempt", Duration::from_secs(30), || {
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'unavailable'") >= 1
+    });
+    // Ollama is back (skipped if another process took the port meanwhile).
+    let Some(server) = Server::start_on(port, |req, _| {
+        now_json(200, ollama_answer(req.model(), "morning", None, "stop"))
+    }) else {
+        let _ = run.kill();
+        let _ = run.wait();
+        return;
+    };
+    let until = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > until {
+            let _ = run.kill();
+            panic!("run did not finish after the server came back");
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    run.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("unreachable, resting it") && stderr.contains("reachable again"),
+        "{stderr}"
+    );
+    assert_eq!(
+        env.state_count("done"),
+        3,
+        "a budget of 1 and still nothing failed"
+    );
+    assert_eq!(env.int("SELECT SUM(charged) FROM jobs"), 3);
+    assert_eq!(server.count(), 3);
+}
