@@ -38,6 +38,8 @@ pub struct Lane {
     pub idle_until: Instant,
     /// Why the lane stopped taking work, if it did.
     pub stopped: Option<String>,
+    /// With `--watch` the lane keeps probing a long outage; it is reported once.
+    pub outage_reported: bool,
     pub done: u64,
     pub failed: u64,
     /// Start of each attempt in flight, by job id: the oldest is shown in progress.
@@ -65,6 +67,7 @@ impl Lane {
             in_flight: 0,
             idle_until: Instant::now(),
             stopped: None,
+            outage_reported: false,
             done: 0,
             failed: 0,
             started: BTreeMap::new(),

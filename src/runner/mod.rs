@@ -544,7 +544,10 @@ impl Coordinator<'_> {
                 human_secs(rest.as_secs_f64()),
                 finish.error.as_deref().unwrap_or("unavailable")
             ),
-            Reach::Up => log::info!("{} reachable again", claim.endpoint),
+            Reach::Up => {
+                lane.outage_reported = false;
+                log::info!("{} reachable again", claim.endpoint)
+            }
             Reach::Same => {}
         }
         if !kept {
@@ -597,6 +600,18 @@ impl Coordinator<'_> {
                 continue;
             }
             if let Some(urls) = lane.unreachable_past(self.opts.unavailable_limit) {
+                // A daemon outlives the outage: it keeps probing (every 30 s at most).
+                if self.opts.watch {
+                    if !lane.outage_reported {
+                        log::error!(
+                            "model {name}: {} unreachable for {} — is the server running? still trying (--watch)",
+                            urls.join(", "),
+                            human_secs(self.opts.unavailable_limit.as_secs_f64())
+                        );
+                        lane.outage_reported = true;
+                    }
+                    continue;
+                }
                 let msg = format!(
                     "model {name}: {} unreachable for {} — is the server running? its jobs stay pending",
                     urls.join(", "),

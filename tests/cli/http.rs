@@ -1088,3 +1088,55 @@ fn an_ollama_restart_mid_run_fails_nothing() {
     assert_eq!(env.int("SELECT SUM(charged) FROM jobs"), 3);
     assert_eq!(server.count(), 3);
 }
+
+#[test]
+fn a_watching_runner_outlives_an_outage() {
+    let port = closed_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let env = Env::new();
+    ollama_model(&env, "daemon", &url, &["--timeout", "30"]);
+    env.cmd(&["enqueue", "--model", "daemon", &env.prompts("p.csv", 2)])
+        .assert()
+        .success();
+    let log = env.dir.path().join("watch.log");
+    let mut run = env
+        .spawn_cmd(&[
+            "--log-file",
+            log.to_str().unwrap(),
+            "run",
+            "--watch",
+            "--poll",
+            "200ms",
+            "--unavailable-limit",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the outage to be reported", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("still trying (--watch)")
+    });
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "a watching runner does not exit on an outage"
+    );
+    let server = Server::start_on(port, |req, _| {
+        now_json(200, ollama_answer(req.model(), "back", None, "stop"))
+    });
+    if server.is_some() {
+        wait_for(
+            "the jobs to finish once the server is back",
+            Duration::from_secs(60),
+            || env.state_count("done") == 2,
+        );
+    }
+    kill(run.id(), libc::SIGTERM);
+    let until = Instant::now() + Duration::from_secs(30);
+    while run.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "runner did not stop on SIGTERM");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
