@@ -340,6 +340,8 @@ fn ollama_answers_with_timings_and_sends_the_settings() {
             "false",
             "--system",
             "Be brief.",
+            "--format-output",
+            "json",
             "--timeout",
             "60",
         ],
@@ -371,6 +373,7 @@ fn ollama_answers_with_timings_and_sends_the_settings() {
     assert_eq!(b["options"], json!({"num_ctx": 4096, "temperature": 0.2}));
     assert_eq!(b["keep_alive"], json!("5m"));
     assert_eq!(b["system"], json!("Be brief."));
+    assert_eq!(b["format"], json!("json"));
     assert!(b["prompt"].as_str().unwrap().starts_with("prompt number"));
     let bare = server
         .requests()
