@@ -112,10 +112,16 @@ Exit codes: 0 all done, 1 operational error, 2 bad input, 3 some jobs failed, 13
 pub enum ModelsCommand {
     /// Create or change a model's settings (unset flags keep their current values).
     #[command(after_help = "Examples:
+  llmbatch models set qwen3:4b --timeout 10m --think false --option num_ctx=8192
+  llmbatch models set llama3.1:70b --endpoint http://gpu1:11434 \\
+      --endpoint http://gpu2:11434 --concurrency 2
+  llmbatch models set Qwen/Qwen2.5-7B-Instruct --backend openai \\
+      --endpoint http://localhost:8000 --option max_tokens=512
+  llmbatch models set gpt-4o-mini --backend openai --endpoint https://api.openai.com/v1 \\
+      --api-key-env OPENAI_API_KEY
   llmbatch models set echo --backend command --command 'sh -c cat' --timeout 10
-  llmbatch models set qwen3:4b --timeout 600 --think false --option num_ctx=8192
-  llmbatch models set gpt --backend openai --endpoint https://api.example.com --api-key-env OPENAI_API_KEY
-  llmbatch models set llama3.1:70b --endpoint http://gpu1:11434 --endpoint http://gpu2:11434 --concurrency 2")]
+
+A name never configured runs on Ollama at $OLLAMA_HOST (default http://127.0.0.1:11434).")]
     Set(Box<ModelSetArgs>),
     /// List configured models.
     List(FormatArgs),
@@ -123,41 +129,49 @@ pub enum ModelsCommand {
 
 #[derive(Args, Debug)]
 pub struct ModelSetArgs {
+    /// The model's name as its server knows it (e.g. qwen2.5:7b), or a label for a command.
     pub name: String,
+    /// ollama: POST {endpoint}/api/generate (the default); openai: POST
+    /// {endpoint}/v1/chat/completions; command: run a command with the prompt on stdin.
     #[arg(long, value_enum)]
     pub backend: Option<crate::models::Backend>,
     /// Command template: split like a shell would, but no shell runs; `{model}` and item
     /// variables are filled per argument; the prompt goes to stdin.
     #[arg(long, value_name = "TEMPLATE")]
     pub command: Option<String>,
-    /// Base URL of a server (repeat for several; the lane spreads work over them).
+    /// Server base URL, e.g. http://gpu1:11434 or https://api.openai.com/v1 (default for
+    /// ollama: $OLLAMA_HOST). Repeat for several servers: the lane spreads work over them.
     #[arg(long = "endpoint", value_name = "URL")]
     pub endpoints: Vec<String>,
     /// Seconds (or a duration like 10m) per attempt, or `auto` (2 × p99 of recent successes).
     #[arg(long, value_name = "SECS|auto")]
     pub timeout: Option<String>,
     /// Attempts at once (per endpoint for HTTP models).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub concurrency: Option<i64>,
     /// Attempt budget per job (retries included).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub max_attempts: Option<i64>,
-    /// Backend option KEY=VALUE (Ollama options such as num_ctx, temperature; OpenAI body fields).
+    /// Backend option, repeatable: Ollama `options` (num_ctx=8192, num_predict=256,
+    /// temperature=0.2); for openai, request body fields (max_tokens=512, temperature=0).
     #[arg(long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    /// Ollama keep_alive, e.g. 10m.
+    /// Ollama keep_alive: how long the model stays loaded after a call, e.g. 10m (-1 = always).
     #[arg(long, value_name = "DUR")]
     pub keep_alive: Option<String>,
-    /// Ollama think: true, false, or a level low|medium|high (sent explicitly when set).
+    /// Thinking on or off, or a level. Ollama gets `think` explicitly (thinking models think
+    /// when it is absent); openai gets chat_template_kwargs.enable_thinking, or
+    /// reasoning_effort for a level.
     #[arg(long, value_name = "true|false|low|medium|high")]
     pub think: Option<String>,
-    /// System prompt.
-    #[arg(long)]
+    /// System prompt (Ollama `system`; a system message for openai).
+    #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
-    /// Ollama structured output: `json` or a JSON schema.
+    /// Structured output: `json` or a JSON schema (Ollama `format`; openai `response_format`).
     #[arg(long, value_name = "json|SCHEMA")]
     pub format_output: Option<String>,
-    /// Name of the environment variable holding the API key (the key is never stored).
+    /// Name of the environment variable holding the API key, sent as a Bearer token. The key
+    /// itself is never stored or logged: set the variable where `llmbatch run` runs.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
 }

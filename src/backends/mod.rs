@@ -1,7 +1,320 @@
-//! HTTP backends (Ollama, OpenAI-compatible), run inside the `worker` child process.
+//! HTTP backends (Ollama, OpenAI-compatible), run inside the `worker` child process: one
+//! request in on stdin, one HTTP call with its own deadlines, one result out on stdout. The
+//! coordinator can kill this process at the model timeout, so nothing here can hang a run.
+//! The server is never asked whether it is busy: the request is sent and the server queues it.
 
-use anyhow::Result;
+mod ollama;
+mod openai;
 
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::attempt::{WorkerRequest, WorkerResponse};
+use crate::models::Backend;
+use crate::text::{lossy, split_thinking};
+
+/// Connecting takes milliseconds on a live server; longer means the host is not there.
+const CONNECT_MAX: Duration = Duration::from_secs(10);
+/// The most of a response body kept; with the answer and its raw text both in the result,
+/// this keeps the worker's stdout under the runner's capture limit.
+const MAX_BODY: u64 = 4 * 1024 * 1024;
+/// How much of an unexpected body an error message quotes.
+const QUOTE_CHARS: usize = 200;
+
+/// `llmbatch worker`: reads a [`WorkerRequest`], makes the call, prints a [`WorkerResponse`].
 pub fn worker_main() -> Result<u8> {
-    anyhow::bail!("HTTP backends are not available yet")
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .context("cannot read the worker request on stdin")?;
+    let request: WorkerRequest =
+        serde_json::from_slice(&input).context("the worker request is not valid JSON")?;
+    let response = call(&request);
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &response)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(0)
+}
+
+/// One attempt against the request's backend, every failure mapped to an outcome.
+pub fn call(r: &WorkerRequest) -> WorkerResponse {
+    let key = match api_key(r) {
+        Ok(k) => k,
+        Err(resp) => return *resp,
+    };
+    let mut resp = match r.backend {
+        Backend::Openai => openai::call(r, key.as_deref()),
+        _ => ollama::call(r, key.as_deref()),
+    };
+    // A server may echo what it was sent; the key never leaves this process in a message.
+    if let (Some(k), Some(e)) = (key.as_deref(), resp.error.as_mut()) {
+        if k.len() >= 4 && e.contains(k) {
+            *e = e.replace(k, "[redacted]");
+        }
+    }
+    resp
+}
+
+/// The API key from the variable named by `--api-key-env`, if the model has one.
+fn api_key(r: &WorkerRequest) -> std::result::Result<Option<String>, Box<WorkerResponse>> {
+    let Some(var) = r.api_key_env.as_deref() else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(k) if !k.trim().is_empty() => Ok(Some(k.trim().to_string())),
+        _ => Err(Box::new(failure(
+            "spawn",
+            None,
+            format!(
+                "the API key variable {var} (--api-key-env) is not set in the environment of `llmbatch run`"
+            ),
+        ))),
+    }
+}
+
+/// What came back from the server: its status and body text.
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+/// POSTs JSON and returns any HTTP answer (2xx or not); a failure to get one is already
+/// mapped to an outcome: `unavailable`, `timeout` or `http`.
+fn post(
+    r: &WorkerRequest,
+    url: &str,
+    body: &Value,
+    key: Option<&str>,
+    down_hint: &str,
+) -> std::result::Result<Reply, Box<WorkerResponse>> {
+    let timeout = Duration::from_secs_f64(r.timeout_s.max(0.1));
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(timeout.min(CONNECT_MAX))
+        .timeout(timeout)
+        .build();
+    let mut req = agent.post(url).set("Content-Type", "application/json");
+    if let Some(k) = key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    let resp = match req.send_string(&body.to_string()) {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(ureq::Error::Transport(t)) => {
+            return Err(Box::new(transport(&t, url, timeout, down_hint)))
+        }
+    };
+    let status = resp.status();
+    let mut bytes = Vec::new();
+    match resp.into_reader().take(MAX_BODY).read_to_end(&mut bytes) {
+        Ok(_) => Ok(Reply {
+            status,
+            body: lossy(&bytes),
+        }),
+        Err(e) if is_timeout(&e) => Err(Box::new(timed_out(url, timeout))),
+        Err(e) => Err(Box::new(failure(
+            "http",
+            Some(status),
+            format!("HTTP {status} from {url}, but reading the answer failed: {e}"),
+        ))),
+    }
+}
+
+fn transport(t: &ureq::Transport, url: &str, timeout: Duration, down_hint: &str) -> WorkerResponse {
+    use std::error::Error;
+    let io = t
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(|e| e.kind());
+    let detail = t
+        .source()
+        .map(|s| s.to_string())
+        .or_else(|| t.message().map(str::to_string))
+        .unwrap_or_else(|| t.kind().to_string());
+    match t.kind() {
+        ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed => failure(
+            "unavailable",
+            None,
+            format!("cannot connect: {detail} — {down_hint}"),
+        ),
+        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => failure(
+            "spawn",
+            None,
+            format!("invalid endpoint URL {url}: {detail}"),
+        ),
+        ureq::ErrorKind::Io
+            if matches!(
+                io,
+                Some(std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+            ) =>
+        {
+            timed_out(url, timeout)
+        }
+        _ => failure(
+            "http",
+            None,
+            format!("no HTTP answer from {url} (did the server restart or crash?): {detail}"),
+        ),
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+fn timed_out(url: &str, timeout: Duration) -> WorkerResponse {
+    failure(
+        "timeout",
+        None,
+        format!(
+            "no answer from {url} within {} (just under the model's timeout): gave up",
+            crate::util::human_secs(timeout.as_secs_f64())
+        ),
+    )
+}
+
+fn failure(outcome: &str, status: Option<u16>, error: String) -> WorkerResponse {
+    WorkerResponse {
+        outcome: outcome.to_string(),
+        http_status: status.map(i64::from),
+        error: Some(error),
+        ..WorkerResponse::default()
+    }
+}
+
+/// The server's own words from an error body: `{"error": "…"}` (Ollama), `{"error":
+/// {"message": …}}` (OpenAI), `{"message": …}` (vLLM), `{"detail": …}`; else the first bytes.
+fn error_text(body: &str) -> String {
+    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|v| {
+        let e = v.get("error");
+        e.and_then(Value::as_str)
+            .or_else(|| e.and_then(|e| e.get("message")).and_then(Value::as_str))
+            .or_else(|| v.get("message").and_then(Value::as_str))
+            .or_else(|| v.get("detail").and_then(Value::as_str))
+            .map(str::to_string)
+    });
+    from_json.unwrap_or_else(|| quote(body))
+}
+
+/// The first bytes of a body, quoted, for messages about answers we could not read.
+fn quote(body: &str) -> String {
+    let t = body.trim();
+    if t.is_empty() {
+        return "an empty body".to_string();
+    }
+    let head: String = t.chars().take(QUOTE_CHARS).collect();
+    let more = if head.len() < t.len() { "…" } else { "" };
+    format!("{:?}{more}", head)
+}
+
+/// Maps a non-2xx status to an `http` failure (retried by the coordinator for 408, 429, 5xx).
+fn status_failure(status: u16, url: &str, body: &str, hint: &str) -> WorkerResponse {
+    let text = error_text(body);
+    let what = match status {
+        429 | 503 => " (server busy)",
+        _ => "",
+    };
+    failure(
+        "http",
+        Some(status),
+        format!("HTTP {status}{what} from {url}: {text}{hint}"),
+    )
+}
+
+/// A 2xx body that is not the JSON this backend answers with.
+fn not_json(status: u16, url: &str, body: &str, expected: &str) -> WorkerResponse {
+    failure(
+        "http",
+        Some(status),
+        format!(
+            "HTTP {status} from {url} is not {expected}: {}",
+            quote(body)
+        ),
+    )
+}
+
+/// A finished answer: reasoning kept apart, `empty` when nothing is left of the answer.
+/// `reasoning` is what the server sent apart (`thinking`, `reasoning_content`); a `<think>`
+/// block in the text is split off too. `stop` is the server's reason for stopping.
+fn answer(
+    status: u16,
+    text: &str,
+    reasoning: Option<&str>,
+    stop: Option<&str>,
+    timings: Value,
+) -> WorkerResponse {
+    let (output, inline) = split_thinking(text);
+    let parts: Vec<&str> = reasoning
+        .map(str::trim)
+        .into_iter()
+        .chain(inline.as_deref())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let reasoning = (!parts.is_empty()).then(|| parts.join("\n\n"));
+    let mut resp = WorkerResponse {
+        outcome: "ok".to_string(),
+        http_status: Some(i64::from(status)),
+        timings: Some(timings),
+        ..WorkerResponse::default()
+    };
+    if output.is_empty() {
+        resp.outcome = "empty".to_string();
+        let stop = stop
+            .map(|s| format!(" (done_reason: {s})"))
+            .unwrap_or_default();
+        resp.error = Some(if reasoning.is_some() {
+            format!("no answer after the reasoning: thinking used up the budget{stop}")
+        } else {
+            format!("the server answered with no text{stop}")
+        });
+    }
+    if output != text {
+        resp.raw_output = Some(text.to_string());
+    }
+    resp.output = Some(output);
+    resp.reasoning = reasoning;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_reads_each_server_shape() {
+        assert_eq!(
+            error_text(r#"{"error":"model \"x\" not found, try pulling it first"}"#),
+            "model \"x\" not found, try pulling it first"
+        );
+        assert_eq!(
+            error_text(r#"{"error":{"message":"bad key","type":"auth"}}"#),
+            "bad key"
+        );
+        assert_eq!(error_text(r#"{"object":"error","message":"nope"}"#), "nope");
+        assert_eq!(error_text("<html>oops</html>"), "\"<html>oops</html>\"");
+    }
+
+    #[test]
+    fn empty_after_reasoning_is_empty() {
+        let r = answer(
+            200,
+            "<think>long</think>",
+            None,
+            Some("length"),
+            Value::Null,
+        );
+        assert_eq!(r.outcome, "empty");
+        assert!(r.error.unwrap().contains("thinking used up the budget"));
+        assert_eq!(r.reasoning.as_deref(), Some("long"));
+        let r = answer(200, "hi", Some("hmm"), Some("stop"), Value::Null);
+        assert_eq!(r.outcome, "ok");
+        assert_eq!(r.output.as_deref(), Some("hi"));
+        assert_eq!(r.reasoning.as_deref(), Some("hmm"));
+        assert_eq!(r.raw_output, None);
+    }
 }

@@ -20,6 +20,15 @@ pub struct Endpoint {
     down_since: Option<Instant>,
 }
 
+/// How an attempt's end changed its endpoint's standing.
+pub enum Reach {
+    Same,
+    /// Unreachable after being fine: resting for this long.
+    Down(Duration),
+    /// Reachable again after being down.
+    Up,
+}
+
 pub struct Lane {
     pub model: Arc<ModelConfig>,
     pub timeout: Duration,
@@ -29,6 +38,8 @@ pub struct Lane {
     pub idle_until: Instant,
     /// Why the lane stopped taking work, if it did.
     pub stopped: Option<String>,
+    /// With `--watch` the lane keeps probing a long outage; it is reported once.
+    pub outage_reported: bool,
     pub done: u64,
     pub failed: u64,
     /// Start of each attempt in flight, by job id: the oldest is shown in progress.
@@ -56,6 +67,7 @@ impl Lane {
             in_flight: 0,
             idle_until: Instant::now(),
             stopped: None,
+            outage_reported: false,
             done: 0,
             failed: 0,
             started: BTreeMap::new(),
@@ -69,23 +81,23 @@ impl Lane {
             return Vec::new();
         }
         let per = self.model.concurrency.max(1) as usize;
-        let mut load: Vec<(usize, usize)> = self
+        // An endpoint back from a rest gets one probe, not its full concurrency.
+        let mut load: Vec<(usize, usize, usize)> = self
             .endpoints
             .iter()
             .enumerate()
             .filter(|(_, e)| e.rest_until.is_none_or(|t| now >= t))
-            .map(|(i, e)| (e.in_flight, i))
+            .map(|(i, e)| (e.in_flight, i, if e.down_since.is_some() { 1 } else { per }))
             .collect();
         let mut slots = Vec::new();
         while slots.len() < cap {
-            load.sort();
-            match load.first_mut() {
-                Some((n, i)) if *n < per => {
-                    slots.push(self.endpoints[*i].url.clone());
-                    *n += 1;
-                }
-                _ => break,
-            }
+            let best = load
+                .iter_mut()
+                .filter(|(n, _, max)| n < max)
+                .min_by_key(|(n, i, _)| (*n, *i));
+            let Some((n, i, _)) = best else { break };
+            slots.push(self.endpoints[*i].url.clone());
+            *n += 1;
         }
         slots
     }
@@ -102,22 +114,33 @@ impl Lane {
         }
     }
 
-    pub fn ended(&mut self, job_id: i64, url: &str, reachable: bool) {
+    /// Records an attempt's end; says when its endpoint went down or came back.
+    pub fn ended(&mut self, job_id: i64, url: &str, reachable: bool) -> Reach {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.started.remove(&job_id);
         let now = Instant::now();
-        if let Some(e) = self.endpoint_mut(url) {
-            e.in_flight = e.in_flight.saturating_sub(1);
-            if reachable {
-                e.rest = Duration::ZERO;
-                e.rest_until = None;
-                e.down_since = None;
-            } else {
-                e.rest = (e.rest * 2).clamp(FIRST_REST, MAX_REST);
-                e.rest_until = Some(now + e.rest);
-                e.down_since.get_or_insert(now);
-            }
+        let Some(e) = self.endpoint_mut(url) else {
+            return Reach::Same;
+        };
+        e.in_flight = e.in_flight.saturating_sub(1);
+        if reachable {
+            let was_down = e.down_since.is_some();
+            e.rest = Duration::ZERO;
+            e.rest_until = None;
+            e.down_since = None;
+            return if was_down { Reach::Up } else { Reach::Same };
         }
+        // Attempts sent together fail together: one outage doubles the rest once.
+        if e.rest_until.is_some_and(|t| now < t) {
+            return Reach::Same;
+        }
+        e.rest = (e.rest * 2).clamp(FIRST_REST, MAX_REST);
+        e.rest_until = Some(now + e.rest);
+        if e.down_since.is_none() {
+            e.down_since = Some(now);
+            return Reach::Down(e.rest);
+        }
+        Reach::Same
     }
 
     /// The endpoints down for longer than `limit`, when every endpoint of the lane is.

@@ -20,7 +20,7 @@ use crate::db::jobs::{self, Claim, Filter, Finish, Next, Outcome};
 use crate::exec::StopSignal;
 use crate::models;
 use crate::util::{human_secs, now_ms};
-use lane::Lane;
+use lane::{Lane, Reach};
 
 /// Attempts at once over all lanes when `--jobs` is not given.
 const DEFAULT_JOBS: usize = 64;
@@ -550,11 +550,23 @@ impl Coordinator<'_> {
             .lanes
             .get_mut(&claim.model)
             .expect("lane of a claimed job");
-        lane.ended(claim.job_id, &claim.endpoint, reachable);
         let what = format!(
             "job {} ({}, {}/{})",
             claim.job_id, claim.model, claim.batch, claim.item_id
         );
+        match lane.ended(claim.job_id, &claim.endpoint, reachable) {
+            Reach::Down(rest) => log::warn!(
+                "{} unreachable, resting it {} (its jobs wait, not charged): {}",
+                claim.endpoint,
+                human_secs(rest.as_secs_f64()),
+                finish.error.as_deref().unwrap_or("unavailable")
+            ),
+            Reach::Up => {
+                lane.outage_reported = false;
+                log::info!("{} reachable again", claim.endpoint)
+            }
+            Reach::Same => {}
+        }
         if !kept {
             self.summary.discarded += 1;
             log::warn!(
@@ -605,6 +617,18 @@ impl Coordinator<'_> {
                 continue;
             }
             if let Some(urls) = lane.unreachable_past(self.opts.unavailable_limit) {
+                // A daemon outlives the outage: it keeps probing (every 30 s at most).
+                if self.opts.watch {
+                    if !lane.outage_reported {
+                        log::error!(
+                            "model {name}: {} unreachable for {} — is the server running? still trying (--watch)",
+                            urls.join(", "),
+                            human_secs(self.opts.unavailable_limit.as_secs_f64())
+                        );
+                        lane.outage_reported = true;
+                    }
+                    continue;
+                }
                 let msg = format!(
                     "model {name}: {} unreachable for {} — is the server running? its jobs stay pending",
                     urls.join(", "),

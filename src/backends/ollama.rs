@@ -1,0 +1,185 @@
+//! Ollama: `POST {endpoint}/api/generate` with `stream: false`; its own timings recorded.
+
+use serde_json::{json, Map, Value};
+
+use super::{answer, error_text, failure, not_json, post, status_failure};
+use crate::attempt::{WorkerRequest, WorkerResponse};
+
+/// Ollama's timing and token fields (durations in nanoseconds), kept as the server named them.
+const TIMING_FIELDS: [&str; 6] = [
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+];
+
+pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
+    let base = r.endpoint.trim_end_matches('/');
+    let url = format!("{base}/api/generate");
+    let hint = format!("is Ollama running at {base}?");
+    let reply = match post(r, &url, &body(r), key, &hint) {
+        Ok(reply) => reply,
+        Err(resp) => return *resp,
+    };
+    if !(200..300).contains(&reply.status) {
+        return refused(r, base, &url, reply.status, &reply.body);
+    }
+    let Ok(v) = serde_json::from_str::<Value>(&reply.body) else {
+        return not_json(
+            reply.status,
+            &url,
+            &reply.body,
+            "the JSON Ollama answers with",
+        );
+    };
+    let Some(text) = v.get("response").and_then(Value::as_str) else {
+        if v.get("error").is_some() {
+            return failure(
+                "http",
+                Some(reply.status),
+                format!(
+                    "Ollama at {base} answered with an error: {}",
+                    error_text(&reply.body)
+                ),
+            );
+        }
+        return not_json(
+            reply.status,
+            &url,
+            &reply.body,
+            "an Ollama answer (no `response` field)",
+        );
+    };
+    let thinking = v.get("thinking").and_then(Value::as_str);
+    let done_reason = v.get("done_reason").and_then(Value::as_str);
+    answer(reply.status, text, thinking, done_reason, timings(&v))
+}
+
+/// The request body: only what the model's settings set, so Ollama's defaults hold otherwise.
+fn body(r: &WorkerRequest) -> Value {
+    let s = &r.settings;
+    let mut b = Map::new();
+    b.insert("model".into(), json!(r.model));
+    b.insert("prompt".into(), json!(r.prompt));
+    b.insert("stream".into(), json!(false));
+    if !s.options.is_empty() {
+        b.insert("options".into(), Value::Object(s.options.clone()));
+    }
+    if let Some(k) = &s.keep_alive {
+        // Ollama reads a bare number as seconds (-1 = forever) and a string as a Go duration.
+        let v = match k.trim().parse::<i64>() {
+            Ok(n) => json!(n),
+            Err(_) => json!(k.trim()),
+        };
+        b.insert("keep_alive".into(), v);
+    }
+    if let Some(system) = &s.system {
+        b.insert("system".into(), json!(system));
+    }
+    if let Some(format) = &s.format {
+        b.insert("format".into(), format.clone());
+    }
+    // Thinking-capable models think when `think` is absent, so a setting is always sent.
+    if let Some(think) = &s.think {
+        b.insert("think".into(), think.clone());
+    }
+    Value::Object(b)
+}
+
+/// Ollama's own numbers; a field it did not send is unknown (null), never 0.
+fn timings(v: &Value) -> Value {
+    let mut t = Map::new();
+    for f in TIMING_FIELDS {
+        t.insert(
+            f.into(),
+            v.get(f)
+                .and_then(Value::as_i64)
+                .map_or(Value::Null, |n| json!(n)),
+        );
+    }
+    let tokens_per_s = match (
+        v.get("eval_count").and_then(Value::as_f64),
+        v.get("eval_duration").and_then(Value::as_f64),
+    ) {
+        (Some(n), Some(ns)) if ns > 0.0 => json!((n / (ns / 1e9) * 100.0).round() / 100.0),
+        _ => Value::Null,
+    };
+    t.insert("tokens_per_s".into(), tokens_per_s);
+    t.insert(
+        "done_reason".into(),
+        v.get("done_reason").cloned().unwrap_or(Value::Null),
+    );
+    Value::Object(t)
+}
+
+/// A status that is not 2xx, with Ollama's meaning of it.
+fn refused(r: &WorkerRequest, base: &str, url: &str, status: u16, body: &str) -> WorkerResponse {
+    let text = error_text(body);
+    let lower = text.to_lowercase();
+    match status {
+        404 if lower.contains("not found") || lower.contains("model") => failure(
+            "http",
+            Some(status),
+            format!(
+                "model {m} not found at {base} — run `ollama pull {m}` ({text})",
+                m = r.model
+            ),
+        ),
+        404 => status_failure(status, url, body, " — is this an Ollama server?"),
+        400 if lower.contains("think") => status_failure(
+            status,
+            url,
+            body,
+            &format!(
+                " — turn thinking off: `llmbatch models set {} --think false`",
+                r.model
+            ),
+        ),
+        _ => status_failure(status, url, body, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Backend, Settings};
+
+    fn request(settings: Settings) -> WorkerRequest {
+        WorkerRequest {
+            backend: Backend::Ollama,
+            endpoint: "http://127.0.0.1:1".into(),
+            model: "m".into(),
+            prompt: "p".into(),
+            settings,
+            api_key_env: None,
+            timeout_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn body_sends_only_what_is_set() {
+        let b = body(&request(Settings::default()));
+        assert_eq!(b, json!({"model": "m", "prompt": "p", "stream": false}));
+        let mut s = Settings {
+            think: Some(json!(false)),
+            keep_alive: Some("-1".into()),
+            ..Settings::default()
+        };
+        s.options.insert("num_ctx".into(), json!(8192));
+        let b = body(&request(s));
+        assert_eq!(b["think"], json!(false));
+        assert_eq!(b["keep_alive"], json!(-1));
+        assert_eq!(b["options"]["num_ctx"], json!(8192));
+    }
+
+    #[test]
+    fn missing_timings_are_null() {
+        let t = timings(&json!({"eval_count": 10, "eval_duration": 500_000_000u64}));
+        assert_eq!(t["eval_count"], json!(10));
+        assert_eq!(t["load_duration"], Value::Null);
+        assert_eq!(t["tokens_per_s"], json!(20.0));
+        assert_eq!(t["done_reason"], Value::Null);
+    }
+}
