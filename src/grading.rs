@@ -151,7 +151,8 @@ impl Rubric {
         .with_context(|| format!("rubric {id} is missing"))
     }
 
-    /// Stores the rubric (once per name and body) and returns its id.
+    /// Stores the rubric (once per name and template) and returns its id. A header changed
+    /// since (a fixed scale, say) is updated in place: it applies to verdicts read from now on.
     pub fn save(&self, conn: &Connection) -> Result<i64> {
         let existing: Option<i64> = conn
             .query_row(
@@ -161,6 +162,23 @@ impl Rubric {
             )
             .optional()?;
         if let Some(id) = existing {
+            let changed = conn.execute(
+                "UPDATE rubrics SET pass_field = ?1, score_field = ?2, scale_min = ?3,
+                        scale_max = ?4, fields = ?5
+                 WHERE id = ?6 AND (pass_field IS NOT ?1 OR score_field IS NOT ?2
+                        OR scale_min IS NOT ?3 OR scale_max IS NOT ?4 OR fields IS NOT ?5)",
+                params![
+                    self.pass_field,
+                    self.score_field,
+                    self.scale.map(|s| s.0),
+                    self.scale.map(|s| s.1),
+                    serde_json::to_string(&self.fields)?,
+                    id
+                ],
+            )?;
+            if changed > 0 {
+                log::info!("rubric {}: header updated", self.name);
+            }
             return Ok(id);
         }
         conn.execute(
