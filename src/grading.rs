@@ -45,7 +45,7 @@ impl Rubric {
     /// Reads a rubric file: optional header lines `pass: FIELD`, `score: FIELD`,
     /// `scale: MIN-MAX`, `fields: A, B`, then a line `---`, then the template.
     pub fn parse(name: &str, text: &str) -> Result<Rubric> {
-        let text = text.replace("\r\n", "\n");
+        let text = text.trim_start_matches('\u{feff}').replace("\r\n", "\n");
         let (header, body) = split_header(&text);
         let mut r = Rubric {
             id: 0,
@@ -468,6 +468,9 @@ fn line_pairs(text: &str) -> Pairs {
 /// yes/no, true/false, pass/fail (any case, decorated). `YES or NO` — the instructions
 /// repeated back — is no verdict.
 fn verdict_word(raw: &str) -> Option<bool> {
+    if raw.to_ascii_lowercase().contains("n/a") {
+        return None;
+    }
     let words: Vec<String> = raw
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -491,6 +494,20 @@ fn verdict_word(raw: &str) -> Option<bool> {
 /// maximum, like `3/5` on 1-10) is rejected.
 fn score_value(raw: &str, scale: Option<(f64, f64)>) -> Option<f64> {
     let t = raw.trim().trim_matches(['*', '_', '`', '"', ' ']).trim();
+    // A decimal comma right after the digits: `7,5` is 7.5.
+    let comma = t.find(',').filter(|&i| {
+        i > 0
+            && t[..i].chars().all(|c| c.is_ascii_digit())
+            && t[i + 1..].starts_with(|c: char| c.is_ascii_digit())
+    });
+    let owned;
+    let t = match comma {
+        Some(i) => {
+            owned = format!("{}.{}", &t[..i], &t[i + 1..]);
+            owned.as_str()
+        }
+        None => t,
+    };
     let end = t
         .char_indices()
         .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (i == 0 && (c == '-' || c == '+'))))
@@ -518,6 +535,14 @@ fn score_value(raw: &str, scale: Option<(f64, f64)>) -> Option<f64> {
         return None;
     }
     let rest = rest.trim_start();
+    // A range (`7-8`, `7 to 8`) is no single score.
+    let after = rest
+        .strip_prefix(['-', '–'])
+        .or_else(|| rest.strip_prefix("to "))
+        .map(str::trim_start);
+    if after.is_some_and(|a| a.starts_with(|c: char| c.is_ascii_digit())) {
+        return None;
+    }
     let denominator = rest
         .strip_prefix('/')
         .or_else(|| rest.strip_prefix("out of"))
@@ -636,6 +661,27 @@ mod tests {
         }
         let e = parse_verdict(&joke(), "IS_JOKE: YES\nQUALITY: 42").unwrap_err();
         assert!(e.contains("QUALITY is \"42\""), "{e}");
+    }
+
+    #[test]
+    fn odd_but_readable_and_unreadable_values() {
+        assert_eq!(
+            pass_score("IS_JOKE: y\nQUALITY: 7,5 — nice"),
+            (Some(true), Some(7.5))
+        );
+        assert_eq!(
+            pass_score("IS_JOKE: No, not really\nQUALITY: 2 (weak)"),
+            (Some(false), Some(2.0))
+        );
+        for bad in [
+            "IS_JOKE: N/A\nQUALITY: 5",
+            "IS_JOKE: yes\nQUALITY: N/A",
+            "IS_JOKE: yes\nQUALITY: 7-8",
+        ] {
+            assert!(parse_verdict(&joke(), bad).is_err(), "{bad:?} was accepted");
+        }
+        let bom = Rubric::parse("b", "\u{feff}pass: OK\r\n---\r\n{output}\r\n").unwrap();
+        assert_eq!(bom.fields, ["OK"]);
     }
 
     #[test]
