@@ -372,6 +372,11 @@ fn grade_queueing_is_idempotent_and_checks_its_input() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read rubric"));
+    let fresh = Env::new();
+    let out = fresh.cmd(&["grade", "--grader", "fair"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
+    assert!(!fresh.db.exists());
     let out = env
         .cmd(&["grade", "--grader", "fair", "--batch", "nope"])
         .output()
