@@ -13,11 +13,7 @@ pub fn fixtures() -> PathBuf {
 
 /// Path of a fake model script in `fixtures/models`.
 pub fn fake(name: &str) -> String {
-    fixtures()
-        .join("models")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
+    fixtures().join("models").join(name).to_string_lossy().into_owned()
 }
 
 pub fn bin_path() -> PathBuf {
@@ -41,9 +37,7 @@ impl Env {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::cargo_bin("llmbatch").expect("binary");
         c.arg("--db").arg(&self.db).args(args);
-        c.env_remove("LLMBATCH_DB")
-            .env_remove("RUST_LOG")
-            .env_remove("OLLAMA_HOST");
+        c.env_remove("LLMBATCH_DB").env_remove("RUST_LOG").env_remove("OLLAMA_HOST");
         c.current_dir(self.dir.path());
         c.timeout(Duration::from_secs(120));
         c
@@ -53,9 +47,7 @@ impl Env {
     pub fn spawn_cmd(&self, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(bin_path());
         c.arg("--db").arg(&self.db).args(args);
-        c.env_remove("LLMBATCH_DB")
-            .env_remove("RUST_LOG")
-            .env_remove("OLLAMA_HOST");
+        c.env_remove("LLMBATCH_DB").env_remove("RUST_LOG").env_remove("OLLAMA_HOST");
         c.current_dir(self.dir.path());
         c
     }
@@ -98,9 +90,7 @@ impl Env {
 
     /// Job counts by state.
     pub fn state_count(&self, state: &str) -> i64 {
-        self.int(&format!(
-            "SELECT COUNT(*) FROM jobs WHERE state = '{state}'"
-        ))
+        self.int(&format!("SELECT COUNT(*) FROM jobs WHERE state = '{state}'"))
     }
 
     /// `report ... --format json` parsed.
@@ -109,11 +99,7 @@ impl Env {
         all.extend_from_slice(args);
         all.extend_from_slice(&["--format", "json"]);
         let out = self.cmd(&all).output().expect("report");
-        assert!(
-            out.status.success(),
-            "report failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("report json")
     }
 }
@@ -132,30 +118,16 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Whether any live process has `needle` in its command line (zombies don't count).
 pub fn process_alive_matching(needle: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
     for entry in dir.flatten() {
         let name = entry.file_name();
         if !name.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .map(|r| r.trim_start().starts_with('Z'))
-            .unwrap_or(false);
-        if !zombie
-            && String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(needle)
-        {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let zombie = stat.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(false);
+        if !zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle) {
             return true;
         }
     }
