@@ -113,7 +113,7 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
                 endpoint: c.endpoint.clone(),
                 model: c.model.clone(),
                 prompt: prompt.to_string(),
-                settings: job.model.settings.clone(),
+                settings: settings_for(job),
                 api_key_env: job.model.api_key_env.clone(),
                 timeout_s: worker_deadline(job.timeout).as_secs_f64(),
             };
@@ -128,6 +128,18 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
         timeout: job.timeout,
         kill_grace: job.kill_grace,
     })
+}
+
+/// The model's settings; an Ollama grader with no `format` of its own is asked for JSON in the
+/// shape of the rubric's fields, so its verdict is machine-readable by construction.
+fn settings_for(job: &AttemptJob) -> Settings {
+    let mut settings = job.model.settings.clone();
+    if let Some(rubric) = &job.rubric {
+        if job.model.backend == Backend::Ollama && settings.format.is_none() {
+            settings.format = Some(rubric.json_schema());
+        }
+    }
+    settings
 }
 
 /// The worker gives up just before the coordinator would kill it, so a slow server ends as a
@@ -280,3 +292,60 @@ pub fn signal_name(sig: i32) -> String {
 
 /// Variables as a JSON map, for callers that build one.
 pub type Vars = Map<String, Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grade_job(backend: Backend, format: Option<Value>) -> AttemptJob {
+        let mut model = ModelConfig::unconfigured("judge");
+        model.backend = backend;
+        model.settings.format = format;
+        AttemptJob {
+            claim: Claim {
+                job_id: 2,
+                attempt_id: 1,
+                number: 1,
+                token: 1,
+                started_at: 0,
+                kind: "grade".into(),
+                batch: "b".into(),
+                item_id: "1".into(),
+                model: "judge".into(),
+                endpoint: "http://127.0.0.1:11434".into(),
+                prompt: "p".into(),
+                vars: Map::new(),
+                charged: 0,
+                max_attempts: None,
+                parent_id: Some(1),
+                rubric_id: Some(1),
+                parent_output: Some("out".into()),
+            },
+            model: Arc::new(model),
+            timeout: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(1),
+            rubric: Some(Arc::new(
+                crate::grading::Rubric::parse("joke", crate::grading::JOKE).unwrap(),
+            )),
+        }
+    }
+
+    #[test]
+    fn ollama_graders_ask_for_the_rubric_schema() {
+        let job = grade_job(Backend::Ollama, None);
+        let format = settings_for(&job).format.expect("a format");
+        assert_eq!(format["required"][0], "IS_JOKE");
+        // A format the user set wins; other backends get the text parser only.
+        let own = grade_job(Backend::Ollama, Some(Value::String("json".into())));
+        assert_eq!(
+            settings_for(&own).format,
+            Some(Value::String("json".into()))
+        );
+        assert!(settings_for(&grade_job(Backend::Openai, None))
+            .format
+            .is_none());
+        let mut plain = grade_job(Backend::Ollama, None);
+        plain.rubric = None;
+        assert!(settings_for(&plain).format.is_none());
+    }
+}

@@ -22,13 +22,31 @@ pub struct Rubric {
 }
 
 impl Rubric {
+    /// The rubric `--rubric` names: a built-in (`joke`) or a file. A file that cannot be read
+    /// or parsed is bad input (exit 2), with the reason.
+    pub fn resolve(spec: &str) -> Result<Rubric> {
+        let parsed = if spec == "joke" && !std::path::Path::new(spec).exists() {
+            Rubric::parse("joke", JOKE)
+        } else {
+            let text = std::fs::read_to_string(spec).map_err(|e| {
+                crate::error::UsageError(format!(
+                    "cannot read rubric {spec}: {e} (give a rubric file, or the built-in `joke`)"
+                ))
+            })?;
+            let name = std::path::Path::new(spec)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| spec.to_string());
+            Rubric::parse(&name, &text)
+        };
+        parsed.map_err(|e| crate::error::UsageError(format!("{e:#}")).into())
+    }
+
     /// Reads a rubric file: optional header lines `pass: FIELD`, `score: FIELD`,
     /// `scale: MIN-MAX`, `fields: A, B`, then a line `---`, then the template.
     pub fn parse(name: &str, text: &str) -> Result<Rubric> {
-        let (header, body) = match text.split_once("\n---\n") {
-            Some((h, b)) if h.lines().all(|l| l.trim().is_empty() || l.contains(':')) => (h, b),
-            _ => ("", text),
-        };
+        let text = text.trim_start_matches('\u{feff}').replace("\r\n", "\n");
+        let (header, body) = split_header(&text);
         let mut r = Rubric {
             id: 0,
             name: name.to_string(),
@@ -43,44 +61,72 @@ impl Rubric {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let at = format!("rubric {name} line {}", i + 1);
             let (k, v) = line
                 .split_once(':')
-                .context(format!("rubric {name} line {}: expected KEY: value", i + 1))?;
-            let v = v.trim().to_string();
+                .with_context(|| format!("{at}: expected KEY: value, found {line:?}"))?;
+            let v = v.trim();
             match k.trim().to_ascii_lowercase().as_str() {
-                "pass" => r.pass_field = Some(v.to_ascii_uppercase()),
-                "score" => r.score_field = Some(v.to_ascii_uppercase()),
-                "scale" => {
-                    let (lo, hi) = v
-                        .split_once('-')
-                        .context(format!("rubric {name}: scale must be MIN-MAX, e.g. 1-10"))?;
-                    r.scale = Some((lo.trim().parse()?, hi.trim().parse()?));
-                }
+                "pass" => r.pass_field = Some(field_name(v, &at)?),
+                "score" => r.score_field = Some(field_name(v, &at)?),
+                "scale" => r.scale = Some(parse_scale(v).with_context(|| at.clone())?),
                 "fields" => {
-                    r.fields = v
-                        .split(',')
-                        .map(|f| f.trim().to_ascii_uppercase())
-                        .filter(|f| !f.is_empty())
-                        .collect()
+                    for f in v.split(',').filter(|f| !f.trim().is_empty()) {
+                        let f = field_name(f, &at)?;
+                        if !r.fields.contains(&f) {
+                            r.fields.push(f);
+                        }
+                    }
                 }
                 other => {
-                    anyhow::bail!("rubric {name} line {}: unknown header key {other:?}", i + 1)
+                    anyhow::bail!(
+                        "{at}: unknown header key {other:?} (known: pass, score, scale, fields)"
+                    )
                 }
             }
         }
-        for f in [&r.pass_field, &r.score_field].into_iter().flatten() {
+        if r.scale.is_some() && r.score_field.is_none() {
+            anyhow::bail!("rubric {name}: `scale:` is given but no `score:` field to apply it to");
+        }
+        for f in [&r.score_field, &r.pass_field].into_iter().flatten() {
             if !r.fields.contains(f) {
-                r.fields.push(f.clone());
+                r.fields.insert(0, f.clone());
             }
         }
         if r.fields.is_empty() {
-            anyhow::bail!("rubric {name} names no fields: add a header such as `pass: VERDICT` and `score: SCORE`, then `---`");
+            anyhow::bail!("rubric {name} names no fields: start it with a header such as `pass: VERDICT` and `score: SCORE`, then a line `---`");
         }
         let names = template::placeholders(&r.body);
         if !names.iter().any(|n| n == "output") {
             anyhow::bail!("rubric {name} never shows the output to grade: put {{output}} in it");
         }
         Ok(r)
+    }
+
+    /// Ollama structured output for this rubric: an object with every field required, the
+    /// verdict as YES/NO and the score as a number within the scale.
+    pub fn json_schema(&self) -> Value {
+        let mut props = Map::new();
+        for f in &self.fields {
+            let schema = if Some(f) == self.pass_field.as_ref() {
+                serde_json::json!({"type": "string", "enum": ["YES", "NO"]})
+            } else if Some(f) == self.score_field.as_ref() {
+                let mut s = serde_json::json!({"type": "number"});
+                if let Some((lo, hi)) = self.scale {
+                    s["minimum"] = serde_json::json!(lo);
+                    s["maximum"] = serde_json::json!(hi);
+                }
+                s
+            } else {
+                serde_json::json!({"type": "string"})
+            };
+            props.insert(f.clone(), schema);
+        }
+        serde_json::json!({
+            "type": "object",
+            "properties": props,
+            "required": self.fields,
+        })
     }
 
     pub fn load(conn: &Connection, id: i64) -> Result<Rubric> {
@@ -105,7 +151,8 @@ impl Rubric {
         .with_context(|| format!("rubric {id} is missing"))
     }
 
-    /// Stores the rubric (once per name and body) and returns its id.
+    /// Stores the rubric (once per name and template) and returns its id. A header changed
+    /// since (a fixed scale, say) is updated in place: it applies to verdicts read from now on.
     pub fn save(&self, conn: &Connection) -> Result<i64> {
         let existing: Option<i64> = conn
             .query_row(
@@ -115,6 +162,23 @@ impl Rubric {
             )
             .optional()?;
         if let Some(id) = existing {
+            let changed = conn.execute(
+                "UPDATE rubrics SET pass_field = ?1, score_field = ?2, scale_min = ?3,
+                        scale_max = ?4, fields = ?5
+                 WHERE id = ?6 AND (pass_field IS NOT ?1 OR score_field IS NOT ?2
+                        OR scale_min IS NOT ?3 OR scale_max IS NOT ?4 OR fields IS NOT ?5)",
+                params![
+                    self.pass_field,
+                    self.score_field,
+                    self.scale.map(|s| s.0),
+                    self.scale.map(|s| s.1),
+                    serde_json::to_string(&self.fields)?,
+                    id
+                ],
+            )?;
+            if changed > 0 {
+                log::info!("rubric {}: header updated", self.name);
+            }
             return Ok(id);
         }
         conn.execute(
@@ -190,115 +254,312 @@ pub fn record(tx: &Transaction, claim: &Claim, finish: &Finish) -> Result<()> {
     Ok(())
 }
 
-/// Parses a grader's answer: a JSON object anywhere (fenced or not), else `KEY: value` lines
-/// with markdown decoration; `<think>` blocks are ignored.
+/// Splits `header --- body`. A header is there only when the file opens with one of the
+/// known keys before a line `---`; otherwise the whole text is the template.
+fn split_header(text: &str) -> (&str, &str) {
+    let mut offset = 0;
+    let mut first_key = None;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t == "---" {
+            let known = first_key.is_some_and(|k: &str| {
+                matches!(
+                    k.trim().to_ascii_lowercase().as_str(),
+                    "pass" | "score" | "scale" | "fields"
+                )
+            });
+            if known {
+                return (&text[..offset], &text[offset + line.len()..]);
+            }
+            break;
+        }
+        if first_key.is_none() && !t.is_empty() && !t.starts_with('#') {
+            first_key = Some(t.split(':').next().unwrap_or(""));
+        }
+        offset += line.len();
+    }
+    ("", text)
+}
+
+/// A field name as stored: upper case, spaces and dashes as `_`.
+fn field_name(raw: &str, at: &str) -> Result<String> {
+    let name = normalize_key(raw);
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        anyhow::bail!("{at}: {raw:?} is not a field name (letters, digits and _ only)");
+    }
+    Ok(name)
+}
+
+fn normalize_key(raw: &str) -> String {
+    raw.trim()
+        .trim_matches(['*', '_', '`', '"', '\'', ' '])
+        .trim()
+        .to_ascii_uppercase()
+        .replace([' ', '-'], "_")
+}
+
+/// `1-10`, `0 - 1`, `1..10` or `1 to 10`.
+fn parse_scale(v: &str) -> Result<(f64, f64)> {
+    let bad = || anyhow::anyhow!("scale must be MIN-MAX, e.g. 1-10, not {v:?}");
+    let t = v.trim();
+    let (lo, hi) = t
+        .split_once("..")
+        .or_else(|| t.split_once(" to "))
+        .or_else(|| {
+            // Skip a leading minus sign so `-5-5` splits at the second dash.
+            let from = usize::from(t.starts_with('-'));
+            t[from..]
+                .find('-')
+                .map(|i| (&t[..from + i], &t[from + i + 1..]))
+        })
+        .ok_or_else(bad)?;
+    let lo: f64 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: f64 = hi.trim().parse().map_err(|_| bad())?;
+    if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+        anyhow::bail!("scale {v:?}: MIN must be below MAX");
+    }
+    Ok((lo, hi))
+}
+
+/// (KEY, value) pairs in the order they appear.
+type Pairs = Vec<(String, String)>;
+
+/// Parses a grader's answer: JSON objects anywhere (fenced or not) first, then `KEY: value`
+/// lines with markdown decoration; `<think>` blocks are ignored. For each field the last
+/// readable value wins, so an answer that first repeats the instructions still reads.
 pub fn parse_verdict(rubric: &Rubric, text: &str) -> std::result::Result<Value, String> {
     let (answer, _) = crate::text::split_thinking(text);
-    let fields = json_fields(&answer).unwrap_or_else(|| line_fields(&answer));
+    let sources = [json_pairs(&answer), line_pairs(&answer)];
+    let pick =
+        |field: &str, read: &dyn Fn(&str) -> Option<Value>| -> Result<(Value, String), String> {
+            let mut seen = None;
+            for pairs in &sources {
+                for (k, v) in pairs.iter().rev() {
+                    if k == field {
+                        if let Some(x) = read(v) {
+                            return Ok((x, v.clone()));
+                        }
+                        seen.get_or_insert_with(|| v.clone());
+                    }
+                }
+            }
+            Err(match seen {
+                Some(v) => format!("{field} is {v:?}"),
+                None => format!("no {field} field"),
+            })
+        };
     let mut out = Map::new();
-    let mut all = Map::new();
-    for (k, v) in &fields {
-        all.insert(k.clone(), Value::String(v.clone()));
-    }
+    let mut fields = Map::new();
+    let mut problems = Vec::new();
     if let Some(pf) = &rubric.pass_field {
-        let raw = fields.get(pf).ok_or_else(|| format!("no {pf} field"))?;
-        let pass = verdict_word(raw).ok_or_else(|| format!("{pf} is {raw:?}, not yes/no"))?;
-        out.insert("pass".into(), Value::Bool(pass));
-    }
-    if let Some(sf) = &rubric.score_field {
-        let raw = fields.get(sf).ok_or_else(|| format!("no {sf} field"))?;
-        let score = score_value(raw, rubric.scale)
-            .ok_or_else(|| format!("{sf} is {raw:?}, not a score in scale"))?;
-        out.insert("score".into(), serde_json::json!(score));
-    }
-    if let Some(reason) = fields.get("REASON") {
-        out.insert("reason".into(), Value::String(reason.clone()));
-    }
-    if rubric.pass_field.is_none() && rubric.score_field.is_none() {
-        let missing: Vec<&String> = rubric
-            .fields
-            .iter()
-            .filter(|f| !fields.contains_key(*f))
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!("missing fields {missing:?}"));
+        match pick(pf, &|v| verdict_word(v).map(Value::Bool)) {
+            Ok((pass, raw)) => {
+                out.insert("pass".into(), pass);
+                fields.insert(pf.clone(), Value::String(raw));
+            }
+            Err(e) => problems.push(format!("{e}, not YES or NO")),
         }
     }
-    out.insert("fields".into(), Value::Object(all));
+    if let Some(sf) = &rubric.score_field {
+        match pick(sf, &|v| {
+            score_value(v, rubric.scale).map(|s| serde_json::json!(s))
+        }) {
+            Ok((score, raw)) => {
+                out.insert("score".into(), score);
+                fields.insert(sf.clone(), Value::String(raw));
+            }
+            Err(e) => problems.push(match rubric.scale {
+                Some((lo, hi)) => format!("{e}, not a score from {lo} to {hi}"),
+                None => format!("{e}, not a number"),
+            }),
+        }
+    }
+    let strict = rubric.pass_field.is_none() && rubric.score_field.is_none();
+    let text_of = |v: &str| (!v.trim().is_empty()).then(|| Value::String(v.trim().to_string()));
+    for f in &rubric.fields {
+        if fields.contains_key(f) {
+            continue;
+        }
+        match pick(f, &text_of) {
+            Ok((v, _)) => {
+                fields.insert(f.clone(), v);
+            }
+            Err(e) if strict => problems.push(e),
+            Err(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    // Anything else a JSON answer said is kept too.
+    for (k, v) in &sources[0] {
+        fields
+            .entry(k.clone())
+            .or_insert_with(|| Value::String(v.clone()));
+    }
+    let reason = ["REASON", "EXPLANATION", "RATIONALE", "JUSTIFICATION"]
+        .iter()
+        .find_map(|k| pick(k, &text_of).ok());
+    if let Some((reason, _)) = reason {
+        out.insert("reason".into(), reason);
+    }
+    out.insert("fields".into(), Value::Object(fields));
     Ok(Value::Object(out))
 }
 
-fn json_fields(text: &str) -> Option<std::collections::BTreeMap<String, String>> {
+/// Every top-level JSON object in the text, flattened to (KEY, text) pairs.
+fn json_pairs(text: &str) -> Pairs {
+    let mut pairs = Vec::new();
     let mut start = 0;
+    let mut tries = 0;
     while let Some(i) = text[start..].find('{') {
+        tries += 1;
+        if tries > 200 {
+            break;
+        }
         let from = start + i;
         let mut stream = serde_json::Deserializer::from_str(&text[from..]).into_iter::<Value>();
-        if let Some(Ok(Value::Object(m))) = stream.next() {
-            return Some(
-                m.into_iter()
-                    .map(|(k, v)| {
-                        (
-                            k.trim().to_ascii_uppercase().replace(' ', "_"),
-                            template::value_text(&v),
-                        )
-                    })
-                    .collect(),
-            );
+        match stream.next() {
+            Some(Ok(Value::Object(m))) => {
+                for (k, v) in m {
+                    if !v.is_object() && !v.is_array() {
+                        pairs.push((normalize_key(&k), template::value_text(&v)));
+                    }
+                }
+                start = from + stream.byte_offset().max(1);
+            }
+            _ => start = from + 1,
         }
-        start = from + 1;
     }
-    None
+    pairs
 }
 
-fn line_fields(text: &str) -> std::collections::BTreeMap<String, String> {
-    let mut fields = std::collections::BTreeMap::new();
+/// `KEY: value` lines, with list markers, bold, italics and code marks removed.
+fn line_pairs(text: &str) -> Pairs {
+    let mut pairs = Vec::new();
     for line in text.lines() {
-        let clean: String = line
+        let mut clean = line
             .trim()
-            .trim_start_matches(['-', '*', '#', '>', ' '])
-            .to_string();
+            .trim_start_matches(['-', '*', '+', '#', '>', ' ']);
+        // A numbered list item: `1. KEY: value` or `2) KEY: value`.
+        let digits = clean.len() - clean.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 && clean[digits..].starts_with(['.', ')']) {
+            clean = clean[digits + 1..].trim_start();
+        }
         let Some((k, v)) = clean.split_once(':') else {
             continue;
         };
-        let key = k
-            .trim()
-            .trim_matches(['*', '_', '`', ' '])
-            .to_ascii_uppercase()
-            .replace(' ', "_");
+        let key = normalize_key(k);
         let value = v
             .trim()
             .trim_matches(['*', '_', '`', ' '])
             .trim()
             .to_string();
-        if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            fields.entry(key).or_insert(value);
+        if !key.is_empty()
+            && key.len() <= 64
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            pairs.push((key, value));
         }
     }
-    fields
+    pairs
 }
 
+/// yes/no, true/false, pass/fail (any case, decorated). `YES or NO` — the instructions
+/// repeated back — is no verdict.
 fn verdict_word(raw: &str) -> Option<bool> {
-    let w = raw
-        .trim()
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .next()?
-        .to_ascii_lowercase();
-    match w.as_str() {
-        "yes" | "y" | "true" | "pass" | "passed" | "1" => Some(true),
-        "no" | "n" | "false" | "fail" | "failed" | "0" => Some(false),
-        _ => None,
+    if raw.to_ascii_lowercase().contains("n/a") {
+        return None;
     }
+    let words: Vec<String> = raw
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(3)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let polarity = |w: &str| match w {
+        "yes" | "y" | "true" | "pass" | "passed" | "passes" | "1" => Some(true),
+        "no" | "n" | "false" | "fail" | "failed" | "fails" | "0" => Some(false),
+        _ => None,
+    };
+    let first = polarity(words.first()?)?;
+    if words[1..].iter().any(|w| polarity(w) == Some(!first)) {
+        return None;
+    }
+    Some(first)
 }
 
+/// `7`, `7.5`, `7/10`, `7 out of 10`, `seven`; the number must open the value, so
+/// `a whole number from 1 to 10` is no score. Out of the scale (or over another scale's
+/// maximum, like `3/5` on 1-10) is rejected.
 fn score_value(raw: &str, scale: Option<(f64, f64)>) -> Option<f64> {
-    let t = raw.trim();
-    let num: String = t
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit() && *c != '-')
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
-        .collect();
-    let v: f64 = num.trim_end_matches('.').parse().ok()?;
+    let t = raw.trim().trim_matches(['*', '_', '`', '"', ' ']).trim();
+    // A decimal comma right after the digits: `7,5` is 7.5.
+    let comma = t.find(',').filter(|&i| {
+        i > 0
+            && t[..i].chars().all(|c| c.is_ascii_digit())
+            && t[i + 1..].starts_with(|c: char| c.is_ascii_digit())
+    });
+    let owned;
+    let t = match comma {
+        Some(i) => {
+            owned = format!("{}.{}", &t[..i], &t[i + 1..]);
+            owned.as_str()
+        }
+        None => t,
+    };
+    let end = t
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (i == 0 && (c == '-' || c == '+'))))
+        .map(|(i, _)| i)
+        .unwrap_or(t.len());
+    let (num, rest) = t.split_at(end);
+    let v: f64 = match num.trim_end_matches('.').parse::<f64>() {
+        Ok(v) => v,
+        Err(_) => {
+            let word: String = t
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .collect::<String>()
+                .to_ascii_lowercase();
+            let n = [
+                "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                "ten",
+            ]
+            .iter()
+            .position(|w| *w == word)?;
+            return score_value(&format!("{n}{}", &t[word.len()..]), scale);
+        }
+    };
+    if !v.is_finite() {
+        return None;
+    }
+    let rest = rest.trim_start();
+    // A range (`7-8`, `7 to 8`) is no single score.
+    let after = rest
+        .strip_prefix(['-', '–'])
+        .or_else(|| rest.strip_prefix("to "))
+        .map(str::trim_start);
+    if after.is_some_and(|a| a.starts_with(|c: char| c.is_ascii_digit())) {
+        return None;
+    }
+    let denominator = rest
+        .strip_prefix('/')
+        .or_else(|| rest.strip_prefix("out of"))
+        .map(|d| {
+            let d = d.trim_start();
+            let n: String = d
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            n.trim_end_matches('.').parse::<f64>().ok()
+        });
+    match (denominator, scale) {
+        (Some(None), _) => return None,
+        (Some(Some(d)), Some((_, hi))) if d != hi => return None,
+        (Some(Some(d)), None) if v > d => return None,
+        _ => {}
+    }
     match scale {
         Some((lo, hi)) if v < lo || v > hi => None,
         _ => Some(v),
@@ -313,31 +574,168 @@ mod tests {
         Rubric::parse("joke", JOKE).unwrap()
     }
 
+    fn pass_score(text: &str) -> (Option<bool>, Option<f64>) {
+        let v = parse_verdict(&joke(), text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        (v["pass"].as_bool(), v["score"].as_f64())
+    }
+
+    #[test]
+    fn joke_rubric_header() {
+        let r = joke();
+        assert_eq!(r.pass_field.as_deref(), Some("IS_JOKE"));
+        assert_eq!(r.score_field.as_deref(), Some("QUALITY"));
+        assert_eq!(r.scale, Some((1.0, 10.0)));
+        assert_eq!(r.fields, ["IS_JOKE", "QUALITY", "REASON"]);
+        assert!(!r.body.contains("pass:"));
+    }
+
     #[test]
     fn reads_decorated_lines() {
         let v = parse_verdict(
             &joke(),
-            "<think>hm</think>\n**IS_JOKE:** yes\n- **Quality:** 7/10\n- Reason: puns",
+            "<think>IS_JOKE: NO\nQUALITY: 1</think>\n**IS_JOKE:** yes\n- **Quality:** 7/10\n- Reason: puns",
         )
         .unwrap();
         assert_eq!(v["pass"], Value::Bool(true));
         assert_eq!(v["score"], serde_json::json!(7.0));
         assert_eq!(v["reason"], Value::String("puns".into()));
+        assert_eq!(v["fields"]["QUALITY"], Value::String("7/10".into()));
     }
 
     #[test]
-    fn reads_fenced_json() {
+    fn reads_case_lists_and_headings() {
+        assert_eq!(
+            pass_score("is joke: True\nquality: 7.5\nreason: ok"),
+            (Some(true), Some(7.5))
+        );
+        assert_eq!(
+            pass_score("1. IS_JOKE: PASS\n2. QUALITY: 3"),
+            (Some(true), Some(3.0))
+        );
+        assert_eq!(
+            pass_score("### Is-Joke: **No**\n* `QUALITY`: 2 out of 10"),
+            (Some(false), Some(2.0))
+        );
+        assert_eq!(
+            pass_score("IS_JOKE: fail.\nQUALITY: seven"),
+            (Some(false), Some(7.0))
+        );
+    }
+
+    #[test]
+    fn instructions_repeated_back_are_skipped() {
+        let text = "IS_JOKE: YES or NO\nQUALITY: a whole number from 1 (awful) to 10\n\nIS_JOKE: NO\nQUALITY: 2\nREASON: no punchline";
+        assert_eq!(pass_score(text), (Some(false), Some(2.0)));
+        assert!(parse_verdict(&joke(), "IS_JOKE: YES or NO\nQUALITY: 5").is_err());
+    }
+
+    #[test]
+    fn reads_fenced_and_bare_json() {
         let v = parse_verdict(
             &joke(),
-            "Sure!\n```json\n{\"is_joke\": \"NO\", \"quality\": 2, \"reason\": \"flat\"}\n```",
+            "Sure! Here you go {not json}\n```json\n{\"is_joke\": \"NO\", \"quality\": 2, \"reason\": \"flat\", \"extra\": true}\n```\nHope it helps.",
         )
         .unwrap();
         assert_eq!(v["pass"], Value::Bool(false));
+        assert_eq!(v["score"], serde_json::json!(2.0));
+        assert_eq!(v["reason"], Value::String("flat".into()));
+        assert_eq!(v["fields"]["EXTRA"], Value::String("true".into()));
+        assert_eq!(
+            pass_score(r#"{"IS_JOKE": true, "QUALITY": "8/10"}"#),
+            (Some(true), Some(8.0))
+        );
     }
 
     #[test]
-    fn rejects_out_of_scale() {
-        assert!(parse_verdict(&joke(), "IS_JOKE: YES\nQUALITY: 42\nREASON: x").is_err());
-        assert!(parse_verdict(&joke(), "no idea").is_err());
+    fn rejects_out_of_scale_and_garbage() {
+        for bad in [
+            "IS_JOKE: YES\nQUALITY: 42\nREASON: x",
+            "IS_JOKE: YES\nQUALITY: 0",
+            "IS_JOKE: YES\nQUALITY: 3/5",
+            "IS_JOKE: maybe\nQUALITY: 5",
+            "IS_JOKE: YES",
+            "no idea",
+            "<think>IS_JOKE: YES\nQUALITY: 5</think>",
+        ] {
+            assert!(parse_verdict(&joke(), bad).is_err(), "{bad:?} was accepted");
+        }
+        let e = parse_verdict(&joke(), "IS_JOKE: YES\nQUALITY: 42").unwrap_err();
+        assert!(e.contains("QUALITY is \"42\""), "{e}");
+    }
+
+    #[test]
+    fn odd_but_readable_and_unreadable_values() {
+        assert_eq!(
+            pass_score("IS_JOKE: y\nQUALITY: 7,5 — nice"),
+            (Some(true), Some(7.5))
+        );
+        assert_eq!(
+            pass_score("IS_JOKE: No, not really\nQUALITY: 2 (weak)"),
+            (Some(false), Some(2.0))
+        );
+        for bad in [
+            "IS_JOKE: N/A\nQUALITY: 5",
+            "IS_JOKE: yes\nQUALITY: N/A",
+            "IS_JOKE: yes\nQUALITY: 7-8",
+        ] {
+            assert!(parse_verdict(&joke(), bad).is_err(), "{bad:?} was accepted");
+        }
+        let bom = Rubric::parse("b", "\u{feff}pass: OK\r\n---\r\n{output}\r\n").unwrap();
+        assert_eq!(bom.fields, ["OK"]);
+    }
+
+    #[test]
+    fn rubric_headers_are_checked() {
+        let r = Rubric::parse(
+            "s",
+            "pass: Faithful\nscore: coverage\nscale: 0..5\n---\n{output}",
+        )
+        .unwrap();
+        assert_eq!(r.fields, ["FAITHFUL", "COVERAGE"]);
+        assert_eq!(r.scale, Some((0.0, 5.0)));
+        assert!(Rubric::parse("s", "pass: A\nscale: 10-1\n---\n{output}").is_err());
+        assert!(Rubric::parse("s", "pass: A\nscore: B\nscale: ten\n---\n{output}").is_err());
+        assert!(Rubric::parse("s", "pass: A\nwhat: B\n---\n{output}").is_err());
+        assert!(Rubric::parse("s", "pass: A\n---\nno placeholder").is_err());
+        assert!(Rubric::parse("s", "Grade this: {output}").is_err());
+        // No header: a `---` rule in the template stays in the template.
+        let e = Rubric::parse("s", "Note: be fair\n---\n{output}").unwrap_err();
+        assert!(format!("{e}").contains("names no fields"));
+    }
+
+    #[test]
+    fn no_verdict_field_means_every_field_is_required() {
+        let r = Rubric::parse("t", "fields: TONE, LENGTH\n---\n{output}").unwrap();
+        let v = parse_verdict(&r, "TONE: dry\nLENGTH: short").unwrap();
+        assert_eq!(v["fields"]["TONE"], Value::String("dry".into()));
+        assert!(v.get("pass").is_none());
+        assert!(parse_verdict(&r, "TONE: dry").is_err());
+    }
+
+    #[test]
+    fn schema_names_every_field() {
+        let s = joke().json_schema();
+        assert_eq!(s["type"], "object");
+        assert_eq!(
+            s["required"],
+            serde_json::json!(["IS_JOKE", "QUALITY", "REASON"])
+        );
+        assert_eq!(
+            s["properties"]["IS_JOKE"]["enum"],
+            serde_json::json!(["YES", "NO"])
+        );
+        assert_eq!(s["properties"]["QUALITY"]["type"], "number");
+        assert_eq!(
+            s["properties"]["QUALITY"]["minimum"],
+            serde_json::json!(1.0)
+        );
+        assert_eq!(
+            s["properties"]["QUALITY"]["maximum"],
+            serde_json::json!(10.0)
+        );
+        assert_eq!(s["properties"]["REASON"]["type"], "string");
+        // An answer shaped by the schema reads back.
+        let answer = r#"{"IS_JOKE": "YES", "QUALITY": 6, "REASON": "a pun"}"#;
+        assert_eq!(pass_score(answer), (Some(true), Some(6.0)));
     }
 }

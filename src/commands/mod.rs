@@ -17,11 +17,9 @@ use crate::cli::{Cli, Command, ScopeArgs};
 use crate::db::{self, jobs::Filter};
 
 pub fn dispatch(cli: &Cli) -> Result<u8> {
-    // Commands that record new work may create the database; the others need it to exist.
-    let creates = matches!(
-        cli.command,
-        Command::Models(_) | Command::Enqueue(_) | Command::Grade(_)
-    );
+    // Commands that record new work may create the database; the others need it to exist
+    // (grade too: there is nothing to grade in a new database).
+    let creates = matches!(cli.command, Command::Models(_) | Command::Enqueue(_));
     if let Command::Worker = cli.command {
         return worker::run();
     }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use rusqlite::Connection;
 
 use crate::cli::{ReportArgs, Section};
-use crate::report::{render, sections, Query};
+use crate::report::{grades, render, sections, Query};
 use crate::util::now_ms;
 
 pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
@@ -27,7 +27,8 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
             Section::Failures => tables.push(sections::failures(conn, &q)?),
             Section::Jobs => tables.push(sections::jobs(conn, &q, a.state.as_deref(), a.outcome)?),
             Section::Runners => tables.push(sections::runners(conn)?),
-            Section::Timeouts | Section::Throughput | Section::Grades => {
+            Section::Grades => tables.extend(grades::tables(conn, &q)?),
+            Section::Timeouts | Section::Throughput => {
                 crate::usage!("report {section:?} is not available yet")
             }
         }

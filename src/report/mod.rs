@@ -1,5 +1,6 @@
 //! Report sections: each computes its rows once from SQL into a [`render::Table`].
 
+pub mod grades;
 pub mod render;
 pub mod sections;
 

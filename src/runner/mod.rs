@@ -641,33 +641,39 @@ impl Coordinator<'_> {
         }
     }
 
-    /// Whether any job in scope may still run: pending (not waiting on a failed parent, not in
-    /// a stopped lane) or running under another runner.
+    /// Whether any job in scope may still run: pending (not in a stopped lane, and not waiting
+    /// on a parent that failed, or that is pending where this run will never take it: out of
+    /// scope or in a stopped lane) or running under another runner.
     fn work_left(&self) -> Result<bool> {
-        let (cond, mut args) = self.opts.filter.sql("j");
-        let stopped: Vec<&String> = self
+        let stopped: Vec<rusqlite::types::Value> = self
             .lanes
             .iter()
             .filter(|(_, l)| l.stopped.is_some())
-            .map(|(n, _)| n)
+            .map(|(n, _)| rusqlite::types::Value::Text(n.clone()))
             .collect();
-        let mut skip = String::new();
-        if !stopped.is_empty() {
-            skip = format!(
-                " AND j.model NOT IN ({})",
-                vec!["?"; stopped.len()].join(", ")
-            );
-            args.extend(
-                stopped
-                    .iter()
-                    .map(|s| rusqlite::types::Value::Text((*s).clone())),
-            );
-        }
+        let not_stopped = |alias: &str| {
+            if stopped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " AND {alias}.model NOT IN ({})",
+                    vec!["?"; stopped.len()].join(", ")
+                )
+            }
+        };
+        let (pcond, mut args) = self.opts.filter.sql("p");
+        args.extend(stopped.iter().cloned());
+        let (cond, jargs) = self.opts.filter.sql("j");
+        args.extend(jargs);
+        args.extend(stopped.iter().cloned());
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
              WHERE (j.state = 'running' OR (j.state = 'pending'
-                    AND (j.parent_id IS NULL OR p.state IN ('pending', 'running', 'done'))))
-               {cond}{skip})"
+                    AND (j.parent_id IS NULL OR p.state IN ('running', 'done')
+                         OR (p.state = 'pending'{pcond}{pskip}))))
+               {cond}{skip})",
+            pskip = not_stopped("p"),
+            skip = not_stopped("j"),
         );
         Ok(self
             .conn

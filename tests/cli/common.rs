@@ -167,3 +167,46 @@ pub fn kill(pid: u32, sig: i32) {
         libc::kill(pid as i32, sig);
     }
 }
+
+/// Path of a fake grader script in `fixtures/graders`.
+pub fn fake_grader(name: &str) -> String {
+    fixtures()
+        .join("graders")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl Env {
+    /// Configures a command-backend grader running a `fixtures/graders` script; `args` are
+    /// appended to its command (e.g. the fair grader's marker word).
+    pub fn grader(&self, name: &str, script: &str, args: &[&str], extra: &[&str]) {
+        let mut command = shell_words::quote(&fake_grader(script)).into_owned();
+        for a in args {
+            command.push(' ');
+            command.push_str(&shell_words::quote(a));
+        }
+        let mut all = vec![
+            "models",
+            "set",
+            name,
+            "--backend",
+            "command",
+            "--command",
+            &command,
+        ];
+        all.extend_from_slice(extra);
+        self.cmd(&all).assert().success();
+    }
+
+    /// stdout of a successful command, as text.
+    pub fn stdout(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+}
