@@ -3,5 +3,6 @@
 
 mod common;
 mod core;
+mod fake_server;
 mod grade;
 mod http;
