@@ -5,4 +5,5 @@ mod common;
 mod core;
 mod fake_server;
 mod grade;
+mod grade_http;
 mod http;
