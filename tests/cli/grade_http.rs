@@ -383,3 +383,58 @@ fn an_openai_grader_gets_no_format_and_its_text_answer_parses() {
     assert_eq!(row["pass_rate"], json!(0.5));
     assert_eq!(row["mean_score"], json!(5.5));
 }
+
+#[test]
+fn a_schema_shaped_answer_out_of_scale_is_a_parse_attempt_then_retried() {
+    // The schema's minimum/maximum is a request, not a guarantee: the first answer says
+    // QUALITY 42, which the parser rejects; the retry answers within the scale.
+    let server = Server::start(|req, n| {
+        let answer = if n == 1 {
+            json!({"IS_JOKE": "YES", "QUALITY": 42, "REASON": "off the scale"})
+        } else {
+            json!({"IS_JOKE": "YES", "QUALITY": 9.5, "REASON": "great"})
+        };
+        now_json(
+            200,
+            ollama_answer(req.model(), &answer.to_string(), None, "stop"),
+        )
+    });
+    let env = Env::new();
+    env.model("echo", "echo", &["--timeout", "20"]);
+    let input = env.prompts("p.csv", 1);
+    env.cmd(&["enqueue", "--model", "echo", &input])
+        .assert()
+        .success();
+    env.cmd(&[
+        "models",
+        "set",
+        "judge",
+        "--endpoint",
+        &server.url,
+        "--timeout",
+        "20",
+        "--max-attempts",
+        "2",
+    ])
+    .assert()
+    .success();
+    env.cmd(&["grade", "--grader", "judge"]).assert().success();
+    env.cmd(&["run", "--retry-base", "50ms"]).assert().code(0);
+
+    assert_eq!(server.count(), 2);
+    let (outcome, output, error): (String, String, String) = env
+        .conn()
+        .query_row(
+            "SELECT outcome, output, error FROM attempts WHERE model = 'judge' AND number = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(outcome, "parse");
+    assert!(output.contains("\"QUALITY\":42"), "{output}");
+    assert!(error.contains("QUALITY is \"42\""), "{error}");
+    let g = grades(&env);
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!((g[0].3, g[0].4), (Some(1), Some(9.5)));
+    assert_eq!(g[0].5.as_deref(), Some("great"));
+}
