@@ -40,7 +40,9 @@ fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
             .iter()
             .map(|e| models::normalize_endpoint(e, port))
             .collect();
-    } else if !was_configured && m.backend != Backend::Ollama {
+    } else if !was_configured {
+        // No endpoint given: an Ollama model keeps following $OLLAMA_HOST where `run` runs,
+        // rather than the one in effect when it was configured.
         m.endpoints.clear();
     }
     if let Some(t) = &a.timeout {

@@ -405,12 +405,12 @@ fn a_schema_shaped_answer_out_of_scale_is_a_parse_attempt_then_retried() {
     env.cmd(&["enqueue", "--model", "echo", &input])
         .assert()
         .success();
+    // A zero-config grader given an attempt budget, but no endpoint, while $OLLAMA_HOST is
+    // unset: it still follows $OLLAMA_HOST where `run` runs.
     env.cmd(&[
         "models",
         "set",
         "judge",
-        "--endpoint",
-        &server.url,
         "--timeout",
         "20",
         "--max-attempts",
@@ -419,9 +419,20 @@ fn a_schema_shaped_answer_out_of_scale_is_a_parse_attempt_then_retried() {
     .assert()
     .success();
     env.cmd(&["grade", "--grader", "judge"]).assert().success();
-    env.cmd(&["run", "--retry-base", "50ms"]).assert().code(0);
+    let host = server.url.trim_start_matches("http://").to_string();
+    env.cmd(&["run", "--retry-base", "50ms"])
+        .env("OLLAMA_HOST", &host)
+        .assert()
+        .code(0);
 
     assert_eq!(server.count(), 2);
+    assert_eq!(
+        env.int(&format!(
+            "SELECT COUNT(*) FROM attempts WHERE model = 'judge' AND endpoint = '{}'",
+            server.url
+        )),
+        2
+    );
     let (outcome, output, error): (String, String, String) = env
         .conn()
         .query_row(
