@@ -91,6 +91,10 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
         ("LLMBATCH_MODEL".to_string(), c.model.clone()),
         ("LLMBATCH_BATCH".to_string(), c.batch.clone()),
         ("LLMBATCH_ITEM_ID".to_string(), c.item_id.clone()),
+        (
+            "LLMBATCH_RUNNER".to_string(),
+            crate::util::own_runner_token().to_string(),
+        ),
     ];
     let (argv, stdin) = match job.model.backend {
         Backend::Command => {

@@ -67,11 +67,68 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// The kernel's id of this boot: a runner recorded under another boot id is dead.
+/// The kernel's id of this boot and this PID namespace (`BOOT/NS`): a runner recorded under
+/// another boot is dead; one in another PID namespace (a sibling container) cannot be checked
+/// by pid and is judged by its lease alone.
 pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Some(format!("{}/{ns}", boot.trim()))
+}
+
+/// Where a registered runner lives, as seen from this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locality {
+    /// This host, boot and PID namespace: its pid can be checked.
+    Here,
+    /// This host, but a boot that has ended: the runner is dead.
+    EarlierBoot,
+    /// Another host or PID namespace: only its lease tells.
+    Elsewhere,
+}
+
+pub fn locality(host: &str, boot: Option<&str>) -> Locality {
+    if host != hostname() {
+        return Locality::Elsewhere;
+    }
+    let (Some(theirs), Some(ours)) = (boot, boot_id()) else {
+        return Locality::Here;
+    };
+    let (their_boot, their_ns) = theirs.split_once('/').unwrap_or((theirs, ""));
+    let (our_boot, our_ns) = ours.split_once('/').unwrap_or((&ours, ""));
+    if their_boot != our_boot {
+        Locality::EarlierBoot
+    } else if !their_ns.is_empty() && their_ns != our_ns {
+        Locality::Elsewhere
+    } else {
+        Locality::Here
+    }
+}
+
+/// Whether a runner registered as (host, pid, start, boot) is known dead from here.
+pub fn runner_dead(host: &str, pid: i64, start: Option<&str>, boot: Option<&str>) -> bool {
+    match locality(host, boot) {
+        Locality::EarlierBoot => true,
+        Locality::Here => !process_alive(pid, start),
+        Locality::Elsewhere => false,
+    }
+}
+
+/// `PID.START` of a process: put in every attempt's environment as `LLMBATCH_RUNNER`, so the
+/// processes a dead runner left behind can be found and killed.
+pub fn runner_token(pid: i64, start: Option<&str>) -> String {
+    format!("{pid}.{}", start.unwrap_or("0"))
+}
+
+/// This process's runner token.
+pub fn own_runner_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let pid = std::process::id() as i64;
+        runner_token(pid, pid_start(pid).as_deref())
+    })
 }
 
 /// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat), so a pid

@@ -438,14 +438,14 @@ pub struct Orphan {
     pub attempt_id: Option<i64>,
     pub charged: i64,
     pub max_attempts: Option<i64>,
+    /// The token of a dead local runner, whose attempt processes may still be running.
+    pub leftovers: Option<String>,
 }
 
 /// Finds orphans: running jobs whose lease expired, or whose runner on this host is dead
 /// (process gone, pid reused, or an older boot). Jobs of `self_runner` are never orphans.
 pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<Orphan>> {
     let now = now_ms();
-    let host = crate::util::hostname();
-    let boot = crate::util::boot_id();
     let mut stmt = conn.prepare_cached(
         "SELECT j.id, j.model, j.batch, j.runner_id, j.lease_expires_at, j.lease_token,
                 j.attempt_id, j.charged, j.max_attempts, r.host, r.pid, r.pid_start, r.boot_id,
@@ -467,6 +467,7 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
                 attempt_id: r.get(6)?,
                 charged: r.get(7)?,
                 max_attempts: r.get(8)?,
+                leftovers: None,
             },
             r.get::<_, Option<String>>(9)?,
             r.get::<_, Option<i64>>(10)?,
@@ -482,14 +483,22 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
             (Some(h), Some(p)) => format!("{h}:{p}"),
             _ => "unknown".into(),
         };
-        let local = r_host.as_deref() == Some(host.as_str());
+        let locality = r_host
+            .as_deref()
+            .map(|h| crate::util::locality(h, r_boot.as_deref()));
         let reason = if r_pid.is_none() {
             Some("its runner is unknown".to_string())
         } else if r_stopped.is_some() {
             Some("its runner has stopped".to_string())
-        } else if local && r_boot.is_some() && r_boot != boot {
+        } else if locality == Some(crate::util::Locality::EarlierBoot) {
             Some("its runner belongs to an earlier boot".to_string())
-        } else if local && !crate::util::process_alive(r_pid.unwrap_or(0), r_start.as_deref()) {
+        } else if locality == Some(crate::util::Locality::Here)
+            && !crate::util::process_alive(r_pid.unwrap_or(0), r_start.as_deref())
+        {
+            o.leftovers = Some(crate::util::runner_token(
+                r_pid.unwrap_or(0),
+                r_start.as_deref(),
+            ));
             Some(format!("its runner (pid {}) is gone", r_pid.unwrap_or(0)))
         } else if o.lease_expired_ms > 0 {
             Some(format!(
@@ -543,9 +552,22 @@ pub fn reap(tx: &Transaction, orphans: &[Orphan]) -> Result<Vec<(Orphan, &'stati
         }
         reaped.push((o.clone(), state));
     }
-    // A local runner found dead is marked stopped, so reports stop calling it live.
+    // A local runner found dead is marked stopped, so reports stop calling it live, and what
+    // its attempts left running is killed: its work must not go on beside the retry.
     for runner_id in orphans.iter().filter_map(|o| o.runner_id) {
         mark_dead_if_gone(tx, runner_id, now)?;
+    }
+    let mut tokens: Vec<&String> = orphans
+        .iter()
+        .filter_map(|o| o.leftovers.as_ref())
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    for token in tokens {
+        let n = crate::exec::kill_leftovers(token);
+        if n > 0 {
+            log::warn!("killed {n} process(es) left running by dead runner {token}");
+        }
     }
     Ok(reaped)
 }
@@ -559,10 +581,7 @@ fn mark_dead_if_gone(tx: &Transaction, runner_id: i64, now: i64) -> Result<()> {
         )
         .optional()?;
     if let Some((host, pid, start, boot)) = row {
-        let local = host == crate::util::hostname();
-        let dead = local
-            && (boot.is_some() && boot != crate::util::boot_id()
-                || !crate::util::process_alive(pid, start.as_deref()));
+        let dead = crate::util::runner_dead(&host, pid, start.as_deref(), boot.as_deref());
         if dead {
             tx.execute(
                 "UPDATE runners SET stopped_at = MAX(?1, heartbeat_at), stop_reason = 'died' WHERE id = ?2",

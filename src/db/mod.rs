@@ -72,16 +72,20 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// Adds to a "database is locked" error who holds the file: the live runners on it.
-pub fn explain_busy(err: anyhow::Error, path: &Path) -> anyhow::Error {
-    let busy = err.chain().any(|e| {
+/// Whether an error is SQLite's "database is locked / busy" (after the busy timeout).
+pub fn is_busy(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
         matches!(
             e.downcast_ref::<rusqlite::Error>(),
             Some(rusqlite::Error::SqliteFailure(f, _))
                 if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
         )
-    });
-    if !busy {
+    })
+}
+
+/// Adds to a "database is locked" error who holds the file: the live runners on it.
+pub fn explain_busy(err: anyhow::Error, path: &Path) -> anyhow::Error {
+    if !is_busy(&err) {
         return err;
     }
     let holders = Connection::open(path)

@@ -94,14 +94,27 @@ pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    let parent = std::process::id() as i32;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // If the runner dies (kill -9), its child dies with it instead of working on
+            // beside the retry. Grandchildren are found by `kill_leftovers` when reaped.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return failed(format!("cannot start {program:?}: {e}")),
     };
     let pgid = child.id() as i32;
-    feed_stdin(&mut child, &spec.stdin);
     let out_rx = drain(child.stdout.take(), MAX_STDOUT, false);
     let err_rx = drain(child.stderr.take(), MAX_STDERR, true);
+    feed_stdin(&mut child, &spec.stdin);
 
     let deadline = started + spec.timeout;
     let (status, exit) = wait_until(&mut child, pgid, deadline, spec.kill_grace, stop);
@@ -180,7 +193,38 @@ fn terminate(child: &mut Child, pgid: i32, grace: Duration, stop: &StopSignal) {
         }
     }
     kill_group(pgid, libc::SIGKILL);
-    let _ = child.wait();
+    // Bounded even for a child stuck in uninterruptible I/O: it is reaped later or by init.
+    let _ = child.wait_timeout(Duration::from_secs(5));
+}
+
+/// Kills every process whose environment carries `LLMBATCH_RUNNER=token`: what a dead runner's
+/// attempts left behind (grandchildren keep the variable). Returns how many were signalled.
+pub fn kill_leftovers(token: &str) -> usize {
+    let needle = format!("LLMBATCH_RUNNER={token}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+            // SAFETY: kill(2) touches no memory.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+    }
+    killed
 }
 
 fn kill_group(pgid: i32, sig: i32) {

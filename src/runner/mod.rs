@@ -152,7 +152,18 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         opts,
     };
     crate::logging::set_bars(coord.multi.clone());
-    let result = coord.startup().and_then(|_| coord.work(&signals));
+    let mut result = coord.startup().and_then(|_| coord.work(&signals));
+    if let Err(e) = &result {
+        log::error!("stopping after an error: {e:#}");
+        coord.abandon();
+    }
+    if result.is_ok() && coord.summary.signal.is_none() {
+        // A signal that landed after the last look still decides the exit code.
+        coord.summary.signal = signals.received();
+    }
+    if result.is_ok() && coord.in_flight > 0 {
+        result = Err(anyhow::anyhow!("internal error: attempts left in flight"));
+    }
     crate::logging::set_bars(None);
     drop(heartbeat);
     let reason = match (&result, coord.summary.signal) {
@@ -308,8 +319,18 @@ impl Coordinator<'_> {
             if claiming && Instant::now() >= self.next_reap {
                 let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
                 self.reap_now(orphans)?;
+                // New models, and jobs put back by a reap or `resume`, get their lanes now.
+                self.refresh_lanes()?;
             }
-            let dispatched = self.record_and_claim(std::mem::take(&mut pending), claiming)?;
+            let dispatched = match self.record_and_claim(&mut pending, claiming) {
+                Ok(n) => n,
+                Err(e) if crate::db::is_busy(&e) => {
+                    // Results stay in `pending` and are recorded on the next pass.
+                    log::warn!("database busy, will retry: {e:#}");
+                    0
+                }
+                Err(e) => return Err(e),
+            };
             self.check_unreachable();
             for lane in self.lanes.values() {
                 lane.refresh_bar();
@@ -332,6 +353,25 @@ impl Coordinator<'_> {
                     unreachable!("the coordinator holds a sender")
                 }
             }
+        }
+    }
+
+    /// After an error: kill what is in flight and try once to put those jobs back.
+    fn abandon(&mut self) {
+        self.stop.request(StopSignal::KILL);
+        let until = Instant::now() + self.opts.kill_grace + Duration::from_secs(2);
+        let mut pending = Vec::new();
+        while self.in_flight > pending.len() {
+            match self
+                .rx
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(done) => pending.push(done),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = self.record_and_claim(&mut pending, false) {
+            log::warn!("could not record the attempts in flight ({e:#}); the next run reaps them");
         }
     }
 
@@ -377,20 +417,26 @@ impl Coordinator<'_> {
     fn wait_time(&self) -> Duration {
         let now = Instant::now();
         let mut until = now + TICK;
+        let claiming = self.summary.signal.is_none() && self.stop.level() == 0;
+        let mut wakes: Vec<Instant> = Vec::new();
         for lane in self.lanes.values().filter(|l| l.stopped.is_none()) {
-            until = until.min(lane.idle_until.max(now));
-            if let Some(t) = lane.next_rest_end() {
-                until = until.min(t.max(now));
-            }
+            wakes.push(lane.idle_until);
+            wakes.extend(lane.next_rest_end());
         }
-        until = until.min(self.next_reap.max(now));
+        if claiming {
+            wakes.push(self.next_reap);
+        }
+        // Instants already past mean "nothing to wait for" (a full lane), not "wake at once".
+        for t in wakes.into_iter().filter(|t| *t > now) {
+            until = until.min(t);
+        }
         until
             .saturating_duration_since(now)
             .max(Duration::from_millis(5))
     }
 
     /// Records finished attempts and claims replacements in one transaction, then starts them.
-    fn record_and_claim(&mut self, results: Vec<Done>, claiming: bool) -> Result<usize> {
+    fn record_and_claim(&mut self, results: &mut Vec<Done>, claiming: bool) -> Result<usize> {
         let plan = if claiming {
             self.plan_claims()
         } else {
@@ -404,8 +450,12 @@ impl Coordinator<'_> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stopping = self.summary.signal.is_some() || self.stop.level() > 0;
         let mut decided = Vec::with_capacity(results.len());
-        for done in results {
+        for done in results.iter_mut() {
+            if stopping {
+                interrupted_by_stop(&mut done.finish);
+            }
             let lane = self
                 .lanes
                 .get(&done.claim.model)
@@ -416,7 +466,7 @@ impl Coordinator<'_> {
             if kept && next == Next::Done && done.claim.kind == "grade" {
                 crate::grading::record(&tx, &done.claim, &done.finish)?;
             }
-            decided.push((done, next, kept));
+            decided.push((next, kept));
         }
         let mut claims = Vec::new();
         for (model, slots) in &plan {
@@ -433,7 +483,7 @@ impl Coordinator<'_> {
             claims.push((model.clone(), slots.len(), got));
         }
         tx.commit()?;
-        for (done, next, kept) in decided {
+        for (done, (next, kept)) in results.drain(..).zip(decided) {
             self.account(done, next, kept);
         }
         let mut dispatched = 0;
@@ -456,17 +506,33 @@ impl Coordinator<'_> {
         if let Some(limit) = self.opts.limit {
             room = room.min(limit.saturating_sub(self.claimed) as usize);
         }
-        let mut plan = Vec::new();
-        for (name, lane) in &self.lanes {
-            if room == 0 {
+        // One slot per lane per round, so a lane early in the order cannot take the whole cap.
+        let free: Vec<(&String, Vec<String>)> = self
+            .lanes
+            .iter()
+            .map(|(name, lane)| (name, lane.free_slots(now, room)))
+            .filter(|(_, slots)| !slots.is_empty())
+            .collect();
+        let mut plan: Vec<(String, Vec<String>)> = free
+            .iter()
+            .map(|(n, _)| ((*n).clone(), Vec::new()))
+            .collect();
+        let mut round = 0;
+        while room > 0 {
+            let mut gave = false;
+            for ((_, slots), (_, taken)) in free.iter().zip(plan.iter_mut()) {
+                if room > 0 && round < slots.len() {
+                    taken.push(slots[round].clone());
+                    room -= 1;
+                    gave = true;
+                }
+            }
+            if !gave {
                 break;
             }
-            let slots = lane.free_slots(now, room);
-            room -= slots.len();
-            if !slots.is_empty() {
-                plan.push((name.clone(), slots));
-            }
+            round += 1;
         }
+        plan.retain(|(_, slots)| !slots.is_empty());
         plan
     }
 
@@ -678,5 +744,21 @@ impl Coordinator<'_> {
         Ok(self
             .conn
             .query_row(&sql, params_from_iter(args), |r| r.get(0))?)
+    }
+}
+
+/// While the runner stops, a child that died of a stop signal (systemd signals the whole
+/// cgroup, a terminal the whole process group) was interrupted, not broken: not charged.
+fn interrupted_by_stop(f: &mut Finish) {
+    let by_signal = matches!(f.signal, Some(s) if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGKILL].contains(&(s as i32)));
+    let by_exit = matches!(f.exit_code, Some(129 | 130 | 143));
+    let hit = match f.outcome {
+        Outcome::Crash => by_signal,
+        Outcome::Exit => by_exit,
+        _ => false,
+    };
+    if hit {
+        f.outcome = Outcome::Interrupted;
+        f.error = Some("runner stopped by a signal".into());
     }
 }
