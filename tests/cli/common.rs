@@ -13,7 +13,11 @@ pub fn fixtures() -> PathBuf {
 
 /// Path of a fake model script in `fixtures/models`.
 pub fn fake(name: &str) -> String {
-    fixtures().join("models").join(name).to_string_lossy().into_owned()
+    fixtures()
+        .join("models")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn bin_path() -> PathBuf {
@@ -37,7 +41,9 @@ impl Env {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::cargo_bin("llmbatch").expect("binary");
         c.arg("--db").arg(&self.db).args(args);
-        c.env_remove("LLMBATCH_DB").env_remove("RUST_LOG").env_remove("OLLAMA_HOST");
+        c.env_remove("LLMBATCH_DB")
+            .env_remove("RUST_LOG")
+            .env_remove("OLLAMA_HOST");
         c.current_dir(self.dir.path());
         c.timeout(Duration::from_secs(120));
         c
@@ -47,7 +53,9 @@ impl Env {
     pub fn spawn_cmd(&self, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(bin_path());
         c.arg("--db").arg(&self.db).args(args);
-        c.env_remove("LLMBATCH_DB").env_remove("RUST_LOG").env_remove("OLLAMA_HOST");
+        c.env_remove("LLMBATCH_DB")
+            .env_remove("RUST_LOG")
+            .env_remove("OLLAMA_HOST");
         c.current_dir(self.dir.path());
         c
     }
@@ -90,7 +98,9 @@ impl Env {
 
     /// Job counts by state.
     pub fn state_count(&self, state: &str) -> i64 {
-        self.int(&format!("SELECT COUNT(*) FROM jobs WHERE state = '{state}'"))
+        self.int(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE state = '{state}'"
+        ))
     }
 
     /// `report ... --format json` parsed.
@@ -99,7 +109,11 @@ impl Env {
         all.extend_from_slice(args);
         all.extend_from_slice(&["--format", "json"]);
         let out = self.cmd(&all).output().expect("report");
-        assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "report failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("report json")
     }
 }
@@ -118,16 +132,30 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Whether any live process has `needle` in its command line (zombies don't count).
 pub fn process_alive_matching(needle: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     for entry in dir.flatten() {
         let name = entry.file_name();
         if !name.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let zombie = stat.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(false);
-        if !zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle) {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with('Z'))
+            .unwrap_or(false);
+        if !zombie
+            && String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(needle)
+        {
             return true;
         }
     }
@@ -137,5 +165,156 @@ pub fn process_alive_matching(needle: &str) -> bool {
 pub fn kill(pid: u32, sig: i32) {
     unsafe {
         libc::kill(pid as i32, sig);
+    }
+}
+
+/// A string unique to this test run and call: for finding the processes one test started.
+pub fn unique_marker(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "llmbatch-test-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A command template running a fixture script with `args`, carrying `marker` in its
+/// environment. Every process the script starts inherits it, grandchildren included, so
+/// [`process_alive_with_env`] finds them all where their command lines would not.
+pub fn marked(marker: &str, script: &str, args: &str) -> String {
+    format!(
+        "env LLMBATCH_TEST_MARKER={marker} '{}' {args}",
+        fake(script)
+    )
+}
+
+/// Whether any live process (zombies don't count) has `needle` in its environment.
+pub fn process_alive_with_env(needle: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with('Z'))
+            .unwrap_or(false);
+        if !zombie && String::from_utf8_lossy(&environ).contains(needle) {
+            return true;
+        }
+    }
+    false
+}
+
+impl Env {
+    /// Configures a command-backend model from a whole command template.
+    pub fn model_cmd(&self, name: &str, command: &str, extra: &[&str]) {
+        let mut args = vec![
+            "models",
+            "set",
+            name,
+            "--backend",
+            "command",
+            "--command",
+            command,
+        ];
+        args.extend_from_slice(extra);
+        self.cmd(&args).assert().success();
+    }
+
+    /// Rows of a query, each value rendered as text (NULL as "NULL").
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql).expect(sql);
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        Ok(match r.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                            rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Text(t) => {
+                                String::from_utf8_lossy(t).into_owned()
+                            }
+                            rusqlite::types::ValueRef::Blob(b) => format!("{b:?}"),
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .expect(sql)
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .expect(sql);
+        rows
+    }
+
+    /// Every row of every table, sorted: two dumps are equal when the data is.
+    pub fn dump(&self) -> Vec<String> {
+        let tables = self.rows(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        );
+        let mut out = Vec::new();
+        for t in tables {
+            let mut rows: Vec<String> = self
+                .rows(&format!("SELECT * FROM \"{}\"", t[0]))
+                .into_iter()
+                .map(|r| format!("{}: {}", t[0], r.join(" | ")))
+                .collect();
+            rows.sort();
+            out.push(format!("table {} ({} rows)", t[0], rows.len()));
+            out.extend(rows);
+        }
+        out
+    }
+
+    /// The output of a job: that of the attempt `jobs.attempt_id` points at.
+    pub fn job_output(&self, job_id: i64) -> Option<String> {
+        self.conn()
+            .query_row(
+                "SELECT a.output FROM jobs j JOIN attempts a ON a.id = j.attempt_id WHERE j.id = ?1",
+                [job_id],
+                |r| r.get(0),
+            )
+            .expect("job output")
+    }
+
+    /// One row of `report failures --format json` for `model`.
+    pub fn failures_row(&self, model: &str) -> serde_json::Value {
+        let doc = self.report_json(&["failures"]);
+        doc["failures"]
+            .as_array()
+            .expect("failures array")
+            .iter()
+            .find(|r| r["model"] == model)
+            .unwrap_or_else(|| panic!("no failures row for {model}: {doc}"))
+            .clone()
+    }
+}
+
+/// Waits for a child with a deadline, killing it if it overstays.
+pub fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
