@@ -762,3 +762,43 @@ fn watch_picks_up_new_work_until_signalled() {
     let status = wait_child(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(143), "{}", log_of(&env, "run.log"));
 }
+
+/// A runner killed but not yet waited for by its parent is a zombie: dead, not live. `reap`
+/// must not wait out its lease.
+#[test]
+fn a_zombie_runner_is_dead() {
+    let env = Env::new();
+    let marker = unique_marker("zombie");
+    env.model_cmd("slow", &marked(&marker, "slow", "3"), &[]);
+    let input = env.prompts("p.csv", 1);
+    env.cmd(&["enqueue", "--model", "slow", &input])
+        .assert()
+        .success();
+    let mut child = start_run(&env, &[], "run.log");
+    wait_for("the attempt to start", Duration::from_secs(20), || {
+        env.state_count("running") == 1
+    });
+    kill(child.id(), libc::SIGKILL);
+    // Not waited for: it stays a zombie until the end of this test.
+    wait_for("the runner to be a zombie", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    });
+    assert_eq!(env.report_json(&["runners"])["runners"][0]["state"], "dead");
+    env.cmd(&["reap"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("reaped 1 orphaned job(s)"));
+    assert_eq!(env.state_count("pending"), 1);
+    wait_child(&mut child, Duration::from_secs(10));
+    wait_for("the orphaned attempt ends", Duration::from_secs(10), || {
+        !process_alive_with_env(&marker)
+    });
+}
