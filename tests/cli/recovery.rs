@@ -176,6 +176,11 @@ fn chaos_kill_9_at_random_moments_then_run_to_completion() {
         matches!(status.code(), Some(0 | 3)),
         "final run: {status:?}\n{text}"
     );
+    // It says what it found before it starts: the state line, orphans included.
+    assert!(
+        text.contains(" found ") && text.contains("orphaned"),
+        "{text}"
+    );
 
     assert_invariants(&env);
     // Every job done, or failed for a reason it earned: the crash model always fails, and
@@ -801,4 +806,76 @@ fn a_zombie_runner_is_dead() {
     wait_for("the orphaned attempt ends", Duration::from_secs(10), || {
         !process_alive_with_env(&marker)
     });
+}
+
+/// Runners heal each other: B, working, notices A's death on its periodic reap (A's pid is
+/// gone) and finishes A's jobs with no restart and no command typed (DESIGN: Recovery).
+#[test]
+fn a_live_runner_reaps_a_dead_ones_jobs_while_it_works() {
+    let env = Env::new();
+    let marker = unique_marker("heal");
+    env.model_cmd(
+        "slow",
+        &marked(&marker, "slow", "1"),
+        &["--concurrency", "2"],
+    );
+    let input = env.prompts("p.csv", 6);
+    env.cmd(&["enqueue", "--model", "slow", &input])
+        .assert()
+        .success();
+    let mut a = start_run(&env, &[], "a.log");
+    wait_for("A's attempts", Duration::from_secs(20), || {
+        env.state_count("running") == 2
+    });
+    let mut b = start_run(&env, &["--lease", "2s"], "b.log");
+    wait_for("B's attempts", Duration::from_secs(20), || {
+        env.state_count("running") == 4
+    });
+    kill(a.id(), libc::SIGKILL);
+    wait_child(&mut a, Duration::from_secs(10));
+    let status = wait_child(&mut b, Duration::from_secs(60));
+    let text = log_of(&env, "b.log");
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("is gone; back to pending"), "{text}");
+    assert_clean_log(&text);
+    assert_eq!(env.state_count("done"), 6);
+    assert!(env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'lost'") >= 1);
+    assert_invariants(&env);
+    wait_for("A's orphaned attempts end", Duration::from_secs(10), || {
+        !process_alive_with_env(&marker)
+    });
+}
+
+/// An empty ids list selects nothing — never everything.
+#[test]
+fn an_empty_ids_file_selects_nothing() {
+    let env = Env::new();
+    env.model("ex", "exit1", &["--max-attempts", "1"]);
+    let input = env.prompts("p.csv", 2);
+    env.cmd(&["enqueue", "--model", "ex", &input])
+        .assert()
+        .success();
+    env.cmd(&["run"]).assert().code(3);
+    let before = env.dump();
+    env.cmd(&["resume", "--ids-file", "-"])
+        .write_stdin("")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("resumed 0 job(s)"));
+    env.cmd(&["run", "--ids-file", "-"])
+        .write_stdin("# nothing\n")
+        .assert()
+        .code(0);
+    // Runner rows aside, nothing changed.
+    let strip = |d: Vec<String>| -> Vec<String> {
+        d.into_iter()
+            .filter(|l| !l.starts_with("runners") && !l.starts_with("table runners"))
+            .collect()
+    };
+    assert_eq!(strip(env.dump()), strip(before));
+    env.cmd(&["report", "jobs", "--ids-file", "-", "--format", "ids"])
+        .write_stdin("")
+        .assert()
+        .success()
+        .stdout("");
 }
