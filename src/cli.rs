@@ -35,18 +35,25 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
+        value_name = "PATH",
         env = "LLMBATCH_DB",
         default_value = "llmbatch.db"
     )]
     pub db: PathBuf,
     /// More log output (-vv for debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors on stderr; no progress bars or summaries.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
     /// Also append log lines to this file.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH"
+    )]
     pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -117,7 +124,9 @@ pub enum ModelsCommand {
 
 #[derive(Args, Debug)]
 pub struct ModelSetArgs {
+    /// The name jobs use with --model (for Ollama, the model tag, e.g. qwen2.5:7b).
     pub name: String,
+    /// How the model is called (default: ollama; --command alone means command).
     #[arg(long, value_enum)]
     pub backend: Option<crate::models::Backend>,
     /// Command template: split like a shell would, but no shell runs; `{model}` and item
@@ -130,11 +139,11 @@ pub struct ModelSetArgs {
     /// Seconds (or a duration like 10m) per attempt, or `auto` (2 × p99 of recent successes).
     #[arg(long, value_name = "SECS|auto")]
     pub timeout: Option<String>,
-    /// Attempts at once (per endpoint for HTTP models).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    /// Attempts at once (per endpoint for HTTP models). Default 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub concurrency: Option<i64>,
-    /// Attempt budget per job (retries included).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    /// Attempt budget per job (retries included). Default 3.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub max_attempts: Option<i64>,
     /// Backend option KEY=VALUE (Ollama options such as num_ctx, temperature; OpenAI body fields).
     #[arg(long = "option", value_name = "KEY=VALUE")]
@@ -200,10 +209,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
     /// Attempts at once over all models (default: the sum of the models' concurrency).
-    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: Option<u64>,
     /// Claim at most N jobs, then finish.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
     /// Lease on each running job, renewed by a heartbeat every third of it.
     #[arg(long, value_parser = duration_arg, default_value = "30s", value_name = "DUR")]
@@ -248,7 +257,7 @@ pub struct ResumeArgs {
     #[arg(long, value_enum)]
     pub outcome: Option<Outcome>,
     /// Attempts granted to each job (default: a fresh budget, the model's max attempts).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub extra_attempts: Option<i64>,
     /// Only say what would be resumed.
     #[arg(long)]
@@ -297,7 +306,7 @@ pub struct ReportArgs {
     #[arg(long, value_delimiter = ',', value_enum, value_name = "KEYS")]
     pub by: Vec<GroupKey>,
     /// `jobs`: only jobs in this state.
-    #[arg(long, value_name = "STATE")]
+    #[arg(long, value_name = "pending|running|done|failed|cancelled")]
     pub state: Option<String>,
     /// `jobs`: only jobs whose last attempt ended so.
     #[arg(long, value_enum)]
@@ -305,6 +314,7 @@ pub struct ReportArgs {
     /// `latency`: where the time went (load, prompt, generation, overhead), cold and warm apart.
     #[arg(long)]
     pub breakdown: bool,
+    /// table for people; csv or json for pipes; ids for `jobs` (one job id per line).
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -345,6 +355,7 @@ pub enum Format {
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct FormatArgs {
-    #[arg(long, value_enum, default_value = "table")]
+    /// table for people; csv or json for pipes (ids where the output lists jobs).
+    #[arg(long, value_enum, default_value = "table", hide_possible_values = true)]
     pub format: Format,
 }

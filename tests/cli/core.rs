@@ -657,3 +657,25 @@ fn run_limit_claims_at_most_n() {
     env.cmd(&["run"]).assert().code(0);
     assert_eq!(env.state_count("done"), 7);
 }
+
+/// `--command` alone means the command backend: the template is never silently ignored.
+#[test]
+fn models_set_command_implies_the_command_backend() {
+    let env = Env::new();
+    env.cmd(&["models", "set", "m", "--command", &fake("echo")])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("command"));
+    let out = env
+        .cmd(&["models", "list", "--format", "json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["models"][0]["backend"], "command", "{doc}");
+    let input = env.prompts("p.csv", 1);
+    env.cmd(&["enqueue", "--model", "m", &input])
+        .assert()
+        .success();
+    env.cmd(&["run"]).assert().code(0);
+    assert_eq!(env.job_output(1).unwrap(), "echo: prompt number 1");
+}
