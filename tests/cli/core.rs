@@ -679,3 +679,28 @@ fn models_set_command_implies_the_command_backend() {
     env.cmd(&["run"]).assert().code(0);
     assert_eq!(env.job_output(1).unwrap(), "echo: prompt number 1");
 }
+
+/// A noisy model cannot deadlock its pipes or blow up memory: 16 MiB of output kept, the
+/// last 8 KiB of stderr kept, the truncation noted.
+#[test]
+fn noisy_output_is_bounded_and_never_deadlocks() {
+    let env = Env::new();
+    env.model_cmd(
+        "noisy",
+        r#"sh -c 'cat >/dev/null; head -c 100000 /dev/zero | tr "\000" e >&2; head -c 20000000 /dev/zero | tr "\000" a; echo END >&2'"#,
+        &["--timeout", "60"],
+    );
+    let input = env.prompts("p.csv", 1);
+    env.cmd(&["enqueue", "--model", "noisy", &input])
+        .assert()
+        .success();
+    env.cmd(&["run"]).assert().code(0);
+    let row = env.rows(
+        "SELECT outcome, length(output), length(stderr), substr(stderr, -4), error FROM attempts",
+    );
+    assert_eq!(row[0][0], "ok");
+    assert_eq!(row[0][1], (16 * 1024 * 1024).to_string());
+    assert_eq!(row[0][2], "8192");
+    assert_eq!(row[0][3], "END\n");
+    assert!(row[0][4].contains("truncated"), "{:?}", row[0][4]);
+}

@@ -879,3 +879,62 @@ fn an_empty_ids_file_selects_nothing() {
         .success()
         .stdout("");
 }
+
+/// A job lost on its last allowed attempt is `failed`, not silently retried; `resume --outcome
+/// lost` brings exactly those back.
+#[test]
+fn a_job_lost_on_its_last_attempt_fails_and_resume_by_outcome_brings_it_back() {
+    let env = Env::new();
+    let marker = unique_marker("lastlost");
+    env.model_cmd(
+        "slow",
+        &marked(&marker, "slow", "3"),
+        &["--max-attempts", "1"],
+    );
+    env.model("ex", "exit1", &["--max-attempts", "1"]);
+    let input = env.prompts("p.csv", 1);
+    env.cmd(&["enqueue", "--model", "slow", "--model", "ex", &input])
+        .assert()
+        .success();
+    let mut child = start_run(&env, &[], "run.log");
+    wait_for("the slow attempt to start", Duration::from_secs(20), || {
+        env.int("SELECT COUNT(*) FROM jobs WHERE model = 'slow' AND state = 'running'") == 1
+            && env.int("SELECT COUNT(*) FROM jobs WHERE model = 'ex' AND state = 'failed'") == 1
+    });
+    kill(child.id(), libc::SIGKILL);
+    wait_child(&mut child, Duration::from_secs(10));
+    env.cmd(&["reap", "--format", "csv"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(",failed"));
+    let slow = env.rows("SELECT state, last_outcome, charged FROM jobs WHERE model = 'slow'");
+    assert_eq!(
+        slow,
+        vec![vec!["failed".to_string(), "lost".into(), "1".into()]]
+    );
+
+    env.cmd(&["resume", "--outcome", "lost"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("resumed 1 job(s)"));
+    assert_eq!(
+        env.rows("SELECT model, state FROM jobs ORDER BY model"),
+        vec![
+            vec!["ex".to_string(), "failed".into()],
+            vec!["slow".to_string(), "pending".into()]
+        ]
+    );
+    env.model_cmd("slow", &marked(&marker, "slow", "0.1"), &[]);
+    env.cmd(&["run"]).assert().code(0);
+    assert_eq!(
+        env.rows("SELECT number, outcome FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.model = 'slow' ORDER BY number"),
+        vec![
+            vec!["1".to_string(), "lost".into()],
+            vec!["2".to_string(), "ok".into()]
+        ]
+    );
+    assert_invariants(&env);
+    wait_for("the orphaned attempt ends", Duration::from_secs(10), || {
+        !process_alive_with_env(&marker)
+    });
+}
