@@ -73,6 +73,13 @@ pub fn init_logging(cli: &Cli) {
             .map_err(|e| eprintln!("llmbatch: cannot open log file {}: {e}", p.display()))
             .ok()
     });
+    // -q quiets stderr, not the log file: a cron job's log keeps its info lines.
+    let stderr_level = level;
+    let level = if file.is_some() {
+        level.max(log::LevelFilter::Info)
+    } else {
+        level
+    };
     let file = file.map(std::sync::Mutex::new);
     let mut builder = env_logger::Builder::new();
     builder
@@ -93,7 +100,10 @@ pub fn init_logging(cli: &Cli) {
                 let _ = writeln!(f, "{line}");
             }
         }
-        writeln!(buf, "llmbatch: {}", record.args())
+        if record.level() <= stderr_level {
+            writeln!(buf, "llmbatch: {}", record.args())?;
+        }
+        Ok(())
     });
     let _ = builder.try_init();
 }

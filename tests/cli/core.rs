@@ -704,3 +704,27 @@ fn noisy_output_is_bounded_and_never_deadlocks() {
     assert_eq!(row[0][3], "END\n");
     assert!(row[0][4].contains("truncated"), "{:?}", row[0][4]);
 }
+
+/// `--log-file` keeps timestamped log lines; `-q` leaves stderr to errors only.
+#[test]
+fn log_file_and_quiet() {
+    let env = Env::new();
+    env.model("exit1", "exit1", &["--max-attempts", "1"]);
+    let input = env.prompts("p.csv", 1);
+    env.cmd(&["enqueue", "--model", "exit1", &input])
+        .assert()
+        .success();
+    let log = env.dir.path().join("run.log");
+    env.cmd(&["-q", "run", "--log-file", log.to_str().unwrap()])
+        .assert()
+        .code(3)
+        .stderr("");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first = text.lines().next().unwrap_or_default();
+    // 2026-01-02T03:04:05.678Z ERROR …
+    assert!(
+        first.len() > 25 && &first[4..5] == "-" && &first[10..11] == "T",
+        "{text}"
+    );
+    assert!(text.contains("failed after attempt 1"), "{text}");
+}
