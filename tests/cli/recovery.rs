@@ -938,3 +938,47 @@ fn a_job_lost_on_its_last_attempt_fails_and_resume_by_outcome_brings_it_back() {
         !process_alive_with_env(&marker)
     });
 }
+
+/// The pid-reuse and reboot guards: a live process with the runner's pid but another start time
+/// is not the runner; a runner recorded under another boot is dead. Both are known at once,
+/// without waiting for the lease.
+#[test]
+fn pid_reuse_and_reboot_are_recognised() {
+    for (fix, reason) in [
+        ("UPDATE runners SET pid_start = '1'", "is gone"),
+        (
+            "UPDATE runners SET boot_id = 'an-earlier-boot'",
+            "earlier boot",
+        ),
+    ] {
+        let env = Env::new();
+        let marker = unique_marker("guard");
+        env.model_cmd("slow", &marked(&marker, "slow", "3"), &[]);
+        let input = env.prompts("p.csv", 1);
+        env.cmd(&["enqueue", "--model", "slow", &input])
+            .assert()
+            .success();
+        let mut child = start_run(&env, &[], "run.log");
+        wait_for("the attempt to start", Duration::from_secs(20), || {
+            env.state_count("running") == 1
+        });
+        // Alive, lease fresh: only the guard can tell.
+        kill(child.id(), libc::SIGSTOP);
+        env.cmd(&["reap"])
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("reaped 0 orphaned job(s)"));
+        env.conn().execute(fix, []).unwrap();
+        env.cmd(&["reap"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(reason))
+            .stderr(predicate::str::contains("reaped 1 orphaned job(s)"));
+        assert_eq!(env.state_count("pending"), 1);
+        kill(child.id(), libc::SIGKILL);
+        wait_child(&mut child, Duration::from_secs(10));
+        wait_for("the orphaned attempt ends", Duration::from_secs(10), || {
+            !process_alive_with_env(&marker)
+        });
+    }
+}
