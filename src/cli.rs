@@ -36,12 +36,13 @@ pub struct Cli {
         long,
         global = true,
         help_heading = "Global options",
+        value_name = "PATH",
         env = "LLMBATCH_DB",
         default_value = "llmbatch.db"
     )]
     pub db: PathBuf,
     /// More log output (-vv for debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
+    #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors on stderr; no progress bars or summaries.
     #[arg(short, long, global = true, help_heading = "Global options")]
@@ -129,10 +130,11 @@ A name never configured runs on Ollama at $OLLAMA_HOST (default http://127.0.0.1
 
 #[derive(Args, Debug)]
 pub struct ModelSetArgs {
-    /// The model's name as its server knows it (e.g. qwen2.5:7b), or a label for a command.
+    /// The name jobs use with --model (for Ollama, the model tag, e.g. qwen2.5:7b).
     pub name: String,
-    /// ollama: POST {endpoint}/api/generate (the default); openai: POST
-    /// {endpoint}/v1/chat/completions; command: run a command with the prompt on stdin.
+    /// How the model is called (default: ollama; --command alone means command). ollama: POST
+    /// {endpoint}/api/generate; openai: POST {endpoint}/v1/chat/completions; command: run a
+    /// command with the prompt on stdin.
     #[arg(long, value_enum)]
     pub backend: Option<crate::models::Backend>,
     /// Command template: split like a shell would, but no shell runs; `{model}` and item
@@ -146,10 +148,10 @@ pub struct ModelSetArgs {
     /// Seconds (or a duration like 10m) per attempt, or `auto` (2 × p99 of recent successes).
     #[arg(long, value_name = "SECS|auto")]
     pub timeout: Option<String>,
-    /// Attempts at once (per endpoint for HTTP models).
+    /// Attempts at once (per endpoint for HTTP models). Default 1.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub concurrency: Option<i64>,
-    /// Attempt budget per job (retries included).
+    /// Attempt budget per job (retries included). Default 3.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub max_attempts: Option<i64>,
     /// Backend option, repeatable: Ollama `options` (num_ctx=8192, num_predict=256,
@@ -220,10 +222,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
     /// Attempts at once over all models (default: each model's concurrency, at most 64 in all).
-    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: Option<u64>,
     /// Claim at most N jobs, then finish.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
     /// Lease on each running job, renewed by a heartbeat every third of it.
     #[arg(long, value_parser = duration_arg, default_value = "30s", value_name = "DUR")]
@@ -268,7 +270,7 @@ pub struct ResumeArgs {
     #[arg(long, value_enum)]
     pub outcome: Option<Outcome>,
     /// Attempts granted to each job (default: a fresh budget, the model's max attempts).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub extra_attempts: Option<i64>,
     /// Only say what would be resumed.
     #[arg(long)]
@@ -317,7 +319,7 @@ pub struct ReportArgs {
     #[arg(long, value_delimiter = ',', value_enum, value_name = "KEYS")]
     pub by: Vec<GroupKey>,
     /// `jobs`: only jobs in this state.
-    #[arg(long, value_name = "STATE")]
+    #[arg(long, value_name = "pending|running|done|failed|cancelled")]
     pub state: Option<String>,
     /// `jobs`: only jobs whose last attempt ended so.
     #[arg(long, value_enum)]
@@ -325,6 +327,7 @@ pub struct ReportArgs {
     /// `latency`: where the time went (load, prompt, generation, overhead), cold and warm apart.
     #[arg(long)]
     pub breakdown: bool,
+    /// table for people; csv or json for pipes; ids for `jobs` (one job id per line).
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -365,6 +368,7 @@ pub enum Format {
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct FormatArgs {
-    #[arg(long, value_enum, default_value = "table")]
+    /// table for people; csv or json for pipes (ids where the output lists jobs).
+    #[arg(long, value_enum, default_value = "table", hide_possible_values = true)]
     pub format: Format,
 }

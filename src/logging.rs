@@ -23,6 +23,8 @@ fn bars() -> Option<MultiProgress> {
 struct Bridge {
     inner: env_logger::Logger,
     file: Option<Mutex<std::fs::File>>,
+    /// -q quiets stderr, not the log file: a cron job's log keeps its info lines.
+    stderr_level: log::LevelFilter,
 }
 
 impl log::Log for Bridge {
@@ -45,6 +47,9 @@ impl log::Log for Bridge {
                     record.args()
                 );
             }
+        }
+        if record.level() > self.stderr_level {
+            return;
         }
         match bars() {
             Some(bars) => {
@@ -75,6 +80,12 @@ pub fn init(cli: &Cli) {
             .map_err(|e| eprintln!("llmbatch: cannot open log file {}: {e}", p.display()))
             .ok()
     });
+    let stderr_level = level;
+    let level = if file.is_some() {
+        level.max(log::LevelFilter::Info)
+    } else {
+        level
+    };
     let file = file.map(Mutex::new);
     let mut builder = env_logger::Builder::new();
     builder
@@ -86,7 +97,13 @@ pub fn init(cli: &Cli) {
     builder.format(|buf, record| writeln!(buf, "llmbatch: {}", record.args()));
     let inner = builder.build();
     let max = inner.filter();
-    if log::set_boxed_logger(Box::new(Bridge { inner, file })).is_ok() {
+    if log::set_boxed_logger(Box::new(Bridge {
+        inner,
+        file,
+        stderr_level,
+    }))
+    .is_ok()
+    {
         log::set_max_level(max);
     }
 }

@@ -140,8 +140,18 @@ pub fn pid_start(pid: i64) -> Option<String> {
     rest.split_whitespace().nth(19).map(str::to_string)
 }
 
-/// Whether the process that registered as (pid, start) on this boot is still alive.
+/// The state letter of a process (field 3 of /proc/PID/stat): R, S, D, T, Z, X…
+fn process_state(pid: i64) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Whether the process that registered as (pid, start) on this boot is still alive. A zombie
+/// (killed, not yet waited for by its parent) is dead: it will never renew a lease again.
 pub fn process_alive(pid: i64, start: Option<&str>) -> bool {
+    if process_state(pid).is_some_and(|s| s == 'Z' || s == 'X') {
+        return false;
+    }
     match (pid_start(pid), start) {
         (None, _) => false,
         (Some(now), Some(then)) => now == then,

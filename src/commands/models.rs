@@ -25,6 +25,10 @@ fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
     let was_configured = m.configured;
     if let Some(b) = a.backend {
         m.backend = b;
+    } else if a.command.is_some() {
+        // A command template is only ever run by the command backend: never store it on an
+        // Ollama model where it would be silently ignored.
+        m.backend = Backend::Command;
     }
     if let Some(c) = &a.command {
         m.command = Some(c.clone());

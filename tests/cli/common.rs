@@ -168,6 +168,157 @@ pub fn kill(pid: u32, sig: i32) {
     }
 }
 
+/// A string unique to this test run and call: for finding the processes one test started.
+pub fn unique_marker(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "llmbatch-test-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A command template running a fixture script with `args`, carrying `marker` in its
+/// environment. Every process the script starts inherits it, grandchildren included, so
+/// [`process_alive_with_env`] finds them all where their command lines would not.
+pub fn marked(marker: &str, script: &str, args: &str) -> String {
+    format!(
+        "env LLMBATCH_TEST_MARKER={marker} '{}' {args}",
+        fake(script)
+    )
+}
+
+/// Whether any live process (zombies don't count) has `needle` in its environment.
+pub fn process_alive_with_env(needle: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with('Z'))
+            .unwrap_or(false);
+        if !zombie && String::from_utf8_lossy(&environ).contains(needle) {
+            return true;
+        }
+    }
+    false
+}
+
+impl Env {
+    /// Configures a command-backend model from a whole command template.
+    pub fn model_cmd(&self, name: &str, command: &str, extra: &[&str]) {
+        let mut args = vec![
+            "models",
+            "set",
+            name,
+            "--backend",
+            "command",
+            "--command",
+            command,
+        ];
+        args.extend_from_slice(extra);
+        self.cmd(&args).assert().success();
+    }
+
+    /// Rows of a query, each value rendered as text (NULL as "NULL").
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql).expect(sql);
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        Ok(match r.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                            rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Text(t) => {
+                                String::from_utf8_lossy(t).into_owned()
+                            }
+                            rusqlite::types::ValueRef::Blob(b) => format!("{b:?}"),
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .expect(sql)
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .expect(sql);
+        rows
+    }
+
+    /// Every row of every table, sorted: two dumps are equal when the data is.
+    pub fn dump(&self) -> Vec<String> {
+        let tables = self.rows(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        );
+        let mut out = Vec::new();
+        for t in tables {
+            let mut rows: Vec<String> = self
+                .rows(&format!("SELECT * FROM \"{}\"", t[0]))
+                .into_iter()
+                .map(|r| format!("{}: {}", t[0], r.join(" | ")))
+                .collect();
+            rows.sort();
+            out.push(format!("table {} ({} rows)", t[0], rows.len()));
+            out.extend(rows);
+        }
+        out
+    }
+
+    /// The output of a job: that of the attempt `jobs.attempt_id` points at.
+    pub fn job_output(&self, job_id: i64) -> Option<String> {
+        self.conn()
+            .query_row(
+                "SELECT a.output FROM jobs j JOIN attempts a ON a.id = j.attempt_id WHERE j.id = ?1",
+                [job_id],
+                |r| r.get(0),
+            )
+            .expect("job output")
+    }
+
+    /// One row of `report failures --format json` for `model`.
+    pub fn failures_row(&self, model: &str) -> serde_json::Value {
+        let doc = self.report_json(&["failures"]);
+        doc["failures"]
+            .as_array()
+            .expect("failures array")
+            .iter()
+            .find(|r| r["model"] == model)
+            .unwrap_or_else(|| panic!("no failures row for {model}: {doc}"))
+            .clone()
+    }
+}
+
+/// Waits for a child with a deadline, killing it if it overstays.
+pub fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Path of a fake grader script in `fixtures/graders`.
 pub fn fake_grader(name: &str) -> String {
     fixtures()

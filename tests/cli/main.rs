@@ -7,3 +7,4 @@ mod fake_server;
 mod grade;
 mod grade_http;
 mod http;
+mod recovery;
