@@ -23,6 +23,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
     if let Command::Worker = cli.command {
         return worker::run();
     }
+    let fresh = creates && !cli.db.exists();
     let mut conn = db::open(&cli.db, creates)?;
     let result = match &cli.command {
         Command::Models(a) => models::run(a, &mut conn),
@@ -35,6 +36,15 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Export(a) => export::run(a, &mut conn),
         Command::Worker => unreachable!("handled above"),
     };
+    if result.is_err() && fresh {
+        // The first command failed on bad input: leave no empty database behind.
+        drop(conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = cli.db.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
     result.map_err(|e| db::explain_busy(e, &cli.db))
 }
 

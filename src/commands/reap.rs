@@ -30,6 +30,10 @@ pub fn run(a: &ReapArgs, conn: &mut Connection) -> Result<u8> {
             "state",
         ],
     );
+    t.empty = format!(
+        "(no orphaned jobs{})",
+        if a.dry_run { "" } else { ": nothing to reap" }
+    );
     for (o, state) in &rows {
         t.push(vec![
             json!(o.job_id),

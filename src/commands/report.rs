@@ -3,7 +3,7 @@
 use anyhow::Result;
 use rusqlite::Connection;
 
-use crate::cli::{ReportArgs, Section};
+use crate::cli::{Format, ReportArgs, Section};
 use crate::report::{grades, render, sections, Query};
 use crate::util::now_ms;
 
@@ -14,11 +14,16 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
         since_ms: a.since.map(|d| now_ms() - d.as_millis() as i64),
         by: a.by.clone(),
     };
-    let wanted = if a.sections.is_empty() {
+    let wanted = if a.sections.is_empty() && a.format == Format::Ids {
+        vec![Section::Jobs]
+    } else if a.sections.is_empty() {
         vec![Section::Status, Section::Latency, Section::Failures]
     } else {
         a.sections.clone()
     };
+    if a.format == Format::Ids {
+        return ids(a, conn, &q, &wanted);
+    }
     let mut tables = Vec::new();
     for section in wanted {
         match section {
@@ -34,5 +39,29 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
         }
     }
     render::render(&tables, a.format, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+/// `--format ids`: the ids of the jobs behind a section, for `| llmbatch resume --ids-file -`.
+/// `jobs` lists what its filters select; `failures` the failed jobs (of `--outcome`, if given).
+fn ids(a: &ReportArgs, conn: &Connection, q: &Query, wanted: &[Section]) -> Result<u8> {
+    let mut tables = Vec::new();
+    for section in wanted {
+        match section {
+            Section::Jobs => {
+                tables.push(sections::jobs(conn, q, a.state.as_deref(), a.outcome)?)
+            }
+            Section::Failures => tables.push(sections::jobs(
+                conn,
+                q,
+                Some(a.state.as_deref().unwrap_or("failed")),
+                a.outcome,
+            )?),
+            other => crate::usage!(
+                "--format ids lists jobs: use it with `report jobs` or `report failures`, not {other:?}"
+            ),
+        }
+    }
+    render::render(&tables, Format::Ids, &mut std::io::stdout().lock())?;
     Ok(0)
 }

@@ -125,6 +125,7 @@ pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
     let (stderr_tail, _) = err_rx.recv_timeout(grace).unwrap_or_default();
     let status =
         status.unwrap_or_else(|| classify(exit.expect("exit status when not killed by us")));
+    let status = stop_or_crash(status, stop);
     ChildOutcome {
         status,
         stdout,
@@ -132,6 +133,29 @@ pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
         stderr_tail,
         duration: started.elapsed(),
     }
+}
+
+/// How long a child killed by a stop signal waits for the runner's own stop request.
+const STOP_SIGNAL_WINDOW: Duration = Duration::from_millis(750);
+
+/// A child killed by SIGTERM / SIGINT / SIGHUP may have been stopped along with the runner
+/// (systemd signals the whole cgroup, a terminal the whole session) in any order: if the runner
+/// is told to stop within a moment, the attempt was interrupted, not a crash.
+fn stop_or_crash(status: Status, stop: &StopSignal) -> Status {
+    let Status::Signaled(sig) = status else {
+        return status;
+    };
+    if ![libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&sig) {
+        return status;
+    }
+    let until = Instant::now() + STOP_SIGNAL_WINDOW;
+    while Instant::now() < until {
+        if stop.level() > 0 {
+            return Status::Interrupted;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    status
 }
 
 fn classify(exit: ExitStatus) -> Status {

@@ -16,6 +16,8 @@ pub struct Table {
     pub rows: Vec<Vec<Value>>,
     /// Lines printed under the table (warnings, advice); kept out of CSV and JSON rows.
     pub notes: Vec<String>,
+    /// What a table with no rows says.
+    pub empty: String,
 }
 
 impl Table {
@@ -26,6 +28,7 @@ impl Table {
             columns: columns.iter().map(|c| c.to_string()).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
+            empty: "(nothing yet)".to_string(),
         }
     }
 
@@ -51,7 +54,7 @@ fn render_tables(tables: &[Table], out: &mut dyn Write) -> Result<()> {
         }
         writeln!(out, "{}", t.title)?;
         if t.rows.is_empty() {
-            writeln!(out, "  (nothing yet)")?;
+            writeln!(out, "  {}", t.empty)?;
         } else {
             let mut grid = Grid::new();
             grid.load_preset(UTF8_FULL_CONDENSED);
@@ -122,10 +125,16 @@ fn render_json(tables: &[Table], out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// Sections whose `id` column is a job id.
+const JOB_LISTINGS: [&str; 3] = ["jobs", "running", "reaped"];
+
 /// Only the `id` column of sections that list jobs.
 fn render_ids(tables: &[Table], out: &mut dyn Write) -> Result<()> {
     let mut any = false;
-    for t in tables {
+    for t in tables
+        .iter()
+        .filter(|t| JOB_LISTINGS.contains(&t.name.as_str()))
+    {
         if let Some(col) = t.columns.iter().position(|c| c == "id") {
             any = true;
             for row in &t.rows {

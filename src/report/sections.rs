@@ -209,7 +209,7 @@ pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
         .map(|o| format!(", SUM(a.outcome = '{}')", o.as_str()))
         .collect();
     let sql = format!(
-        "SELECT {key_list}, COUNT(*), SUM(a.outcome <> 'ok'){sums},
+        "SELECT {key_list}, COUNT(*), SUM(a.outcome <> 'ok' AND a.charged = 1){sums},
                 SUM(json_extract(a.timings, '$.done_reason') = 'length')
          FROM attempts a WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list} ORDER BY {key_list}"
     );

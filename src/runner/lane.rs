@@ -75,6 +75,26 @@ impl Lane {
         }
     }
 
+    /// Takes new settings (from `models set` while a `--watch` runner lives) when the lane is
+    /// idle; endpoints that stay keep their rest state.
+    pub fn reconfigure(&mut self, model: ModelConfig, timeout: Duration) {
+        if self.in_flight > 0 || (*self.model == model && self.timeout == timeout) {
+            return;
+        }
+        let fresh = Lane::new(model, timeout);
+        let mut old = std::mem::take(&mut self.endpoints);
+        self.endpoints = fresh
+            .endpoints
+            .into_iter()
+            .map(|e| match old.iter().position(|o| o.url == e.url) {
+                Some(i) => old.swap_remove(i),
+                None => e,
+            })
+            .collect();
+        self.model = fresh.model;
+        self.timeout = timeout;
+    }
+
     /// One endpoint per free slot, the least busy first, so work spreads evenly.
     pub fn free_slots(&self, now: Instant, cap: usize) -> Vec<String> {
         if self.stopped.is_some() || now < self.idle_until {

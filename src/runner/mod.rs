@@ -220,7 +220,7 @@ impl Coordinator<'_> {
             self.runner_id,
             n("pending"),
             n("running"),
-            orphans.len(),
+            orphans.iter().filter(|o| self.in_scope(o)).count(),
             n("done"),
             n("failed")
         );
@@ -269,7 +269,12 @@ impl Coordinator<'_> {
             .query_map(params_from_iter(args), |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for name in names {
-            if self.lanes.contains_key(&name) {
+            if let Some(lane) = self.lanes.get_mut(&name) {
+                if lane.in_flight == 0 {
+                    let config = models::load(self.conn, &name)?;
+                    let timeout = crate::timeouts::effective(self.conn, &config)?;
+                    lane.reconfigure(config, timeout);
+                }
                 continue;
             }
             let config = models::load(self.conn, &name)?;
@@ -506,13 +511,16 @@ impl Coordinator<'_> {
         if let Some(limit) = self.opts.limit {
             room = room.min(limit.saturating_sub(self.claimed) as usize);
         }
-        // One slot per lane per round, so a lane early in the order cannot take the whole cap.
-        let free: Vec<(&String, Vec<String>)> = self
+        // One slot per lane per round, the lanes with the fewest attempts in flight first, so no
+        // lane can take the whole cap from the others.
+        let mut free: Vec<(&String, Vec<String>, usize)> = self
             .lanes
             .iter()
-            .map(|(name, lane)| (name, lane.free_slots(now, room)))
-            .filter(|(_, slots)| !slots.is_empty())
+            .map(|(name, lane)| (name, lane.free_slots(now, room), lane.in_flight))
+            .filter(|(_, slots, _)| !slots.is_empty())
             .collect();
+        free.sort_by_key(|(_, _, busy)| *busy);
+        let free: Vec<(&String, Vec<String>)> = free.into_iter().map(|(n, s, _)| (n, s)).collect();
         let mut plan: Vec<(String, Vec<String>)> = free
             .iter()
             .map(|(n, _)| ((*n).clone(), Vec::new()))

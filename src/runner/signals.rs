@@ -1,7 +1,7 @@
-//! SIGINT / SIGTERM: the first stops claiming and terminates attempts with their grace; the
-//! second kills them at once and, if the runner is still busy after a moment, exits.
+//! SIGINT / SIGTERM / SIGHUP: the first stops claiming and terminates attempts with their
+//! grace; the second kills them at once and, if the runner is still busy after a moment, exits.
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,12 @@ pub struct SignalWatch {
 
 impl SignalWatch {
     pub fn install(stop: Arc<StopSignal>) -> anyhow::Result<SignalWatch> {
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let mut watched = vec![SIGINT, SIGTERM];
+        // A closed terminal stops the runner cleanly too, unless it runs under nohup.
+        if !ignored(SIGHUP) {
+            watched.push(SIGHUP);
+        }
+        let mut signals = Signals::new(watched)?;
         let handle = signals.handle();
         let first = Arc::new(AtomicI32::new(0));
         let seen = first.clone();
@@ -56,6 +61,15 @@ impl Drop for SignalWatch {
     }
 }
 
+/// Whether a signal's disposition is "ignore" (as `nohup` leaves SIGHUP).
+fn ignored(sig: i32) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current disposition.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 pub fn exit_code(sig: i32) -> i32 {
     128 + sig
 }
@@ -64,6 +78,7 @@ pub fn name(sig: i32) -> &'static str {
     match sig {
         SIGINT => "SIGINT",
         SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
         _ => "a signal",
     }
 }

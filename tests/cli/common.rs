@@ -361,3 +361,19 @@ impl Env {
         String::from_utf8(out.stdout).expect("utf-8")
     }
 }
+
+/// Pids of live processes with `needle` in their environment.
+pub fn pids_with_env(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            String::from_utf8_lossy(&env)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}

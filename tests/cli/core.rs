@@ -363,8 +363,8 @@ fn unknown_template_variable_is_named_and_nothing_is_enqueued() {
     .code(2)
     .stderr(predicate::str::contains("{narrator}"))
     .stderr(predicate::str::contains("line 2"));
-    assert_eq!(env.int("SELECT COUNT(*) FROM jobs"), 0);
-    assert_eq!(env.int("SELECT COUNT(*) FROM items"), 0);
+    // Nothing was enqueued: not even the database the first enqueue would have created.
+    assert!(!env.db.exists());
 }
 
 #[test]
@@ -727,4 +727,13 @@ fn log_file_and_quiet() {
         "{text}"
     );
     assert!(text.contains("failed after attempt 1"), "{text}");
+}
+
+/// A first enqueue that fails on bad input leaves no empty database behind.
+#[test]
+fn a_failed_first_enqueue_creates_no_database() {
+    let env = Env::new();
+    let bad = env.write("bad.csv", "id,prompt\n1,fine\n2,too,many\n");
+    env.cmd(&["enqueue", "--model", "m", &bad]).assert().code(2);
+    assert!(!env.db.exists(), "an empty database was left behind");
 }

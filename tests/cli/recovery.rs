@@ -982,3 +982,123 @@ fn pid_reuse_and_reboot_are_recognised() {
         });
     }
 }
+
+/// kill -9 of a runner does not leave its attempts working: the child dies with the runner and
+/// what the child started is killed when the job is reaped.
+#[test]
+fn a_killed_runners_hanging_attempts_do_not_outlive_it() {
+    let env = Env::new();
+    let marker = unique_marker("orphan");
+    env.model_cmd("hang", &marked(&marker, "hang", ""), &["--timeout", "120"]);
+    env.cmd(&["enqueue", "--model", "hang", &env.prompts("p.csv", 1)])
+        .assert()
+        .success();
+    let mut child = start_run(&env, &[], "run.log");
+    // hang starts a grandchild: wait for both processes.
+    wait_for(
+        "the attempt and its grandchild",
+        Duration::from_secs(20),
+        || pids_with_env(&marker).len() >= 2,
+    );
+    kill(child.id(), libc::SIGKILL);
+    wait_child(&mut child, Duration::from_secs(10));
+    env.cmd(&["reap"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("reaped 1 orphaned job(s)"));
+    wait_for(
+        "every process of the dead runner's attempt gone",
+        Duration::from_secs(10),
+        || !process_alive_with_env(&marker),
+    );
+    assert_eq!(env.state_count("pending"), 1);
+}
+
+/// systemd's default stop signals the whole cgroup: children die of SIGTERM together with the
+/// runner. Those attempts were interrupted, not crashes: nothing is charged.
+#[test]
+fn sigterm_to_runner_and_children_together_charges_nothing() {
+    let env = Env::new();
+    let marker = unique_marker("cgroup");
+    let mut child = start_slow_run(&env, &marker, "30", 2, &["--kill-grace", "5"], "run.log");
+    for pid in pids_with_env(&marker) {
+        kill(pid, libc::SIGTERM);
+    }
+    kill(child.id(), libc::SIGTERM);
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(143), "{}", log_of(&env, "run.log"));
+    assert_eq!(env.state_count("pending"), 3);
+    assert_eq!(env.int("SELECT SUM(charged) FROM jobs"), 0);
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'interrupted' AND charged = 0"),
+        2
+    );
+}
+
+/// With `--jobs` smaller than the lanes' concurrency, every lane still gets slots: a slow
+/// model first in name order cannot starve a fast one.
+#[test]
+fn jobs_cap_is_shared_between_lanes() {
+    let env = Env::new();
+    env.model("a-slow", "slow", &["--concurrency", "2"]);
+    env.model_cmd("z-fast", &fake("echo"), &[]);
+    env.model_cmd(
+        "a-slow",
+        &format!("'{}' 1.5", fake("slow")),
+        &["--concurrency", "2"],
+    );
+    let input = env.prompts("p.csv", 4);
+    env.cmd(&["enqueue", "--model", "a-slow", "--model", "z-fast", &input])
+        .assert()
+        .success();
+    env.cmd(&["run", "--jobs", "2"]).assert().code(0);
+    let fast_done = env.int("SELECT MAX(finished_at) FROM attempts WHERE model = 'z-fast'");
+    let slow_done = env.int("SELECT MAX(finished_at) FROM attempts WHERE model = 'a-slow'");
+    assert!(
+        fast_done + 2000 < slow_done,
+        "the fast lane waited for the slow one: fast {fast_done}, slow {slow_done}"
+    );
+}
+
+/// `--format ids` lists job ids only: `report failures` gives the failed jobs, and a section
+/// that lists no jobs is refused rather than printing other ids.
+#[test]
+fn format_ids_lists_only_job_ids() {
+    let env = Env::new();
+    env.model("ok", "echo", &[]);
+    env.model("bad", "exit1", &["--max-attempts", "1"]);
+    let input = env.prompts("p.csv", 2);
+    env.cmd(&["enqueue", "--model", "ok", "--model", "bad", &input])
+        .assert()
+        .success();
+    env.cmd(&["run"]).assert().code(3);
+    let failed = env.rows("SELECT id FROM jobs WHERE state = 'failed' ORDER BY id");
+    let expected: String = failed.iter().map(|r| format!("{}\n", r[0])).collect();
+    env.cmd(&["report", "failures", "--format", "ids"])
+        .assert()
+        .success()
+        .stdout(expected.clone());
+    env.cmd(&["report", "failures", "--format", "ids"])
+        .pipe_into_resume(&env, 2);
+    env.cmd(&["report", "runners", "--format", "ids"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("lists jobs"));
+}
+
+trait PipeIntoResume {
+    fn pipe_into_resume(self, env: &Env, expected: usize);
+}
+
+impl PipeIntoResume for assert_cmd::Command {
+    fn pipe_into_resume(mut self, env: &Env, expected: usize) {
+        let ids = self.output().unwrap().stdout;
+        env.cmd(&["resume", "--ids-file", "-"])
+            .write_stdin(ids)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!(
+                "resumed {expected} job(s)"
+            )));
+    }
+}
