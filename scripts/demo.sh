@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole llmbatch pipeline on the fixtures, in a temporary database, with no network:
 # models set → enqueue → run (a timeout, a crash, a retry) → report → kill -9 and run again →
-# the rerun pipeline. Builds in release mode first.
+# the rerun pipeline → grading with two graders → export. Builds in release mode first.
 #
 #   bash scripts/demo.sh            # the database is removed at the end
 #   KEEP=1 bash scripts/demo.sh     # keep it and print where it is
@@ -76,8 +76,15 @@ step "Rerun pipeline: which timed-out jobs would go back to the queue (dry run)"
 show "llmbatch report jobs --state failed --outcome timeout --format ids | llmbatch resume --ids-file - --dry-run"
 "$LB" report jobs --state failed --outcome timeout --format ids | "$LB" resume --ids-file - --dry-run
 
-# ---------------------------------------------------------------------------------------------
-# GRADING: the grade lines go here (grade --grader … --rubric joke; run; report grades).
-# ---------------------------------------------------------------------------------------------
+step "Grade: two fake graders score the jokes (one fair, one that says nothing is a joke)"
+llmbatch models set judge-fair  --backend command --command "$FIX/graders/fair ma" --timeout 30 --concurrency 4
+llmbatch models set judge-harsh --backend command --command "$FIX/graders/harsh"   --timeout 30 --concurrency 4
+llmbatch grade --grader judge-fair --grader judge-harsh --rubric joke --batch jokes
+llmbatch run --batch jokes || true
+llmbatch report grades --batch jokes
+
+step "Export: one record per output, with its grades"
+show "llmbatch export --batch jokes --with-grades --format csv | head -n 3"
+"$LB" export --batch jokes --with-grades --format csv | head -n 3
 
 step "Done in $((SECONDS - START)) s (after the build)"
