@@ -274,6 +274,10 @@ impl Coordinator<'_> {
                     let config = models::load(self.conn, &name)?;
                     let timeout = crate::timeouts::effective(self.conn, &config)?;
                     lane.reconfigure(config, timeout);
+                } else if lane.model.timeout_auto {
+                    // `--timeout auto` follows the advice as successes come in; new claims
+                    // get it, attempts in flight keep theirs.
+                    lane.timeout = crate::timeouts::effective(self.conn, &lane.model)?;
                 }
                 continue;
             }
