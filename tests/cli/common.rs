@@ -130,36 +130,29 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Live processes (zombies left out) whose `/proc/PID/<file>` contains `needle`.
+fn pids_where(file: &str, needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let text = std::fs::read(e.path().join(file)).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'));
+            let text = String::from_utf8_lossy(&text).replace('\0', " ");
+            (!zombie && text.contains(needle)).then_some(pid)
+        })
+        .collect()
+}
+
 /// Whether any live process has `needle` in its command line (zombies don't count).
 pub fn process_alive_matching(needle: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .map(|r| r.trim_start().starts_with('Z'))
-            .unwrap_or(false);
-        if !zombie
-            && String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(needle)
-        {
-            return true;
-        }
-    }
-    false
+    !pids_where("cmdline", needle).is_empty()
 }
 
 pub fn kill(pid: u32, sig: i32) {
@@ -191,30 +184,7 @@ pub fn marked(marker: &str, script: &str, args: &str) -> String {
 
 /// Whether any live process (zombies don't count) has `needle` in its environment.
 pub fn process_alive_with_env(needle: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .map(|r| r.trim_start().starts_with('Z'))
-            .unwrap_or(false);
-        if !zombie && String::from_utf8_lossy(&environ).contains(needle) {
-            return true;
-        }
-    }
-    false
+    !pids_with_env(needle).is_empty()
 }
 
 impl Env {
@@ -364,16 +334,5 @@ impl Env {
 
 /// Pids of live processes with `needle` in their environment.
 pub fn pids_with_env(needle: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
-            String::from_utf8_lossy(&env)
-                .contains(needle)
-                .then_some(pid)
-        })
-        .collect()
+    pids_where("environ", needle)
 }
