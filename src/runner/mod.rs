@@ -374,6 +374,11 @@ impl Coordinator<'_> {
 
     /// Records finished attempts and claims replacements in one transaction, then starts them.
     fn record_and_claim(&mut self, results: Vec<Done>, claiming: bool) -> Result<usize> {
+        // Free the slots of finished attempts first, so their replacements are claimed in this
+        // same transaction (planning before releasing left one slot idle per round trip).
+        for done in &results {
+            self.release(done);
+        }
         let plan = if claiming {
             self.plan_claims()
         } else {
@@ -520,20 +525,29 @@ impl Coordinator<'_> {
         Ok(r)
     }
 
-    /// Updates lanes and counters for a recorded attempt, and says what happened.
-    fn account(&mut self, done: Done, next: Next, kept: bool) {
-        let Done { claim, finish } = done;
+    /// Gives back the slot of a finished attempt (global, lane and endpoint).
+    fn release(&mut self, done: &Done) {
         self.in_flight -= 1;
-        let reachable = finish.outcome != Outcome::Unavailable;
+        let reachable = done.finish.outcome != Outcome::Unavailable;
         // Any end may make other work runnable (a graded parent, a freed slot).
         for lane in self.lanes.values_mut() {
             lane.idle_until = Instant::now();
         }
         let lane = self
             .lanes
+            .get_mut(&done.claim.model)
+            .expect("lane of a claimed job");
+        lane.ended(done.claim.job_id, &done.claim.endpoint, reachable);
+    }
+
+    /// Updates counters for a recorded attempt (its slot already released), and says what
+    /// happened.
+    fn account(&mut self, done: Done, next: Next, kept: bool) {
+        let Done { claim, finish } = done;
+        let lane = self
+            .lanes
             .get_mut(&claim.model)
             .expect("lane of a claimed job");
-        lane.ended(claim.job_id, &claim.endpoint, reachable);
         let what = format!(
             "job {} ({}, {}/{})",
             claim.job_id, claim.model, claim.batch, claim.item_id
