@@ -4,7 +4,7 @@ use anyhow::Result;
 use rusqlite::Connection;
 
 use crate::cli::{ReportArgs, Section};
-use crate::report::{render, sections, Query};
+use crate::report::{breakdown, render, sections, throughput, timeouts, Query};
 use crate::util::now_ms;
 
 pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
@@ -23,11 +23,18 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
     for section in wanted {
         match section {
             Section::Status => tables.extend(sections::status(conn, &q)?),
-            Section::Latency => tables.push(sections::latency(conn, &q)?),
+            Section::Latency => {
+                tables.push(sections::latency(conn, &q)?);
+                if a.breakdown {
+                    tables.push(breakdown::breakdown(conn, &q)?);
+                }
+            }
             Section::Failures => tables.push(sections::failures(conn, &q)?),
             Section::Jobs => tables.push(sections::jobs(conn, &q, a.state.as_deref(), a.outcome)?),
-            Section::Runners => tables.push(sections::runners(conn)?),
-            Section::Timeouts | Section::Throughput | Section::Grades => {
+            Section::Runners => tables.push(sections::runners(conn, &q)?),
+            Section::Timeouts => tables.push(timeouts::timeouts(conn, &q)?),
+            Section::Throughput => tables.push(throughput::throughput(conn, &q)?),
+            Section::Grades => {
                 crate::usage!("report {section:?} is not available yet")
             }
         }

@@ -12,8 +12,9 @@ use crate::db::jobs::Outcome;
 use crate::util::now_ms;
 
 /// Per model: jobs in each state, grade jobs waiting on their parent, the oldest running age.
+/// With --since: the jobs enqueued within the window.
 pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
-    let (cond, args) = q.filter.sql("j");
+    let (cond, args) = q.job_sql("j", "created_at");
     let now = now_ms();
     let sql = format!(
         "SELECT j.model,
@@ -73,7 +74,7 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
 
 /// Each running job with the true age of its attempt, computed now.
 fn running_jobs(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = q.filter.sql("j");
+    let (cond, args) = q.job_sql("j", "created_at");
     let now = now_ms();
     let sql = format!(
         "SELECT j.id, j.model, j.batch, j.item_id, a.number, r.host, r.pid, a.started_at, j.lease_expires_at
@@ -311,8 +312,9 @@ pub fn jobs(
     Ok(t)
 }
 
-/// Every runner: where, since when, last heartbeat, jobs held, live or stopped.
-pub fn runners(conn: &Connection) -> Result<Table> {
+/// Every runner (with --since: those not stopped before then): where, since when, last
+/// heartbeat, jobs held, live or stopped.
+pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
     let now = now_ms();
     let host = crate::util::hostname();
     let boot = crate::util::boot_id();
@@ -333,9 +335,10 @@ pub fn runners(conn: &Connection) -> Result<Table> {
     let mut stmt = conn.prepare(
         "SELECT r.id, r.host, r.pid, r.pid_start, r.boot_id, r.started_at, r.heartbeat_at, r.stopped_at,
                 r.stop_reason, (SELECT COUNT(*) FROM jobs j WHERE j.runner_id = r.id AND j.state = 'running')
-         FROM runners r ORDER BY r.id DESC LIMIT 50",
+         FROM runners r WHERE r.stopped_at IS NULL OR r.heartbeat_at >= ?1
+         ORDER BY r.id DESC LIMIT 50",
     )?;
-    let mut rows = stmt.query([])?;
+    let mut rows = stmt.query([q.since_ms.unwrap_or(i64::MIN)])?;
     while let Some(r) = rows.next()? {
         let r_host: String = r.get(1)?;
         let pid: i64 = r.get(2)?;
@@ -343,21 +346,16 @@ pub fn runners(conn: &Connection) -> Result<Table> {
         let r_boot: Option<String> = r.get(4)?;
         let heartbeat: i64 = r.get(6)?;
         let stopped: Option<i64> = r.get(7)?;
-        let state = if stopped.is_some() {
-            "stopped"
-        } else if r_host == host {
-            if r_boot.is_some() && r_boot != boot
-                || !crate::util::process_alive(pid, start.as_deref())
-            {
-                "dead"
-            } else {
-                "live"
-            }
-        } else if now - heartbeat < 120_000 {
-            "live"
-        } else {
-            "silent"
-        };
+        let state = runner_state(
+            &Liveness {
+                host: &host,
+                boot: boot.as_deref(),
+                now,
+            },
+            (&r_host, pid, start.as_deref(), r_boot.as_deref()),
+            heartbeat,
+            stopped,
+        );
         t.push(vec![
             json!(r.get::<_, i64>(0)?),
             json!(r_host),
@@ -370,4 +368,64 @@ pub fn runners(conn: &Connection) -> Result<Table> {
         ]);
     }
     Ok(t)
+}
+
+/// This host, its boot and the time, for judging runners.
+pub struct Liveness<'a> {
+    pub host: &'a str,
+    pub boot: Option<&'a str>,
+    pub now: i64,
+}
+
+/// `stopped`, `dead` (local, process gone or older boot), `live`, or `silent` (remote runner
+/// without a heartbeat for two minutes).
+pub fn runner_state(
+    here: &Liveness,
+    (host, pid, pid_start, boot): (&str, i64, Option<&str>, Option<&str>),
+    heartbeat: i64,
+    stopped: Option<i64>,
+) -> &'static str {
+    if stopped.is_some() {
+        "stopped"
+    } else if host == here.host {
+        if boot.is_some() && boot != here.boot || !crate::util::process_alive(pid, pid_start) {
+            "dead"
+        } else {
+            "live"
+        }
+    } else if here.now - heartbeat < 120_000 {
+        "live"
+    } else {
+        "silent"
+    }
+}
+
+/// How many runners are live now.
+pub fn live_runners(conn: &Connection) -> Result<i64> {
+    let host = crate::util::hostname();
+    let boot = crate::util::boot_id();
+    let here = Liveness {
+        host: &host,
+        boot: boot.as_deref(),
+        now: now_ms(),
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT host, pid, pid_start, boot_id, heartbeat_at FROM runners WHERE stopped_at IS NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut live = 0;
+    while let Some(r) = rows.next()? {
+        let (h, pid, start, b): (String, i64, Option<String>, Option<String>) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        if runner_state(
+            &here,
+            (&h, pid, start.as_deref(), b.as_deref()),
+            r.get(4)?,
+            None,
+        ) == "live"
+        {
+            live += 1;
+        }
+    }
+    Ok(live)
 }
