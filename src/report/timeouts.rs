@@ -45,7 +45,7 @@ pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
             |r| r.get(0),
         )?;
         if advice.is_none() {
-            few.push(format!("{name} ({n})"));
+            few.push(format!("{name} ({n} ok)"));
         }
         t.push(vec![
             json!(name),

@@ -356,6 +356,21 @@ impl Coordinator<'_> {
         self.opts.limit.is_none_or(|l| self.claimed < l)
     }
 
+    /// Whether --max-failures is reached once these results are counted too.
+    fn failures_reached_with(&self, results: &[Done]) -> bool {
+        let Some(limit) = self.opts.max_failures else {
+            return false;
+        };
+        let failed = results
+            .iter()
+            .filter(|d| d.finish.outcome.charged() && d.finish.outcome != Outcome::Ok)
+            .count() as u64;
+        limit.reached(
+            self.summary.failed_attempts + failed,
+            self.summary.attempts + results.len() as u64,
+        )
+    }
+
     /// How long to wait for a result before looking again.
     fn wait_time(&self) -> Duration {
         let now = Instant::now();
@@ -379,6 +394,8 @@ impl Coordinator<'_> {
         for done in &results {
             self.release(done);
         }
+        // Results not yet counted must still stop the claims at --max-failures.
+        let claiming = claiming && !self.failures_reached_with(&results);
         let plan = if claiming {
             self.plan_claims()
         } else {
