@@ -4,6 +4,7 @@
 
 mod heartbeat;
 mod lane;
+mod pool;
 pub mod signals;
 
 use anyhow::{Context, Result};
@@ -103,7 +104,7 @@ struct Coordinator<'a> {
     opts: RunOptions,
     runner_id: i64,
     lanes: BTreeMap<String, Lane>,
-    pool: rayon::ThreadPool,
+    pool: pool::Pool,
     cap: usize,
     in_flight: usize,
     claimed: u64,
@@ -129,10 +130,7 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         conn,
         runner_id,
         lanes: BTreeMap::new(),
-        pool: rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.jobs.unwrap_or(64).clamp(1, 512))
-            .thread_name(|i| format!("attempt-{i}"))
-            .build()?,
+        pool: pool::Pool::new(opts.jobs.unwrap_or(64).clamp(1, 512)),
         cap: opts.jobs.unwrap_or(usize::MAX),
         in_flight: 0,
         claimed: 0,
@@ -523,14 +521,13 @@ impl Coordinator<'_> {
         self.claimed += 1;
         let tx = self.tx.clone();
         let stop = self.stop.clone();
-        self.pool.spawn(move || {
+        self.pool.spawn(self.in_flight, move || {
             let finish = attempt::execute(&job, &stop);
             let _ = tx.send(Done {
                 claim: job.claim,
                 finish,
             });
-        });
-        Ok(())
+        })
     }
 
     fn rubric(&mut self, id: i64) -> Result<Arc<crate::grading::Rubric>> {
