@@ -24,12 +24,13 @@ pub fn samples(conn: &Connection, model: &str) -> Result<(i64, Option<i64>, Opti
     if n == 0 {
         return Ok((0, None, None));
     }
-    // Nearest-rank p99: the value at rank ceil(0.99 n).
+    // Nearest-rank p99: the value at rank ceil(0.99 n), counted down from the top so the
+    // (model, outcome, duration_ms, started_at) index is read for the last 1 % only.
     let rank = ((n as f64) * 0.99).ceil() as i64;
     let p99_ms: i64 = conn.query_row(
         "SELECT duration_ms FROM attempts WHERE model = ?1 AND outcome = 'ok' AND started_at >= ?2
-         ORDER BY duration_ms LIMIT 1 OFFSET ?3",
-        params![model, since, rank - 1],
+         ORDER BY duration_ms DESC LIMIT 1 OFFSET ?3",
+        params![model, since, n - rank],
         |r| r.get(0),
     )?;
     Ok((n, Some(p99_ms), max))

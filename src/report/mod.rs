@@ -114,11 +114,3 @@ fn skip_scan(conn: &Connection, table: &str, cond: &str) -> Result<Vec<String>> 
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
-
-/// The percentile at nearest rank from values sorted ascending.
-pub fn pick(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    Some(sorted[(rank(p, sorted.len() as i64) - 1) as usize])
-}

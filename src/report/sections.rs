@@ -16,17 +16,43 @@ use crate::util::now_ms;
 pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
     let (cond, args) = q.job_sql("j", "created_at");
     let now = now_ms();
+    // [pending, waiting, running, done, failed, cancelled], oldest running start.
+    let mut models: BTreeMap<String, ([i64; 6], Option<i64>)> = BTreeMap::new();
+    // Counts per state from the claim index (state, model): no job row is read.
     let sql = format!(
-        "SELECT j.model,
-                SUM(j.state = 'pending' AND (j.parent_id IS NULL OR p.state = 'done')),
-                SUM(j.state = 'pending' AND j.parent_id IS NOT NULL AND p.state <> 'done'),
-                SUM(j.state = 'running'), SUM(j.state = 'done'), SUM(j.state = 'failed'),
-                SUM(j.state = 'cancelled'),
-                MIN(CASE WHEN j.state = 'running' THEN a.started_at END)
-         FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
-              LEFT JOIN attempts a ON a.id = j.attempt_id
-         WHERE 1 = 1{cond} GROUP BY j.model ORDER BY j.model"
+        "SELECT j.model, j.state, COUNT(*) FROM jobs j WHERE 1 = 1{cond} GROUP BY j.state, j.model"
     );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args.clone()))?;
+    const STATES: [&str; 6] = ["pending", "", "running", "done", "failed", "cancelled"];
+    while let Some(r) = rows.next()? {
+        let state: String = r.get(1)?;
+        if let Some(i) = STATES.iter().position(|s| *s == state) {
+            models.entry(r.get(0)?).or_default().0[i] += r.get::<_, i64>(2)?;
+        }
+    }
+    // Pending jobs whose parent is not done yet wait (grade jobs); only pending rows are read.
+    let sql = format!(
+        "SELECT j.model, COUNT(*) FROM jobs j JOIN jobs p ON p.id = j.parent_id
+         WHERE j.state = 'pending' AND p.state <> 'done'{cond} GROUP BY j.model"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args.clone()))?;
+    while let Some(r) = rows.next()? {
+        let waiting: i64 = r.get(1)?;
+        let counts = &mut models.entry(r.get(0)?).or_default().0;
+        counts[0] -= waiting;
+        counts[1] += waiting;
+    }
+    let sql = format!(
+        "SELECT j.model, MIN(a.started_at) FROM jobs j JOIN attempts a ON a.id = j.attempt_id
+         WHERE j.state = 'running'{cond} GROUP BY j.model"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        models.entry(r.get(0)?).or_default().1 = r.get(1)?;
+    }
     let mut t = Table::new(
         "status",
         "Status",
@@ -41,22 +67,13 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
             "oldest_running_s",
         ],
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
     let mut pending_total = 0;
-    while let Some(r) = rows.next()? {
-        let oldest: Option<i64> = r.get(7)?;
-        pending_total += r.get::<_, i64>(1)?;
-        t.push(vec![
-            json!(r.get::<_, String>(0)?),
-            json!(r.get::<_, i64>(1)?),
-            json!(r.get::<_, i64>(2)?),
-            json!(r.get::<_, i64>(3)?),
-            json!(r.get::<_, i64>(4)?),
-            json!(r.get::<_, i64>(5)?),
-            json!(r.get::<_, i64>(6)?),
-            secs(oldest.map(|s| (now - s).max(0) as f64)),
-        ]);
+    for (model, (counts, oldest)) in models {
+        pending_total += counts[0];
+        let mut row = vec![json!(model)];
+        row.extend(counts.iter().map(|n| json!(n)));
+        row.push(secs(oldest.map(|s| (now - s).max(0) as f64)));
+        t.push(row);
     }
     let running = running_jobs(conn, q)?;
     if pending_total > 0 && !running.rows.is_empty() {
@@ -144,12 +161,38 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
             );
         }
     }
-    let stream_sql = format!(
-        "SELECT {key_list}, duration_ms FROM attempts a WHERE a.outcome = 'ok'{cond}
-         ORDER BY {key_list}, duration_ms"
-    );
     let mut picks: BTreeMap<Vec<String>, [i64; 3]> = BTreeMap::new();
-    {
+    if keys == ["model"] {
+        // By model (the default): the (model, outcome, duration_ms, …) index is in order, so
+        // each percentile is one OFFSET step inside SQLite — p95/p99 counted from the top.
+        let sql = format!(
+            "SELECT duration_ms FROM attempts a WHERE a.model = ? AND a.outcome = 'ok'{cond}
+             ORDER BY duration_ms LIMIT 1 OFFSET ?"
+        );
+        let sql_desc = sql.replace("ORDER BY duration_ms", "ORDER BY duration_ms DESC");
+        let mut up = conn.prepare(&sql)?;
+        let mut down = conn.prepare(&sql_desc)?;
+        for (key, (n, _, _)) in &groups {
+            let mut entry = [0; 3];
+            for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
+                let r = rank(*p, *n);
+                let (stmt, offset) = if r * 2 <= *n {
+                    (&mut up, r - 1)
+                } else {
+                    (&mut down, n - r)
+                };
+                let mut all = vec![SqlValue::Text(key[0].clone())];
+                all.extend(args.iter().cloned());
+                all.push(SqlValue::Integer(offset));
+                entry[slot] = stmt.query_row(params_from_iter(all), |r| r.get(0))?;
+            }
+            picks.insert(key.clone(), entry);
+        }
+    } else {
+        let stream_sql = format!(
+            "SELECT {key_list}, duration_ms FROM attempts a WHERE a.outcome = 'ok'{cond}
+             ORDER BY {key_list}, duration_ms"
+        );
         let mut stmt = conn.prepare(&stream_sql)?;
         let mut rows = stmt.query(params_from_iter(args))?;
         let mut current: Option<Vec<String>> = None;
@@ -197,37 +240,56 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
 }
 
 /// Per group: attempts, failed attempts, fail rate and one column per failure outcome.
+/// Counted per (group, outcome) from the latency index, truncated answers from their own
+/// partial index: no attempt row (nor its timings JSON) is read.
 pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
     let cols = q.group_cols();
+    let k = cols.len();
     let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
     let (cond, args) = q.attempt_sql("a");
     let kinds: Vec<Outcome> = Outcome::ALL
         .into_iter()
         .filter(|o| *o != Outcome::Ok)
         .collect();
-    let sums: String = kinds
-        .iter()
-        .map(|o| format!(", SUM(a.outcome = '{}')", o.as_str()))
-        .collect();
+    // Per group: count per outcome (index of Outcome::ALL), truncated.
+    let mut groups: BTreeMap<Vec<String>, ([i64; Outcome::ALL.len()], i64)> = BTreeMap::new();
     let sql = format!(
-        "SELECT {key_list}, COUNT(*), SUM(a.outcome <> 'ok'){sums},
-                SUM(json_extract(a.timings, '$.done_reason') = 'length')
-         FROM attempts a WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list} ORDER BY {key_list}"
+        "SELECT {key_list}, a.outcome, COUNT(*) FROM attempts a
+         WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list}, a.outcome"
     );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args.clone()))?;
+    while let Some(r) = rows.next()? {
+        let key = (0..k)
+            .map(|i| r.get::<_, String>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let outcome: String = r.get(k)?;
+        let n: i64 = r.get(k + 1)?;
+        if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
+            groups.entry(key).or_default().0[i] += n;
+        }
+    }
+    let sql = format!(
+        "SELECT {key_list}, COUNT(*) FROM attempts a
+         WHERE json_extract(a.timings, '$.done_reason') = 'length'{cond} GROUP BY {key_list}"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        let key = (0..k)
+            .map(|i| r.get::<_, String>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        groups.entry(key).or_default().1 = r.get(k)?;
+    }
     let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
     header.extend(["attempts", "failed_attempts", "fail_rate"]);
     header.extend(kinds.iter().map(|o| o.as_str()));
     header.push("truncated");
     let mut t = Table::new("failures", "Failures by kind", &header);
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    let k = cols.len();
-    while let Some(r) = rows.next()? {
-        let mut row: Vec<Value> = (0..k)
-            .map(|i| r.get::<_, String>(i).map(Value::String))
-            .collect::<rusqlite::Result<_>>()?;
-        let attempts: i64 = r.get(k)?;
-        let failed: i64 = r.get(k + 1)?;
+    for (key, (counts, truncated)) in groups {
+        let attempts: i64 = counts.iter().sum();
+        let failed = attempts - counts[0];
+        let mut row: Vec<Value> = key.into_iter().map(Value::String).collect();
         row.push(json!(attempts));
         row.push(json!(failed));
         row.push(json!(if attempts > 0 {
@@ -235,12 +297,8 @@ pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
         } else {
             0.0
         }));
-        for i in 0..kinds.len() {
-            row.push(json!(r.get::<_, i64>(k + 2 + i)?));
-        }
-        row.push(json!(r
-            .get::<_, Option<i64>>(k + 2 + kinds.len())?
-            .unwrap_or(0)));
+        row.extend(counts[1..].iter().map(|n| json!(n)));
+        row.push(json!(truncated));
         t.push(row);
     }
     Ok(t)
