@@ -392,6 +392,7 @@ impl Coordinator<'_> {
         for done in &results {
             self.release(done);
         }
+        let mut dispatched = self.start_ready()?;
         // Results not yet counted must still stop the claims at --max-failures.
         let claiming = claiming && !self.failures_reached_with(&results);
         let plan = if claiming {
@@ -400,7 +401,7 @@ impl Coordinator<'_> {
             Vec::new()
         };
         if results.is_empty() && plan.is_empty() {
-            return Ok(0);
+            return Ok(dispatched);
         }
         let retry_base = self.opts.retry_base.as_millis() as i64;
         let lease_ms = self.opts.lease.as_millis() as i64;
@@ -439,7 +440,6 @@ impl Coordinator<'_> {
         for (done, next, kept) in decided {
             self.account(done, next, kept);
         }
-        let mut dispatched = 0;
         for (model, wanted, got) in claims {
             if got.len() < wanted {
                 self.idle_lane(&model)?;
@@ -452,10 +452,48 @@ impl Coordinator<'_> {
         Ok(dispatched)
     }
 
+    /// A ready job whose lane has a free running slot (its attempts ended meanwhile without
+    /// taking it) is started by the coordinator: a ready job never waits for nothing.
+    fn start_ready(&mut self) -> Result<usize> {
+        let mut started = 0;
+        let limit = self.cap;
+        let mut jobs = Vec::new();
+        for lane in self.lanes.values() {
+            let Ok(mut ready) = lane.ready.lock() else {
+                continue;
+            };
+            let room = (lane.model.concurrency.max(1) as usize).min(limit);
+            while !ready.is_empty() && lane.in_flight - ready.len() < room {
+                jobs.extend(ready.pop_front());
+            }
+        }
+        for job in jobs {
+            self.start(job)?;
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// Keeps a job ready only for one fast lane with one endpoint, and only when neither
+    /// --limit nor --max-failures asks for exact counts (a ready job may start before the
+    /// coordinator has counted the result that just ended).
+    fn update_lookahead(&mut self) {
+        let single = self.lanes.len() == 1;
+        let exact = self.opts.limit.is_some() || self.opts.max_failures.is_some();
+        for lane in self.lanes.values_mut() {
+            let fast = lane.seen >= 5 && lane.avg_ms < lane::FAST_ATTEMPT_MS;
+            lane.lookahead = single && !exact && fast && lane.endpoints.len() == 1;
+        }
+    }
+
     /// Free slots per lane (each an endpoint), within the global cap and --limit.
     fn plan_claims(&self) -> Vec<(String, Vec<String>)> {
         let now = Instant::now();
-        let mut room = self.cap.saturating_sub(self.in_flight);
+        let extra: usize = self.lanes.values().map(|l| l.lookahead()).sum();
+        let mut room = self
+            .cap
+            .saturating_add(extra)
+            .saturating_sub(self.in_flight);
         if let Some(limit) = self.opts.limit {
             room = room.min(limit.saturating_sub(self.claimed) as usize);
         }
@@ -519,14 +557,48 @@ impl Coordinator<'_> {
         };
         self.in_flight += 1;
         self.claimed += 1;
+        // A lane at its running limit keeps the job ready for the next thread that frees a slot.
+        let lane = &self.lanes[&job.claim.model];
+        if lane.lookahead {
+            let room = (lane.model.concurrency.max(1) as usize).min(self.cap);
+            let mut ready = lane
+                .ready
+                .lock()
+                .map_err(|_| anyhow::anyhow!("ready queue poisoned"))?;
+            let running = lane.in_flight - 1 - ready.len();
+            if running >= room && ready.len() < lane.lookahead() {
+                ready.push_back(job);
+                return Ok(());
+            }
+        }
+        self.start(job)
+    }
+
+    /// Runs an attempt on a pool thread; afterwards the thread takes its lane's ready job, if
+    /// any, before reporting — so the coordinator, seeing the report, knows it was taken.
+    fn start(&mut self, job: AttemptJob) -> Result<()> {
         let tx = self.tx.clone();
         let stop = self.stop.clone();
+        let ready = self.lanes[&job.claim.model].ready.clone();
         self.pool.spawn(self.in_flight, move || {
-            let finish = attempt::execute(&job, &stop);
-            let _ = tx.send(Done {
-                claim: job.claim,
-                finish,
-            });
+            let mut job = job;
+            loop {
+                let finish = if stop.level() > 0 {
+                    // Claimed but never started: back to pending, not charged.
+                    Finish::new(Outcome::Interrupted, 0).error("runner stopped by a signal")
+                } else {
+                    attempt::execute(&job, &stop)
+                };
+                let next = ready.lock().ok().and_then(|mut r| r.pop_front());
+                let _ = tx.send(Done {
+                    claim: job.claim,
+                    finish,
+                });
+                match next {
+                    Some(n) => job = n,
+                    None => break,
+                }
+            }
         })
     }
 
@@ -552,6 +624,10 @@ impl Coordinator<'_> {
             .get_mut(&done.claim.model)
             .expect("lane of a claimed job");
         lane.ended(done.claim.job_id, &done.claim.endpoint, reachable);
+        if done.finish.outcome == Outcome::Ok {
+            lane.observe(done.finish.duration_ms);
+        }
+        self.update_lookahead();
     }
 
     /// Updates counters for a recorded attempt (its slot already released), and says what

@@ -327,3 +327,50 @@ fn max_failures_stops_claiming_and_exits_3() {
     assert_eq!(env.int("SELECT COUNT(*) FROM attempts"), 13);
     assert_eq!(env.state_count("pending"), 7);
 }
+
+/// The runner keeps a fast lane's next jobs claimed and ready; a stop must still leave every
+/// job done or pending, every attempt finished, nothing charged for jobs it stopped.
+#[test]
+fn sigterm_during_a_fast_run_leaves_nothing_running() {
+    let env = Env::new();
+    env.model("fast", "echo", &["--concurrency", "2"]);
+    let input = env.prompts("p.csv", 3000);
+    env.cmd(&["enqueue", "--model", "fast", &input])
+        .assert()
+        .success();
+    let mut runner = env
+        .spawn_cmd(&["run", "--jobs", "2"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start run");
+    wait_for("50 jobs done", Duration::from_secs(60), || {
+        env.state_count("done") >= 50
+    });
+    kill(runner.id(), libc::SIGTERM);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = runner.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < until, "run did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let jobs = env.int("SELECT COUNT(*) FROM jobs");
+    if env.state_count("done") < jobs {
+        assert_eq!(status.code(), Some(143));
+    }
+    assert_eq!(env.state_count("running"), 0);
+    assert_eq!(env.state_count("done") + env.state_count("pending"), jobs);
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome IS NULL"),
+        0
+    );
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'interrupted' AND charged <> 0"),
+        0
+    );
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND charged <> 0"),
+        0
+    );
+}
