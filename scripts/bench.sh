@@ -132,7 +132,7 @@ say "report over $BIG attempts"
 # Attempts are made by SQL: two models, 6 days of history, 2 % timeouts, 1 % exits, Ollama
 # timings on a tenth; every job done or failed, one attempt each.
 NOW_MS=$(($(date +%s) * 1000))
-sqlite3 "$WORK/big.db" <<SQL
+sqlite3 "$WORK/big.db" >/dev/null <<SQL
 PRAGMA journal_mode = WAL;
 BEGIN;
 UPDATE jobs SET model = 'cat-b' WHERE id % 2 = 0;

@@ -374,3 +374,54 @@ fn sigterm_during_a_fast_run_leaves_nothing_running() {
         0
     );
 }
+
+/// Enqueue writes in chunks of rows: idempotency, duplicate ids and the error's line survive.
+#[test]
+fn chunked_enqueue_keeps_duplicates_and_errors_exact() {
+    let env = Env::new();
+    let input = env.prompts("p.csv", 300);
+    let out = env
+        .cmd(&["enqueue", "--model", "a", "--model", "b", &input])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("600 new, 0 already queued"));
+    let out = env
+        .cmd(&["enqueue", "--model", "a", "--model", "b", &input])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 new, 600 already queued"));
+    // Jobs keep input order per model (the claim order).
+    assert_eq!(
+        env.int(
+            "SELECT COUNT(*) FROM jobs a JOIN jobs b ON b.model = a.model AND b.id > a.id
+                 WHERE a.model = 'a' AND CAST(b.item_id AS INTEGER) < CAST(a.item_id AS INTEGER)"
+        ),
+        0
+    );
+
+    let mut text = String::from("id,prompt\n");
+    for i in 1..=300 {
+        text.push_str(&format!("{i},prompt {i}\n"));
+    }
+    text.push_str("7,prompt 7\n"); // the same item again: fine
+    let same = env.write("same.csv", &text);
+    let out = env
+        .cmd(&["enqueue", "--batch", "x", "--model", "m", &same])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("300 new, 1 already queued"));
+
+    let mut text = String::from("id,prompt\n");
+    for i in 1..=300 {
+        let id = if i == 200 { 150 } else { i };
+        text.push_str(&format!("{id},prompt {i}\n"));
+    }
+    let clash = env.write("clash.csv", &text);
+    env.cmd(&["enqueue", "--batch", "y", "--model", "m", &clash])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("line 201"))
+        .stderr(predicates::str::contains("\"150\""));
+    assert_eq!(env.int("SELECT COUNT(*) FROM jobs WHERE batch = 'y'"), 0);
+}
