@@ -273,25 +273,18 @@ impl<'a> Sink<'a> {
         let n = self.pending.len();
         let rows = vec!["(?, ?, ?, ?)"; n].join(", ");
         let mut items = self.tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO items (batch, item_id, prompt, vars) VALUES {rows} RETURNING item_id"
+            "INSERT OR IGNORE INTO items (batch, item_id, prompt, vars) VALUES {rows}"
         ))?;
         let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 4);
         for (rec, prompt, vars) in &self.pending {
             args.extend([&self.batch as &dyn rusqlite::ToSql, &rec.id, prompt, vars]);
         }
-        let inserted: std::collections::HashSet<String> = items
-            .query_map(args.as_slice(), |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        if inserted.len() < n {
+        if items.execute(args.as_slice())? < n {
+            // Some ids were there already (or twice in this chunk): each must have its prompt.
             let mut stored = self
                 .tx
                 .prepare_cached("SELECT prompt FROM items WHERE batch = ?1 AND item_id = ?2")?;
-            let mut first: std::collections::HashSet<&str> = std::collections::HashSet::new();
             for (rec, prompt, _) in &self.pending {
-                // The first record of an id inserted in this chunk was new; later ones were not.
-                if inserted.contains(&rec.id) && first.insert(rec.id.as_str()) {
-                    continue;
-                }
                 let old: Option<String> = stored
                     .query_row(params![self.batch, rec.id], |r| r.get(0))
                     .optional()?;

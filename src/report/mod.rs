@@ -102,7 +102,7 @@ pub fn models_in_scope(conn: &Connection, q: &Query) -> Result<Vec<String>> {
 }
 
 /// Distinct `model` values of a table with an index leading on it (after `cond`'s equality).
-fn skip_scan(conn: &Connection, table: &str, cond: &str) -> Result<Vec<String>> {
+pub fn skip_scan(conn: &Connection, table: &str, cond: &str) -> Result<Vec<String>> {
     let sql = format!(
         "WITH RECURSIVE m(x) AS (
              SELECT (SELECT MIN(model) FROM {table} WHERE 1 = 1{cond})

@@ -18,17 +18,22 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
     let now = now_ms();
     // [pending, waiting, running, done, failed, cancelled], oldest running start.
     let mut models: BTreeMap<String, ([i64; 6], Option<i64>)> = BTreeMap::new();
-    // Counts per state from the claim index (state, model): no job row is read.
-    let sql = format!(
-        "SELECT j.model, j.state, COUNT(*) FROM jobs j WHERE 1 = 1{cond} GROUP BY j.state, j.model"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args.clone()))?;
+    // Counts per (state, model) range of the claim index: no job row is read, and a plain
+    // COUNT over a range is three times as fast as one GROUP BY over the whole index.
+    let sql = format!("SELECT COUNT(*) FROM jobs j WHERE j.state = ? AND j.model = ?{cond}");
+    let mut count = conn.prepare(&sql)?;
     const STATES: [&str; 6] = ["pending", "", "running", "done", "failed", "cancelled"];
-    while let Some(r) = rows.next()? {
-        let state: String = r.get(1)?;
-        if let Some(i) = STATES.iter().position(|s| *s == state) {
-            models.entry(r.get(0)?).or_default().0[i] += r.get::<_, i64>(2)?;
+    for (i, state) in STATES.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+        for model in super::skip_scan(conn, "jobs", &format!(" AND state = '{state}'"))? {
+            let mut all = vec![
+                SqlValue::Text(state.to_string()),
+                SqlValue::Text(model.clone()),
+            ];
+            all.extend(args.iter().cloned());
+            let n: i64 = count.query_row(params_from_iter(all), |r| r.get(0))?;
+            if n > 0 {
+                models.entry(model).or_default().0[i] += n;
+            }
         }
     }
     // Pending jobs whose parent is not done yet wait (grade jobs); only pending rows are read.
@@ -144,7 +149,25 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
          WHERE a.outcome = 'ok'{cond} GROUP BY {key_list} ORDER BY {key_list}"
     );
     let mut groups: BTreeMap<Vec<String>, (i64, f64, i64)> = BTreeMap::new();
-    {
+    if keys == ["model"] {
+        // One aggregate per model range of the index beats one GROUP BY over all of it.
+        let sql = format!(
+            "SELECT COUNT(*), AVG(duration_ms), MAX(duration_ms) FROM attempts a
+             WHERE a.model = ? AND a.outcome = 'ok'{cond}"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        for model in super::skip_scan(conn, "attempts", "")? {
+            let mut all = vec![SqlValue::Text(model.clone())];
+            all.extend(args.iter().cloned());
+            let (n, mean, max): (i64, Option<f64>, Option<i64>) = stmt
+                .query_row(params_from_iter(all), |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            if n > 0 {
+                groups.insert(vec![model], (n, mean.unwrap_or(0.0), max.unwrap_or(0)));
+            }
+        }
+    } else {
         let mut stmt = conn.prepare(&counts_sql)?;
         let mut rows = stmt.query(params_from_iter(args.clone()))?;
         while let Some(r) = rows.next()? {
@@ -253,20 +276,41 @@ pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
         .collect();
     // Per group: count per outcome (index of Outcome::ALL), truncated.
     let mut groups: BTreeMap<Vec<String>, ([i64; Outcome::ALL.len()], i64)> = BTreeMap::new();
-    let sql = format!(
-        "SELECT {key_list}, a.outcome, COUNT(*) FROM attempts a
-         WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list}, a.outcome"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args.clone()))?;
-    while let Some(r) = rows.next()? {
-        let key = (0..k)
-            .map(|i| r.get::<_, String>(i))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let outcome: String = r.get(k)?;
-        let n: i64 = r.get(k + 1)?;
-        if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
-            groups.entry(key).or_default().0[i] += n;
+    if cols.len() == 1 && cols[0].0 == "model" {
+        // By model: one COUNT per (model, outcome) range of the latency index.
+        let sql =
+            format!("SELECT COUNT(*) FROM attempts a WHERE a.model = ? AND a.outcome = ?{cond}");
+        let mut count = conn.prepare(&sql)?;
+        for model in super::skip_scan(conn, "attempts", "")? {
+            for (i, o) in Outcome::ALL.iter().enumerate() {
+                let mut all = vec![
+                    SqlValue::Text(model.clone()),
+                    SqlValue::Text(o.as_str().to_string()),
+                ];
+                all.extend(args.iter().cloned());
+                let n: i64 = count.query_row(params_from_iter(all), |r| r.get(0))?;
+                if n > 0 {
+                    groups.entry(vec![model.clone()]).or_default().0[i] += n;
+                }
+            }
+        }
+    }
+    if !(cols.len() == 1 && cols[0].0 == "model") {
+        let sql = format!(
+            "SELECT {key_list}, a.outcome, COUNT(*) FROM attempts a
+             WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list}, a.outcome"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query(params_from_iter(args.clone()))?;
+        while let Some(r) = rows.next()? {
+            let key = (0..k)
+                .map(|i| r.get::<_, String>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let outcome: String = r.get(k)?;
+            let n: i64 = r.get(k + 1)?;
+            if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
+                groups.entry(key).or_default().0[i] += n;
+            }
         }
     }
     let sql = format!(
