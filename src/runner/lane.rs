@@ -118,13 +118,14 @@ impl Lane {
         self.seen += 1;
     }
 
-    /// How many jobs this lane keeps ready: one per slot while `lookahead`.
+    /// How many jobs this lane keeps ready while `lookahead`: per slot, about 20 ms of work
+    /// (1 to 8 jobs), so the coordinator can commit results in groups without a slot idling.
     pub fn lookahead(&self) -> usize {
-        if self.lookahead {
-            self.model.concurrency.max(1) as usize
-        } else {
-            0
+        if !self.lookahead {
+            return 0;
         }
+        let per_slot = (20.0 / self.avg_ms.max(0.1)).clamp(1.0, 8.0) as usize;
+        self.model.concurrency.max(1) as usize * per_slot
     }
 
     pub fn endpoint_mut(&mut self, url: &str) -> Option<&mut Endpoint> {
