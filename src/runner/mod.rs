@@ -25,6 +25,8 @@ use lane::Lane;
 
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
+/// How long results of a fast lane may gather before they are committed together.
+const GATHER: Duration = Duration::from_millis(3);
 
 #[derive(Debug, Clone, Copy)]
 pub enum FailureLimit {
@@ -297,6 +299,7 @@ impl Coordinator<'_> {
                 self.summary.signal = Some(sig);
             }
             pending.extend(self.rx.try_iter());
+            self.gather(&mut pending);
             let claiming = self.may_claim();
             if claiming && Instant::now() >= self.next_reap {
                 let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
@@ -324,6 +327,31 @@ impl Coordinator<'_> {
                 Err(RecvTimeoutError::Disconnected) => {
                     unreachable!("the coordinator holds a sender")
                 }
+            }
+        }
+    }
+
+    /// While the fast lane still has half its ready work queued, lets results gather for up
+    /// to `GATHER` before recording them: fewer, larger commits, no slot left idle.
+    fn gather(&mut self, pending: &mut Vec<Done>) {
+        let ahead = |c: &Self| {
+            c.lanes.values().any(|l| l.lookahead)
+                && c.lanes
+                    .values()
+                    .filter(|l| l.lookahead)
+                    .all(|l| l.ready.lock().map_or(0, |r| r.len()) * 2 >= l.lookahead())
+        };
+        if pending.is_empty() || self.stop.level() > 0 || !ahead(self) {
+            return;
+        }
+        let until = Instant::now() + GATHER;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(done) => pending.push(done),
+                Err(_) => break,
+            }
+            if !ahead(self) {
+                break;
             }
         }
     }
