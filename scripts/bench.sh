@@ -37,8 +37,9 @@ say() { printf '%s\n' "$*" >&2; }
 need() { # need COMMAND PACKAGE: install with apt-get when missing
     command -v "$1" >/dev/null 2>&1 && return
     say "installing $2 (for $1)"
-    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq "$2" >/dev/null
-    else sudo apt-get install -y -qq "$2" >/dev/null; fi
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get install -y -qq "$2" >/dev/null 2>&1 ||
+        { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq "$2" >/dev/null; }
 }
 need parallel parallel
 need sqlite3 sqlite3
