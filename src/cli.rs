@@ -96,6 +96,7 @@ Exit codes: 0 all done, 1 operational error, 2 bad input, 3 some jobs failed, 13
     #[command(after_help = "Examples:
   llmbatch report                       # status, latency and failures
   llmbatch report latency --by batch,model --since 24h
+  llmbatch report latency --breakdown --model qwen3:4b   # load / prompt / generation / overhead
   llmbatch report timeouts throughput --format json
   llmbatch report jobs --state failed --format ids")]
     Report(ReportArgs),
@@ -312,7 +313,9 @@ pub struct ReportArgs {
     pub sections: Vec<Section>,
     #[command(flatten)]
     pub scope: ScopeArgs,
-    /// Only attempts that started within this window, e.g. 24h, 7d.
+    /// Only this window, e.g. 24h, 7d: attempts started in it (latency, failures, timeouts
+    /// seen), jobs done in it (throughput, default 1h), jobs enqueued in it (status), changed
+    /// in it (jobs), runners active in it (runners).
     #[arg(long, value_parser = duration_arg, value_name = "DUR")]
     pub since: Option<Duration>,
     /// Group latency and failures by these, e.g. batch,model or endpoint.

@@ -44,17 +44,25 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
         usage!("the batch name is empty: pass --batch NAME");
     }
 
+    // Each job's item is written just before it in this same transaction, so the foreign key
+    // holds by construction: checking it row by row cost a tenth of a large enqueue. (On an
+    // error the transaction rolls back and the command ends; nothing else uses the connection.)
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut counts = Counts::default();
     {
         let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
-        let mut each = |rec: Record| sink.add(rec, &mut counts);
-        match format {
-            InputFormat::Csv => read_csv(reader, &name, &mut each)?,
-            InputFormat::Jsonl => read_jsonl(reader, &name, &mut each)?,
+        {
+            let mut each = |rec: Record| sink.add(rec, &mut counts);
+            match format {
+                InputFormat::Csv => read_csv(reader, &name, &mut each)?,
+                InputFormat::Jsonl => read_jsonl(reader, &name, &mut each)?,
+            }
         }
+        sink.flush(&mut counts)?;
     }
     tx.commit().context("cannot commit the enqueued jobs")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
 
     match a.format.format {
         Format::Json => println!(
@@ -208,7 +216,11 @@ fn read_jsonl(
     Ok(())
 }
 
-/// Writes items and jobs with prepared statements, counting new and existing ones.
+/// Records written per statement: one multi-row INSERT per chunk keeps SQLite's cursors open
+/// across rows (a row per statement cost half the time of a million-prompt enqueue).
+const CHUNK: usize = 128;
+
+/// Writes items and jobs in chunks, counting new and existing ones.
 struct Sink<'a> {
     tx: &'a rusqlite::Transaction<'a>,
     batch: &'a str,
@@ -216,6 +228,8 @@ struct Sink<'a> {
     template: Option<&'a str>,
     name: &'a str,
     now: i64,
+    /// Records waiting for the next chunk, with their rendered prompt and variables JSON.
+    pending: Vec<(Record, String, String)>,
 }
 
 impl<'a> Sink<'a> {
@@ -236,41 +250,74 @@ impl<'a> Sink<'a> {
             template,
             name,
             now: now_ms(),
+            pending: Vec::with_capacity(CHUNK),
         })
     }
 
     fn add(&mut self, rec: Record, counts: &mut Counts) -> Result<()> {
         let prompt = self.prompt(&rec)?;
-        let vars = Value::Object(rec.vars).to_string();
-        let inserted = self
-            .tx
-            .prepare_cached("INSERT OR IGNORE INTO items (batch, item_id, prompt, vars) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![self.batch, rec.id, prompt, vars])?;
-        if inserted == 0 {
-            let stored: Option<String> = self
+        let vars = serde_json::to_string(&rec.vars)?;
+        self.pending.push((rec, prompt, vars));
+        if self.pending.len() >= CHUNK {
+            self.flush(counts)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending records: items (an item already there must have the same prompt),
+    /// then one job per item and model, in input order.
+    fn flush(&mut self, counts: &mut Counts) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let n = self.pending.len();
+        let rows = vec!["(?, ?, ?, ?)"; n].join(", ");
+        let mut items = self.tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO items (batch, item_id, prompt, vars) VALUES {rows}"
+        ))?;
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 4);
+        for (rec, prompt, vars) in &self.pending {
+            args.extend([&self.batch as &dyn rusqlite::ToSql, &rec.id, prompt, vars]);
+        }
+        if items.execute(args.as_slice())? < n {
+            // Some ids were there already (or twice in this chunk): each must have its prompt.
+            let mut stored = self
                 .tx
-                .prepare_cached("SELECT prompt FROM items WHERE batch = ?1 AND item_id = ?2")?
-                .query_row(params![self.batch, rec.id], |r| r.get(0))
-                .optional()?;
-            if stored.as_deref() != Some(prompt.as_str()) {
-                usage!(
-                    "{} line {}: item {:?} is already in batch {:?} with a different prompt (a duplicate id, or the input changed: use another --batch)",
-                    self.name, rec.line, rec.id, self.batch
-                );
+                .prepare_cached("SELECT prompt FROM items WHERE batch = ?1 AND item_id = ?2")?;
+            for (rec, prompt, _) in &self.pending {
+                let old: Option<String> = stored
+                    .query_row(params![self.batch, rec.id], |r| r.get(0))
+                    .optional()?;
+                if old.as_deref() != Some(prompt.as_str()) {
+                    usage!(
+                        "{} line {}: item {:?} is already in batch {:?} with a different prompt (a duplicate id, or the input changed: use another --batch)",
+                        self.name, rec.line, rec.id, self.batch
+                    );
+                }
             }
         }
-        counts.items += 1;
-        let mut job = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'generate', ?4, ?4)",
-        )?;
-        for model in self.models {
-            if job.execute(params![self.batch, rec.id, model, self.now])? == 1 {
-                counts.new += 1;
-            } else {
-                counts.existing += 1;
+        counts.items += n as u64;
+        let jobs = n * self.models.len();
+        let rows = vec!["(?, ?, ?, 'generate', ?, ?)"; jobs].join(", ");
+        let mut insert = self.tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at) VALUES {rows}"
+        ))?;
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(jobs * 5);
+        for (rec, _, _) in &self.pending {
+            for model in self.models {
+                args.extend([
+                    &self.batch as &dyn rusqlite::ToSql,
+                    &rec.id,
+                    model,
+                    &self.now,
+                    &self.now,
+                ]);
             }
         }
+        let new = insert.execute(args.as_slice())? as u64;
+        counts.new += new;
+        counts.existing += jobs as u64 - new;
+        self.pending.clear();
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use anyhow::Result;
 use rusqlite::Connection;
 
 use crate::cli::{Format, ReportArgs, Section};
-use crate::report::{grades, render, sections, Query};
+use crate::report::{breakdown, grades, render, sections, throughput, timeouts, Query};
 use crate::util::now_ms;
 
 pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
@@ -28,14 +28,18 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
     for section in wanted {
         match section {
             Section::Status => tables.extend(sections::status(conn, &q)?),
-            Section::Latency => tables.push(sections::latency(conn, &q)?),
+            Section::Latency => {
+                tables.push(sections::latency(conn, &q)?);
+                if a.breakdown {
+                    tables.push(breakdown::breakdown(conn, &q)?);
+                }
+            }
             Section::Failures => tables.push(sections::failures(conn, &q)?),
             Section::Jobs => tables.push(sections::jobs(conn, &q, a.state.as_deref(), a.outcome)?),
-            Section::Runners => tables.push(sections::runners(conn)?),
+            Section::Runners => tables.push(sections::runners(conn, &q)?),
+            Section::Timeouts => tables.push(timeouts::timeouts(conn, &q)?),
+            Section::Throughput => tables.push(throughput::throughput(conn, &q)?),
             Section::Grades => tables.extend(grades::tables(conn, &q)?),
-            Section::Timeouts | Section::Throughput => {
-                crate::usage!("report {section:?} is not available yet")
-            }
         }
     }
     render::render(&tables, a.format, &mut std::io::stdout().lock())?;

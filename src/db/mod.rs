@@ -13,6 +13,10 @@ use crate::error::UsageError;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("../../sql/001_init.sql")),
     ("002_grades", include_str!("../../sql/002_grades.sql")),
+    (
+        "003_report_indexes",
+        include_str!("../../sql/003_report_indexes.sql"),
+    ),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,10 +1,16 @@
 //! Report sections: each computes its rows once from SQL into a [`render::Table`].
 
+pub mod breakdown;
 pub mod grades;
 pub mod render;
 pub mod sections;
+pub mod throughput;
+pub mod timeouts;
 
+use anyhow::Result;
 use rusqlite::types::Value as SqlValue;
+use rusqlite::{params_from_iter, Connection};
+use std::collections::BTreeSet;
 
 use crate::cli::GroupKey;
 use crate::db::jobs::Filter;
@@ -23,6 +29,16 @@ impl Query {
         let (mut sql, mut args) = self.filter.sql_on(alias, "job_id");
         if let Some(since) = self.since_ms {
             sql.push_str(&format!(" AND {alias}.started_at >= ?"));
+            args.push(SqlValue::Integer(since));
+        }
+        (sql, args)
+    }
+
+    /// Conditions on the jobs table under `alias`, with --since on its time column `col`.
+    pub fn job_sql(&self, alias: &str, col: &str) -> (String, Vec<SqlValue>) {
+        let (mut sql, mut args) = self.filter.sql(alias);
+        if let Some(since) = self.since_ms {
+            sql.push_str(&format!(" AND {alias}.{col} >= ?"));
             args.push(SqlValue::Integer(since));
         }
         (sql, args)
@@ -50,4 +66,52 @@ impl Query {
 /// Nearest-rank percentile positions (1-based) for `n` sorted values.
 pub fn rank(p: f64, n: i64) -> i64 {
     ((p * n as f64).ceil() as i64).clamp(1, n.max(1))
+}
+
+/// Models a per-model section covers: configured ones and those with jobs or attempts, within
+/// the filter. Distinct names come from index skip-scans, so a million rows cost nothing.
+pub fn models_in_scope(conn: &Connection, q: &Query) -> Result<Vec<String>> {
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    if !q.filter.models.is_empty() {
+        names.extend(q.filter.models.iter().cloned());
+    } else {
+        let mut stmt = conn.prepare_cached("SELECT name FROM models")?;
+        for n in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            names.insert(n?);
+        }
+        names.extend(skip_scan(conn, "attempts", "")?);
+        for state in ["pending", "running", "done", "failed", "cancelled"] {
+            names.extend(skip_scan(conn, "jobs", &format!(" AND state = '{state}'"))?);
+        }
+    }
+    if q.filter.batch.is_none() && !q.filter.ids && q.filter.models.is_empty() {
+        return Ok(names.into_iter().collect());
+    }
+    // Keep the models with jobs in scope (a configured model with none is left out).
+    let (cond, args) = q.filter.sql("j");
+    let sql = format!("SELECT EXISTS (SELECT 1 FROM jobs j WHERE j.model = ?{cond})");
+    let mut stmt = conn.prepare(&sql)?;
+    let mut kept = Vec::new();
+    for name in names {
+        let mut all = vec![SqlValue::Text(name.clone())];
+        all.extend(args.iter().cloned());
+        if stmt.query_row(params_from_iter(all), |r| r.get::<_, bool>(0))? {
+            kept.push(name);
+        }
+    }
+    Ok(kept)
+}
+
+/// Distinct `model` values of a table with an index leading on it (after `cond`'s equality).
+pub fn skip_scan(conn: &Connection, table: &str, cond: &str) -> Result<Vec<String>> {
+    let sql = format!(
+        "WITH RECURSIVE m(x) AS (
+             SELECT (SELECT MIN(model) FROM {table} WHERE 1 = 1{cond})
+             UNION ALL
+             SELECT (SELECT MIN(model) FROM {table} WHERE model > m.x{cond}) FROM m WHERE m.x IS NOT NULL)
+         SELECT x FROM m WHERE x IS NOT NULL"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -12,20 +12,52 @@ use crate::db::jobs::Outcome;
 use crate::util::now_ms;
 
 /// Per model: jobs in each state, grade jobs waiting on their parent, the oldest running age.
+/// With --since: the jobs enqueued within the window.
 pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
-    let (cond, args) = q.filter.sql("j");
+    let (cond, args) = q.job_sql("j", "created_at");
     let now = now_ms();
+    // [pending, waiting, running, done, failed, cancelled], oldest running start.
+    let mut models: BTreeMap<String, ([i64; 6], Option<i64>)> = BTreeMap::new();
+    // Counts per (state, model) range of the claim index: no job row is read, and a plain
+    // COUNT over a range is three times as fast as one GROUP BY over the whole index.
+    let sql = format!("SELECT COUNT(*) FROM jobs j WHERE j.state = ? AND j.model = ?{cond}");
+    let mut count = conn.prepare(&sql)?;
+    const STATES: [&str; 6] = ["pending", "", "running", "done", "failed", "cancelled"];
+    for (i, state) in STATES.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+        for model in super::skip_scan(conn, "jobs", &format!(" AND state = '{state}'"))? {
+            let mut all = vec![
+                SqlValue::Text(state.to_string()),
+                SqlValue::Text(model.clone()),
+            ];
+            all.extend(args.iter().cloned());
+            let n: i64 = count.query_row(params_from_iter(all), |r| r.get(0))?;
+            if n > 0 {
+                models.entry(model).or_default().0[i] += n;
+            }
+        }
+    }
+    // Pending jobs whose parent is not done yet wait (grade jobs); only pending rows are read.
     let sql = format!(
-        "SELECT j.model,
-                SUM(j.state = 'pending' AND (j.parent_id IS NULL OR p.state = 'done')),
-                SUM(j.state = 'pending' AND j.parent_id IS NOT NULL AND p.state <> 'done'),
-                SUM(j.state = 'running'), SUM(j.state = 'done'), SUM(j.state = 'failed'),
-                SUM(j.state = 'cancelled'),
-                MIN(CASE WHEN j.state = 'running' THEN a.started_at END)
-         FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
-              LEFT JOIN attempts a ON a.id = j.attempt_id
-         WHERE 1 = 1{cond} GROUP BY j.model ORDER BY j.model"
+        "SELECT j.model, COUNT(*) FROM jobs j JOIN jobs p ON p.id = j.parent_id
+         WHERE j.state = 'pending' AND p.state <> 'done'{cond} GROUP BY j.model"
     );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args.clone()))?;
+    while let Some(r) = rows.next()? {
+        let waiting: i64 = r.get(1)?;
+        let counts = &mut models.entry(r.get(0)?).or_default().0;
+        counts[0] -= waiting;
+        counts[1] += waiting;
+    }
+    let sql = format!(
+        "SELECT j.model, MIN(a.started_at) FROM jobs j JOIN attempts a ON a.id = j.attempt_id
+         WHERE j.state = 'running'{cond} GROUP BY j.model"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        models.entry(r.get(0)?).or_default().1 = r.get(1)?;
+    }
     let mut t = Table::new(
         "status",
         "Status",
@@ -40,22 +72,13 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
             "oldest_running_s",
         ],
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
     let mut pending_total = 0;
-    while let Some(r) = rows.next()? {
-        let oldest: Option<i64> = r.get(7)?;
-        pending_total += r.get::<_, i64>(1)?;
-        t.push(vec![
-            json!(r.get::<_, String>(0)?),
-            json!(r.get::<_, i64>(1)?),
-            json!(r.get::<_, i64>(2)?),
-            json!(r.get::<_, i64>(3)?),
-            json!(r.get::<_, i64>(4)?),
-            json!(r.get::<_, i64>(5)?),
-            json!(r.get::<_, i64>(6)?),
-            secs(oldest.map(|s| (now - s).max(0) as f64)),
-        ]);
+    for (model, (counts, oldest)) in models {
+        pending_total += counts[0];
+        let mut row = vec![json!(model)];
+        row.extend(counts.iter().map(|n| json!(n)));
+        row.push(secs(oldest.map(|s| (now - s).max(0) as f64)));
+        t.push(row);
     }
     let running = running_jobs(conn, q)?;
     if pending_total > 0 && !running.rows.is_empty() {
@@ -73,7 +96,7 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
 
 /// Each running job with the true age of its attempt, computed now.
 fn running_jobs(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = q.filter.sql("j");
+    let (cond, args) = q.job_sql("j", "created_at");
     let now = now_ms();
     let sql = format!(
         "SELECT j.id, j.model, j.batch, j.item_id, a.number, r.host, r.pid, a.started_at, j.lease_expires_at
@@ -126,7 +149,25 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
          WHERE a.outcome = 'ok'{cond} GROUP BY {key_list} ORDER BY {key_list}"
     );
     let mut groups: BTreeMap<Vec<String>, (i64, f64, i64)> = BTreeMap::new();
-    {
+    if keys == ["model"] {
+        // One aggregate per model range of the index beats one GROUP BY over all of it.
+        let sql = format!(
+            "SELECT COUNT(*), AVG(duration_ms), MAX(duration_ms) FROM attempts a
+             WHERE a.model = ? AND a.outcome = 'ok'{cond}"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        for model in super::skip_scan(conn, "attempts", "")? {
+            let mut all = vec![SqlValue::Text(model.clone())];
+            all.extend(args.iter().cloned());
+            let (n, mean, max): (i64, Option<f64>, Option<i64>) = stmt
+                .query_row(params_from_iter(all), |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            if n > 0 {
+                groups.insert(vec![model], (n, mean.unwrap_or(0.0), max.unwrap_or(0)));
+            }
+        }
+    } else {
         let mut stmt = conn.prepare(&counts_sql)?;
         let mut rows = stmt.query(params_from_iter(args.clone()))?;
         while let Some(r) = rows.next()? {
@@ -143,12 +184,38 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
             );
         }
     }
-    let stream_sql = format!(
-        "SELECT {key_list}, duration_ms FROM attempts a WHERE a.outcome = 'ok'{cond}
-         ORDER BY {key_list}, duration_ms"
-    );
     let mut picks: BTreeMap<Vec<String>, [i64; 3]> = BTreeMap::new();
-    {
+    if keys == ["model"] {
+        // By model (the default): the (model, outcome, duration_ms, …) index is in order, so
+        // each percentile is one OFFSET step inside SQLite — p95/p99 counted from the top.
+        let sql = format!(
+            "SELECT duration_ms FROM attempts a WHERE a.model = ? AND a.outcome = 'ok'{cond}
+             ORDER BY duration_ms LIMIT 1 OFFSET ?"
+        );
+        let sql_desc = sql.replace("ORDER BY duration_ms", "ORDER BY duration_ms DESC");
+        let mut up = conn.prepare(&sql)?;
+        let mut down = conn.prepare(&sql_desc)?;
+        for (key, (n, _, _)) in &groups {
+            let mut entry = [0; 3];
+            for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
+                let r = rank(*p, *n);
+                let (stmt, offset) = if r * 2 <= *n {
+                    (&mut up, r - 1)
+                } else {
+                    (&mut down, n - r)
+                };
+                let mut all = vec![SqlValue::Text(key[0].clone())];
+                all.extend(args.iter().cloned());
+                all.push(SqlValue::Integer(offset));
+                entry[slot] = stmt.query_row(params_from_iter(all), |r| r.get(0))?;
+            }
+            picks.insert(key.clone(), entry);
+        }
+    } else {
+        let stream_sql = format!(
+            "SELECT {key_list}, duration_ms FROM attempts a WHERE a.outcome = 'ok'{cond}
+             ORDER BY {key_list}, duration_ms"
+        );
         let mut stmt = conn.prepare(&stream_sql)?;
         let mut rows = stmt.query(params_from_iter(args))?;
         let mut current: Option<Vec<String>> = None;
@@ -196,37 +263,83 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
 }
 
 /// Per group: attempts, failed attempts, fail rate and one column per failure outcome.
+/// Counted per (group, outcome) from the latency index, truncated answers from their own
+/// partial index: no attempt row (nor its timings JSON) is read.
 pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
     let cols = q.group_cols();
+    let k = cols.len();
     let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
     let (cond, args) = q.attempt_sql("a");
     let kinds: Vec<Outcome> = Outcome::ALL
         .into_iter()
         .filter(|o| *o != Outcome::Ok)
         .collect();
-    let sums: String = kinds
-        .iter()
-        .map(|o| format!(", SUM(a.outcome = '{}')", o.as_str()))
-        .collect();
+    // Per group: count per outcome (index of Outcome::ALL), truncated.
+    let mut groups: BTreeMap<Vec<String>, ([i64; Outcome::ALL.len()], i64)> = BTreeMap::new();
+    if cols.len() == 1 && cols[0].0 == "model" {
+        // By model: one COUNT per (model, outcome) range of the latency index.
+        let sql =
+            format!("SELECT COUNT(*) FROM attempts a WHERE a.model = ? AND a.outcome = ?{cond}");
+        let mut count = conn.prepare(&sql)?;
+        for model in super::skip_scan(conn, "attempts", "")? {
+            for (i, o) in Outcome::ALL.iter().enumerate() {
+                let mut all = vec![
+                    SqlValue::Text(model.clone()),
+                    SqlValue::Text(o.as_str().to_string()),
+                ];
+                all.extend(args.iter().cloned());
+                let n: i64 = count.query_row(params_from_iter(all), |r| r.get(0))?;
+                if n > 0 {
+                    groups.entry(vec![model.clone()]).or_default().0[i] += n;
+                }
+            }
+        }
+    }
+    if !(cols.len() == 1 && cols[0].0 == "model") {
+        let sql = format!(
+            "SELECT {key_list}, a.outcome, COUNT(*) FROM attempts a
+             WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list}, a.outcome"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query(params_from_iter(args.clone()))?;
+        while let Some(r) = rows.next()? {
+            let key = (0..k)
+                .map(|i| r.get::<_, String>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let outcome: String = r.get(k)?;
+            let n: i64 = r.get(k + 1)?;
+            if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
+                groups.entry(key).or_default().0[i] += n;
+            }
+        }
+    }
     let sql = format!(
-        "SELECT {key_list}, COUNT(*), SUM(a.outcome <> 'ok' AND a.charged = 1){sums},
-                SUM(json_extract(a.timings, '$.done_reason') = 'length')
-         FROM attempts a WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list} ORDER BY {key_list}"
+        "SELECT {key_list}, COUNT(*) FROM attempts a
+         WHERE json_extract(a.timings, '$.done_reason') = 'length'{cond} GROUP BY {key_list}"
     );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        let key = (0..k)
+            .map(|i| r.get::<_, String>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        groups.entry(key).or_default().1 = r.get(k)?;
+    }
     let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
     header.extend(["attempts", "failed_attempts", "fail_rate"]);
     header.extend(kinds.iter().map(|o| o.as_str()));
     header.push("truncated");
     let mut t = Table::new("failures", "Failures by kind", &header);
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    let k = cols.len();
-    while let Some(r) = rows.next()? {
-        let mut row: Vec<Value> = (0..k)
-            .map(|i| r.get::<_, String>(i).map(Value::String))
-            .collect::<rusqlite::Result<_>>()?;
-        let attempts: i64 = r.get(k)?;
-        let failed: i64 = r.get(k + 1)?;
+    for (key, (counts, truncated)) in groups {
+        let attempts: i64 = counts.iter().sum();
+        // A server that was down or a runner that was stopped is not the model failing.
+        let failed: i64 = Outcome::ALL
+            .iter()
+            .zip(counts.iter())
+            .filter(|(o, _)| **o != Outcome::Ok && o.charged())
+            .map(|(_, n)| n)
+            .sum();
+        let mut row: Vec<Value> = key.into_iter().map(Value::String).collect();
         row.push(json!(attempts));
         row.push(json!(failed));
         row.push(json!(if attempts > 0 {
@@ -234,12 +347,8 @@ pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
         } else {
             0.0
         }));
-        for i in 0..kinds.len() {
-            row.push(json!(r.get::<_, i64>(k + 2 + i)?));
-        }
-        row.push(json!(r
-            .get::<_, Option<i64>>(k + 2 + kinds.len())?
-            .unwrap_or(0)));
+        row.extend(counts[1..].iter().map(|n| json!(n)));
+        row.push(json!(truncated));
         t.push(row);
     }
     Ok(t)
@@ -311,8 +420,9 @@ pub fn jobs(
     Ok(t)
 }
 
-/// Every runner: where, since when, last heartbeat, jobs held, live or stopped.
-pub fn runners(conn: &Connection) -> Result<Table> {
+/// Every runner (with --since: those not stopped before then): where, since when, last
+/// heartbeat, jobs held, live or stopped.
+pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
     let now = now_ms();
     let host = crate::util::hostname();
     let boot = crate::util::boot_id();
@@ -333,9 +443,10 @@ pub fn runners(conn: &Connection) -> Result<Table> {
     let mut stmt = conn.prepare(
         "SELECT r.id, r.host, r.pid, r.pid_start, r.boot_id, r.started_at, r.heartbeat_at, r.stopped_at,
                 r.stop_reason, (SELECT COUNT(*) FROM jobs j WHERE j.runner_id = r.id AND j.state = 'running')
-         FROM runners r ORDER BY r.id DESC LIMIT 50",
+         FROM runners r WHERE r.stopped_at IS NULL OR r.heartbeat_at >= ?1
+         ORDER BY r.id DESC LIMIT 50",
     )?;
-    let mut rows = stmt.query([])?;
+    let mut rows = stmt.query([q.since_ms.unwrap_or(i64::MIN)])?;
     while let Some(r) = rows.next()? {
         let r_host: String = r.get(1)?;
         let pid: i64 = r.get(2)?;
@@ -343,21 +454,16 @@ pub fn runners(conn: &Connection) -> Result<Table> {
         let r_boot: Option<String> = r.get(4)?;
         let heartbeat: i64 = r.get(6)?;
         let stopped: Option<i64> = r.get(7)?;
-        let state = if stopped.is_some() {
-            "stopped"
-        } else if r_host == host {
-            if r_boot.is_some() && r_boot != boot
-                || !crate::util::process_alive(pid, start.as_deref())
-            {
-                "dead"
-            } else {
-                "live"
-            }
-        } else if now - heartbeat < 120_000 {
-            "live"
-        } else {
-            "silent"
-        };
+        let state = runner_state(
+            &Liveness {
+                host: &host,
+                boot: boot.as_deref(),
+                now,
+            },
+            (&r_host, pid, start.as_deref(), r_boot.as_deref()),
+            heartbeat,
+            stopped,
+        );
         t.push(vec![
             json!(r.get::<_, i64>(0)?),
             json!(r_host),
@@ -370,4 +476,64 @@ pub fn runners(conn: &Connection) -> Result<Table> {
         ]);
     }
     Ok(t)
+}
+
+/// This host, its boot and the time, for judging runners.
+pub struct Liveness<'a> {
+    pub host: &'a str,
+    pub boot: Option<&'a str>,
+    pub now: i64,
+}
+
+/// `stopped`, `dead` (local, process gone or older boot), `live`, or `silent` (remote runner
+/// without a heartbeat for two minutes).
+pub fn runner_state(
+    here: &Liveness,
+    (host, pid, pid_start, boot): (&str, i64, Option<&str>, Option<&str>),
+    heartbeat: i64,
+    stopped: Option<i64>,
+) -> &'static str {
+    if stopped.is_some() {
+        "stopped"
+    } else if host == here.host {
+        if boot.is_some() && boot != here.boot || !crate::util::process_alive(pid, pid_start) {
+            "dead"
+        } else {
+            "live"
+        }
+    } else if here.now - heartbeat < 120_000 {
+        "live"
+    } else {
+        "silent"
+    }
+}
+
+/// How many runners are live now.
+pub fn live_runners(conn: &Connection) -> Result<i64> {
+    let host = crate::util::hostname();
+    let boot = crate::util::boot_id();
+    let here = Liveness {
+        host: &host,
+        boot: boot.as_deref(),
+        now: now_ms(),
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT host, pid, pid_start, boot_id, heartbeat_at FROM runners WHERE stopped_at IS NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut live = 0;
+    while let Some(r) = rows.next()? {
+        let (h, pid, start, b): (String, i64, Option<String>, Option<String>) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        if runner_state(
+            &here,
+            (&h, pid, start.as_deref(), b.as_deref()),
+            r.get(4)?,
+            None,
+        ) == "live"
+        {
+            live += 1;
+        }
+    }
+    Ok(live)
 }

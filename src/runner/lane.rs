@@ -2,11 +2,17 @@
 //! and what it has done in this run.
 
 use indicatif::ProgressBar;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::attempt::AttemptJob;
 use crate::models::ModelConfig;
+
+/// Attempts shorter than this (moving average) make a lane "fast": it keeps its next job
+/// claimed and ready, so a finishing attempt thread starts it without waiting for the
+/// coordinator's round trip. Slower lanes (any real model call) never do.
+pub const FAST_ATTEMPT_MS: f64 = 100.0;
 
 /// The first rest after an endpoint was unreachable; it doubles up to `MAX_REST`.
 const FIRST_REST: Duration = Duration::from_secs(2);
@@ -45,6 +51,14 @@ pub struct Lane {
     /// Start of each attempt in flight, by job id: the oldest is shown in progress.
     pub started: BTreeMap<i64, Instant>,
     pub bar: Option<ProgressBar>,
+    /// Claimed jobs waiting for a slot of this lane (only while `lookahead`, at most one per
+    /// slot); taken by the attempt thread that frees a slot, or started by the coordinator.
+    pub ready: Arc<Mutex<VecDeque<AttemptJob>>>,
+    /// Whether this lane keeps a job ready (decided by the coordinator).
+    pub lookahead: bool,
+    /// Moving average of attempt durations (ms) and how many were seen.
+    pub avg_ms: f64,
+    pub seen: u64,
 }
 
 impl Lane {
@@ -72,6 +86,10 @@ impl Lane {
             failed: 0,
             started: BTreeMap::new(),
             bar: None,
+            ready: Arc::new(Mutex::new(VecDeque::new())),
+            lookahead: false,
+            avg_ms: 0.0,
+            seen: 0,
         }
     }
 
@@ -100,7 +118,7 @@ impl Lane {
         if self.stopped.is_some() || now < self.idle_until {
             return Vec::new();
         }
-        let per = self.model.concurrency.max(1) as usize;
+        let per = self.model.concurrency.max(1) as usize + self.lookahead();
         // An endpoint back from a rest gets one probe, not its full concurrency.
         let mut load: Vec<(usize, usize, usize)> = self
             .endpoints
@@ -120,6 +138,26 @@ impl Lane {
             *n += 1;
         }
         slots
+    }
+
+    /// Records a successful attempt's duration.
+    pub fn observe(&mut self, ms: i64) {
+        self.avg_ms = if self.seen == 0 {
+            ms as f64
+        } else {
+            0.8 * self.avg_ms + 0.2 * ms as f64
+        };
+        self.seen += 1;
+    }
+
+    /// How many jobs this lane keeps ready while `lookahead`: per slot, about 20 ms of work
+    /// (1 to 8 jobs), so the coordinator can commit results in groups without a slot idling.
+    pub fn lookahead(&self) -> usize {
+        if !self.lookahead {
+            return 0;
+        }
+        let per_slot = (20.0 / self.avg_ms.max(0.1)).clamp(1.0, 8.0) as usize;
+        self.model.concurrency.max(1) as usize * per_slot
     }
 
     pub fn endpoint_mut(&mut self, url: &str) -> Option<&mut Endpoint> {

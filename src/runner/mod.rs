@@ -4,6 +4,7 @@
 
 mod heartbeat;
 mod lane;
+mod pool;
 pub mod signals;
 
 use anyhow::{Context, Result};
@@ -27,6 +28,8 @@ const DEFAULT_JOBS: usize = 64;
 
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
+/// How long results of a fast lane may gather before they are committed together.
+const GATHER: Duration = Duration::from_millis(3);
 
 #[derive(Debug, Clone, Copy)]
 pub enum FailureLimit {
@@ -106,7 +109,7 @@ struct Coordinator<'a> {
     opts: RunOptions,
     runner_id: i64,
     lanes: BTreeMap<String, Lane>,
-    pool: rayon::ThreadPool,
+    pool: pool::Pool,
     cap: usize,
     in_flight: usize,
     claimed: u64,
@@ -132,10 +135,7 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         conn,
         runner_id,
         lanes: BTreeMap::new(),
-        pool: rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512))
-            .thread_name(|i| format!("attempt-{i}"))
-            .build()?,
+        pool: pool::Pool::new(opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512)),
         cap: opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512),
         in_flight: 0,
         claimed: 0,
@@ -323,7 +323,11 @@ impl Coordinator<'_> {
             if let Some(sig) = signals.received() {
                 self.summary.signal = Some(sig);
             }
-            pending.extend(self.rx.try_iter());
+            let arrived: Vec<Done> = self.rx.try_iter().collect();
+            for done in arrived {
+                self.receive(done, &mut pending);
+            }
+            self.gather(&mut pending);
             let claiming = self.may_claim();
             if claiming && Instant::now() >= self.next_reap {
                 let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
@@ -356,7 +360,7 @@ impl Coordinator<'_> {
                 self.refresh_lanes()?;
             }
             match self.rx.recv_timeout(self.wait_time()) {
-                Ok(done) => pending.push(done),
+                Ok(done) => self.receive(done, &mut pending),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     unreachable!("the coordinator holds a sender")
@@ -370,12 +374,12 @@ impl Coordinator<'_> {
         self.stop.request(StopSignal::KILL);
         let until = Instant::now() + self.opts.kill_grace + Duration::from_secs(2);
         let mut pending = Vec::new();
-        while self.in_flight > pending.len() {
+        while self.in_flight > 0 {
             match self
                 .rx
                 .recv_timeout(until.saturating_duration_since(Instant::now()))
             {
-                Ok(done) => pending.push(done),
+                Ok(done) => self.receive(done, &mut pending),
                 Err(_) => break,
             }
         }
@@ -393,6 +397,31 @@ impl Coordinator<'_> {
                     .saturating_duration_since(Instant::now())
                     .min(Duration::from_millis(100)),
             );
+        }
+    }
+
+    /// While the fast lane still has half its ready work queued, lets results gather for up
+    /// to `GATHER` before recording them: fewer, larger commits, no slot left idle.
+    fn gather(&mut self, pending: &mut Vec<Done>) {
+        let ahead = |c: &Self| {
+            c.lanes.values().any(|l| l.lookahead)
+                && c.lanes
+                    .values()
+                    .filter(|l| l.lookahead)
+                    .all(|l| l.ready.lock().map_or(0, |r| r.len()) * 2 >= l.lookahead())
+        };
+        if pending.is_empty() || self.stop.level() > 0 || !ahead(self) {
+            return;
+        }
+        let until = Instant::now() + GATHER;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(done) => self.receive(done, pending),
+                Err(_) => break,
+            }
+            if !ahead(self) {
+                break;
+            }
         }
     }
 
@@ -422,6 +451,21 @@ impl Coordinator<'_> {
         self.opts.limit.is_none_or(|l| self.claimed < l)
     }
 
+    /// Whether --max-failures is reached once these results are counted too.
+    fn failures_reached_with(&self, results: &[Done]) -> bool {
+        let Some(limit) = self.opts.max_failures else {
+            return false;
+        };
+        let failed = results
+            .iter()
+            .filter(|d| d.finish.outcome.charged() && d.finish.outcome != Outcome::Ok)
+            .count() as u64;
+        limit.reached(
+            self.summary.failed_attempts + failed,
+            self.summary.attempts + results.len() as u64,
+        )
+    }
+
     /// How long to wait for a result before looking again.
     fn wait_time(&self) -> Duration {
         let now = Instant::now();
@@ -446,13 +490,18 @@ impl Coordinator<'_> {
 
     /// Records finished attempts and claims replacements in one transaction, then starts them.
     fn record_and_claim(&mut self, results: &mut Vec<Done>, claiming: bool) -> Result<usize> {
+        // The slots of these results were freed when they arrived (`receive`), so their
+        // replacements are claimed in this same transaction.
+        let mut dispatched = self.start_ready()?;
+        // Results not yet counted must still stop the claims at --max-failures.
+        let claiming = claiming && !self.failures_reached_with(results);
         let plan = if claiming {
             self.plan_claims()
         } else {
             Vec::new()
         };
         if results.is_empty() && plan.is_empty() {
-            return Ok(0);
+            return Ok(dispatched);
         }
         let retry_base = self.opts.retry_base.as_millis() as i64;
         let lease_ms = self.opts.lease.as_millis() as i64;
@@ -495,7 +544,6 @@ impl Coordinator<'_> {
         for (done, (next, kept)) in results.drain(..).zip(decided) {
             self.account(done, next, kept);
         }
-        let mut dispatched = 0;
         for (model, wanted, got) in claims {
             if got.len() < wanted {
                 self.idle_lane(&model)?;
@@ -508,10 +556,48 @@ impl Coordinator<'_> {
         Ok(dispatched)
     }
 
+    /// A ready job whose lane has a free running slot (its attempts ended meanwhile without
+    /// taking it) is started by the coordinator: a ready job never waits for nothing.
+    fn start_ready(&mut self) -> Result<usize> {
+        let mut started = 0;
+        let limit = self.cap;
+        let mut jobs = Vec::new();
+        for lane in self.lanes.values() {
+            let Ok(mut ready) = lane.ready.lock() else {
+                continue;
+            };
+            let room = (lane.model.concurrency.max(1) as usize).min(limit);
+            while !ready.is_empty() && lane.in_flight - ready.len() < room {
+                jobs.extend(ready.pop_front());
+            }
+        }
+        for job in jobs {
+            self.start(job)?;
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// Keeps a job ready only for one fast lane with one endpoint, and only when neither
+    /// --limit nor --max-failures asks for exact counts (a ready job may start before the
+    /// coordinator has counted the result that just ended).
+    fn update_lookahead(&mut self) {
+        let single = self.lanes.len() == 1;
+        let exact = self.opts.limit.is_some() || self.opts.max_failures.is_some();
+        for lane in self.lanes.values_mut() {
+            let fast = lane.seen >= 5 && lane.avg_ms < lane::FAST_ATTEMPT_MS;
+            lane.lookahead = single && !exact && fast && lane.endpoints.len() == 1;
+        }
+    }
+
     /// Free slots per lane (each an endpoint), within the global cap and --limit.
     fn plan_claims(&self) -> Vec<(String, Vec<String>)> {
         let now = Instant::now();
-        let mut room = self.cap.saturating_sub(self.in_flight);
+        let extra: usize = self.lanes.values().map(|l| l.lookahead()).sum();
+        let mut room = self
+            .cap
+            .saturating_add(extra)
+            .saturating_sub(self.in_flight);
         if let Some(limit) = self.opts.limit {
             room = room.min(limit.saturating_sub(self.claimed) as usize);
         }
@@ -594,16 +680,49 @@ impl Coordinator<'_> {
         };
         self.in_flight += 1;
         self.claimed += 1;
+        // A lane at its running limit keeps the job ready for the next thread that frees a slot.
+        let lane = &self.lanes[&job.claim.model];
+        if lane.lookahead {
+            let room = (lane.model.concurrency.max(1) as usize).min(self.cap);
+            let mut ready = lane
+                .ready
+                .lock()
+                .map_err(|_| anyhow::anyhow!("ready queue poisoned"))?;
+            let running = lane.in_flight - 1 - ready.len();
+            if running >= room && ready.len() < lane.lookahead() {
+                ready.push_back(job);
+                return Ok(());
+            }
+        }
+        self.start(job)
+    }
+
+    /// Runs an attempt on a pool thread; afterwards the thread takes its lane's ready job, if
+    /// any, before reporting — so the coordinator, seeing the report, knows it was taken.
+    fn start(&mut self, job: AttemptJob) -> Result<()> {
         let tx = self.tx.clone();
         let stop = self.stop.clone();
-        self.pool.spawn(move || {
-            let finish = attempt::execute(&job, &stop);
-            let _ = tx.send(Done {
-                claim: job.claim,
-                finish,
-            });
-        });
-        Ok(())
+        let ready = self.lanes[&job.claim.model].ready.clone();
+        self.pool.spawn(self.in_flight, move || {
+            let mut job = job;
+            loop {
+                let finish = if stop.level() > 0 {
+                    // Claimed but never started: back to pending, not charged.
+                    Finish::new(Outcome::Interrupted, 0).error("runner stopped by a signal")
+                } else {
+                    attempt::execute(&job, &stop)
+                };
+                let next = ready.lock().ok().and_then(|mut r| r.pop_front());
+                let _ = tx.send(Done {
+                    claim: job.claim,
+                    finish,
+                });
+                match next {
+                    Some(n) => job = n,
+                    None => break,
+                }
+            }
+        })
     }
 
     fn rubric(&mut self, id: i64) -> Result<Arc<crate::grading::Rubric>> {
@@ -615,15 +734,47 @@ impl Coordinator<'_> {
         Ok(r)
     }
 
-    /// Updates lanes and counters for a recorded attempt, and says what happened.
-    fn account(&mut self, done: Done, next: Next, kept: bool) {
-        let Done { claim, finish } = done;
+    /// Gives back the slot of a finished attempt (global, lane and endpoint).
+    fn release(&mut self, done: &Done) {
         self.in_flight -= 1;
-        let reachable = finish.outcome != Outcome::Unavailable;
+        let reachable = done.finish.outcome != Outcome::Unavailable;
         // Any end may make other work runnable (a graded parent, a freed slot).
         for lane in self.lanes.values_mut() {
             lane.idle_until = Instant::now();
         }
+        let lane = self
+            .lanes
+            .get_mut(&done.claim.model)
+            .expect("lane of a claimed job");
+        match lane.ended(done.claim.job_id, &done.claim.endpoint, reachable) {
+            Reach::Down(rest) => log::warn!(
+                "{} unreachable, resting it {} (its jobs wait, not charged): {}",
+                done.claim.endpoint,
+                human_secs(rest.as_secs_f64()),
+                done.finish.error.as_deref().unwrap_or("unavailable")
+            ),
+            Reach::Up => {
+                lane.outage_reported = false;
+                log::info!("{} reachable again", done.claim.endpoint)
+            }
+            Reach::Same => {}
+        }
+        if done.finish.outcome == Outcome::Ok {
+            lane.observe(done.finish.duration_ms);
+        }
+        self.update_lookahead();
+    }
+
+    /// Takes a result in: its slot is free from now on; it is recorded with the next commit.
+    fn receive(&mut self, done: Done, pending: &mut Vec<Done>) {
+        self.release(&done);
+        pending.push(done);
+    }
+
+    /// Updates counters for a recorded attempt (its slot already released), and says what
+    /// happened.
+    fn account(&mut self, done: Done, next: Next, kept: bool) {
+        let Done { claim, finish } = done;
         let lane = self
             .lanes
             .get_mut(&claim.model)
@@ -632,19 +783,6 @@ impl Coordinator<'_> {
             "job {} ({}, {}/{})",
             claim.job_id, claim.model, claim.batch, claim.item_id
         );
-        match lane.ended(claim.job_id, &claim.endpoint, reachable) {
-            Reach::Down(rest) => log::warn!(
-                "{} unreachable, resting it {} (its jobs wait, not charged): {}",
-                claim.endpoint,
-                human_secs(rest.as_secs_f64()),
-                finish.error.as_deref().unwrap_or("unavailable")
-            ),
-            Reach::Up => {
-                lane.outage_reported = false;
-                log::info!("{} reachable again", claim.endpoint)
-            }
-            Reach::Same => {}
-        }
         if !kept {
             self.summary.discarded += 1;
             log::warn!(

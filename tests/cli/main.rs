@@ -8,3 +8,4 @@ mod grade;
 mod grade_http;
 mod http;
 mod recovery;
+mod reports;

@@ -1,0 +1,133 @@
+//! `report latency --breakdown`: where the time of successful HTTP attempts went, from
+//! Ollama's own timings — queue + load, prompt evaluation, generation, and the client overhead
+//! (wall time − total_duration) — p50/p95 each, cold starts (the model had to load) and warm
+//! apart, and tokens/s. One pass in SQL, nearest-rank percentiles of the sorted samples in
+//! memory (16 bytes per attempt: 16 MB for a million HTTP attempts; SQLite's window functions
+//! took ten times as long).
+
+use anyhow::Result;
+use rusqlite::{params_from_iter, Connection};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use super::render::{secs, Table};
+use super::Query;
+
+/// An attempt whose load took longer than this found its model unloaded: a cold start.
+pub const COLD_LOAD_MS: f64 = 500.0;
+
+/// (column prefix, SQL of the value in ms) for each phase.
+const PHASES: [(&str, &str); 4] = [
+    ("load", "json_extract(a.timings, '$.load_duration') / 1e6"),
+    (
+        "prompt",
+        "json_extract(a.timings, '$.prompt_eval_duration') / 1e6",
+    ),
+    ("gen", "json_extract(a.timings, '$.eval_duration') / 1e6"),
+    (
+        "overhead",
+        "a.duration_ms - json_extract(a.timings, '$.total_duration') / 1e6",
+    ),
+];
+
+pub fn breakdown(conn: &Connection, q: &Query) -> Result<Table> {
+    let cols = q.group_cols();
+    let keys: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    let k = keys.len();
+    let key_select: String = cols.iter().map(|(_, expr)| format!("{expr}, ")).collect();
+    let (cond, args) = q.attempt_sql("a");
+    let metrics: String = PHASES.iter().map(|(_, expr)| format!(", {expr}")).collect();
+    // One pass over the attempts with timings (their own partial index); json_extract reads
+    // each timings text once per field.
+    let sql = format!(
+        "SELECT {key_select}
+                COALESCE(json_extract(a.timings, '$.load_duration'), 0) / 1e6 > {COLD_LOAD_MS},
+                json_extract(a.timings, '$.eval_count'),
+                json_extract(a.timings, '$.eval_duration'){metrics}
+         FROM attempts a
+         WHERE a.outcome = 'ok' AND a.timings IS NOT NULL
+           AND json_extract(a.timings, '$.total_duration') IS NOT NULL{cond}"
+    );
+    let mut groups: BTreeMap<(Vec<String>, bool), Group> = BTreeMap::new();
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        let key = (0..k)
+            .map(|i| r.get::<_, String>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let cold: bool = r.get(k)?;
+        let g = groups.entry((key, cold)).or_default();
+        g.n += 1;
+        let tokens: Option<f64> = r.get(k + 1)?;
+        let eval_ns: Option<f64> = r.get(k + 2)?;
+        if let (Some(t), Some(ns)) = (tokens, eval_ns) {
+            if ns > 0.0 {
+                g.tokens += t;
+                g.eval_s += ns / 1e9;
+            }
+        }
+        for (i, values) in g.phases.iter_mut().enumerate() {
+            if let Some(v) = r.get::<_, Option<f64>>(k + 3 + i)? {
+                values.push(v as f32);
+            }
+        }
+    }
+    let mut header: Vec<&str> = keys.clone();
+    header.extend([
+        "start",
+        "n",
+        "load_p50_s",
+        "load_p95_s",
+        "prompt_p50_s",
+        "prompt_p95_s",
+        "gen_p50_s",
+        "gen_p95_s",
+        "overhead_p50_s",
+        "overhead_p95_s",
+        "tokens_per_s",
+    ]);
+    let mut t = Table::new(
+        "latency_breakdown",
+        "Where the time went (successful attempts with Ollama timings, seconds)",
+        &header,
+    );
+    // Warm before cold within each group.
+    let mut ordered: Vec<_> = groups.into_iter().collect();
+    ordered.sort_by(|a, b| (&a.0 .0, a.0 .1).cmp(&(&b.0 .0, b.0 .1)));
+    for ((key, cold), mut g) in ordered {
+        let mut row: Vec<Value> = key.into_iter().map(Value::String).collect();
+        row.push(json!(if cold { "cold" } else { "warm" }));
+        row.push(json!(g.n));
+        for values in g.phases.iter_mut() {
+            values.sort_unstable_by(f32::total_cmp);
+            for p in [0.50, 0.95] {
+                let v = (!values.is_empty())
+                    .then(|| values[(super::rank(p, values.len() as i64) - 1) as usize] as f64);
+                row.push(secs(v));
+            }
+        }
+        let tps = (g.eval_s > 0.0).then(|| (g.tokens / g.eval_s * 10.0).round() / 10.0);
+        row.push(tps.map_or(Value::Null, |v| json!(v)));
+        t.push(row);
+    }
+    if t.rows.is_empty() {
+        t.notes.push(
+            "No successful attempts with Ollama timings in scope: the breakdown needs the ollama backend."
+                .into(),
+        );
+    } else {
+        t.notes.push(format!(
+            "cold = load_duration over {COLD_LOAD_MS:.0} ms (the model had to load); load includes queueing at the server; overhead = wall time − total_duration (worker process, HTTP)."
+        ));
+    }
+    Ok(t)
+}
+
+/// One group's samples: each phase's values in ms (f32 — 16 bytes per attempt in scope).
+#[derive(Default)]
+struct Group {
+    n: i64,
+    phases: [Vec<f32>; 4],
+    tokens: f64,
+    eval_s: f64,
+}

@@ -1,0 +1,78 @@
+//! `report timeouts`: per model the configured timeout against what its successes took, and
+//! the advice `--timeout auto` follows (2 × p99 of the last 7 days, at least 20 samples).
+
+use anyhow::Result;
+use rusqlite::{params_from_iter, Connection};
+use serde_json::json;
+
+use super::render::{secs, Table};
+use super::Query;
+use crate::timeouts::{self, ADVICE_MAX_S, ADVICE_MIN_S, ADVICE_MIN_SAMPLES, ADVICE_WINDOW_MS};
+use crate::util::now_ms;
+
+pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
+    let mut t = Table::new(
+        "timeouts",
+        "Timeouts: configured vs observed (n, p99 and advice over the last 7 days)",
+        &[
+            "model",
+            "timeout_s",
+            "auto",
+            "effective_s",
+            "n",
+            "p99_s",
+            "max_s",
+            "timeouts",
+            "advice_s",
+        ],
+    );
+    // Timeouts seen: over --since, else over the same window as the advice.
+    let since = q.since_ms.unwrap_or(now_ms() - ADVICE_WINDOW_MS);
+    let mut few = Vec::new();
+    for name in super::models_in_scope(conn, q)? {
+        let model = crate::models::load(conn, &name)?;
+        let (n, p99_ms, max_ms) = timeouts::samples(conn, &name)?;
+        let advice = timeouts::advise(n, p99_ms);
+        // What `run` gives an attempt now (the same rule as timeouts::effective).
+        let effective = match advice {
+            Some(a) if model.timeout_auto => a,
+            _ => model.timeout(),
+        };
+        let seen: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM attempts a
+             WHERE a.model = ? AND a.outcome = 'timeout' AND a.started_at >= ?",
+            params_from_iter([json_sql(&name), rusqlite::types::Value::Integer(since)]),
+            |r| r.get(0),
+        )?;
+        if advice.is_none() {
+            few.push(format!("{name} ({n} ok)"));
+        }
+        t.push(vec![
+            json!(name),
+            json!(model.timeout()),
+            json!(model.timeout_auto),
+            json!(effective),
+            json!(n),
+            secs(p99_ms.map(|v| v as f64)),
+            secs(max_ms.map(|v| v as f64)),
+            json!(seen),
+            advice.map_or(serde_json::Value::Null, |a| json!(a)),
+        ]);
+    }
+    if !few.is_empty() {
+        t.notes.push(format!(
+            "No advice yet for {}: fewer than {ADVICE_MIN_SAMPLES} successful attempts in the last 7 days (models on auto use their configured timeout meanwhile).",
+            few.join(", ")
+        ));
+    }
+    if !t.rows.is_empty() {
+        t.notes.push(format!(
+            "advice_s = 2 × p99, clamped to [{ADVICE_MIN_S:.0}s, {ADVICE_MAX_S:.0}s]; `llmbatch models set NAME --timeout auto` follows it."
+        ));
+    }
+    Ok(t)
+}
+
+fn json_sql(text: &str) -> rusqlite::types::Value {
+    rusqlite::types::Value::Text(text.to_string())
+}
