@@ -95,19 +95,6 @@ pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let parent = std::process::id() as i32;
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // If the runner dies (kill -9), its child dies with it instead of working on
-            // beside the retry. Grandchildren are found by `kill_leftovers` when reaped.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
-    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return failed(format!("cannot start {program:?}: {e}")),
@@ -400,7 +387,8 @@ fn terminate(child: &mut Child, pgid: i32, grace: Duration, stop: &StopSignal) {
 }
 
 /// Kills every process whose environment carries `LLMBATCH_RUNNER=token`: what a dead runner's
-/// attempts left behind (grandchildren keep the variable). Returns how many were signalled.
+/// attempts left behind, children and grandchildren alike (the variable is inherited). Returns how
+/// many were signalled.
 pub fn kill_leftovers(token: &str) -> usize {
     let needle = format!("LLMBATCH_RUNNER={token}");
     let Ok(dir) = std::fs::read_dir("/proc") else {
