@@ -737,3 +737,34 @@ fn a_failed_first_enqueue_creates_no_database() {
     env.cmd(&["enqueue", "--model", "m", &bad]).assert().code(2);
     assert!(!env.db.exists(), "an empty database was left behind");
 }
+
+/// A reader that goes away (`| head`) ends the command quietly, as for any Unix filter.
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let env = Env::new();
+    env.model("echo", "echo", &[]);
+    env.cmd(&["enqueue", "--model", "echo", &env.prompts("p.csv", 300)])
+        .assert()
+        .success();
+    env.cmd(&["run"]).assert().code(0);
+    for format in ["table", "csv", "json"] {
+        let mut child = env
+            .spawn_cmd(&["report", "jobs", "--format", format])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read one byte, then close the pipe before the report is written out.
+        let mut out = child.stdout.take().unwrap();
+        let mut one = [0u8; 1];
+        std::io::Read::read_exact(&mut out, &mut one).unwrap();
+        drop(out);
+        let result = child.wait_with_output().unwrap();
+        assert!(result.status.success(), "{format}: {:?}", result.status);
+        assert!(
+            !String::from_utf8_lossy(&result.stderr).contains("error"),
+            "{format}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+}
