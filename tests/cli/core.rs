@@ -742,11 +742,10 @@ fn a_failed_first_enqueue_creates_no_database() {
 #[test]
 fn a_closed_pipe_is_not_an_error() {
     let env = Env::new();
-    env.model("echo", "echo", &[]);
-    env.cmd(&["enqueue", "--model", "echo", &env.prompts("p.csv", 300)])
+    // Far more than a pipe buffer holds, in every format.
+    env.cmd(&["enqueue", "--model", "m", &env.prompts("p.csv", 3000)])
         .assert()
         .success();
-    env.cmd(&["run"]).assert().code(0);
     for format in ["table", "csv", "json"] {
         let mut child = env
             .spawn_cmd(&["report", "jobs", "--format", format])
