@@ -17,7 +17,8 @@ Exit codes:
   130  interrupted by SIGINT (jobs in flight went back to pending)
   143  interrupted by SIGTERM (jobs in flight went back to pending)
 
-Environment: LLMBATCH_DB (database path), OLLAMA_HOST (default Ollama endpoint), RUST_LOG.";
+Environment: LLMBATCH_DB (database path), OLLAMA_HOST (default Ollama endpoint), RUST_LOG,
+LLMBATCH_BUSY_TIMEOUT (how long a write waits for another writer, default 30s).";
 
 #[derive(Parser, Debug)]
 #[command(

@@ -628,3 +628,25 @@ pub fn resume(
     }
     Ok(ids)
 }
+
+/// Puts every job a runner still holds back to pending, uncharged, its attempt `interrupted`:
+/// the last step of a runner stopping on an error, so nothing it held waits to be reaped.
+pub fn release_runner(tx: &Transaction, runner_id: i64) -> Result<usize> {
+    let now = now_ms();
+    tx.execute(
+        "UPDATE attempts SET outcome = 'interrupted', charged = 0,
+                error = 'runner stopped on an error',
+                finished_at = MAX(?1, started_at), duration_ms = MAX(?1, started_at) - started_at
+         WHERE outcome IS NULL AND id IN
+               (SELECT attempt_id FROM jobs WHERE runner_id = ?2 AND state = 'running')",
+        params![now, runner_id],
+    )?;
+    let n = tx.execute(
+        "UPDATE jobs SET state = 'pending', runner_id = NULL, lease_token = NULL,
+                lease_expires_at = NULL, last_outcome = 'interrupted',
+                last_error = 'runner stopped on an error', updated_at = ?1
+         WHERE runner_id = ?2 AND state = 'running'",
+        params![now, runner_id],
+    )?;
+    Ok(n)
+}

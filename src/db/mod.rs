@@ -21,8 +21,17 @@ const MIGRATIONS: &[(&str, &str)] = &[
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// How long a writer waits for another to finish before giving up.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a writer waits for another to finish before giving up: 30 s, or
+/// `LLMBATCH_BUSY_TIMEOUT` (a duration such as `2m`).
+pub fn busy_timeout() -> Duration {
+    static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        std::env::var("LLMBATCH_BUSY_TIMEOUT")
+            .ok()
+            .and_then(|v| crate::util::parse_duration(&v).ok())
+            .unwrap_or(Duration::from_secs(30))
+    })
+}
 
 /// Opens (creating when `create`) and migrates the database at `path`.
 pub fn open(path: &Path, create: bool) -> Result<Connection> {
@@ -48,7 +57,7 @@ pub fn open_again(path: &Path) -> Result<Connection> {
 }
 
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_timeout(busy_timeout())?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -112,7 +121,7 @@ pub fn explain_busy(err: anyhow::Error, path: &Path) -> anyhow::Error {
     err.context(format!(
         "{} stayed locked for {}s by {who}",
         path.display(),
-        BUSY_TIMEOUT.as_secs()
+        busy_timeout().as_secs_f64()
     ))
 }
 

@@ -9,6 +9,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 use wait_timeout::ChildExt;
@@ -19,8 +20,9 @@ pub const MAX_STDOUT: usize = 16 * 1024 * 1024;
 pub const MAX_STDERR: usize = 8 * 1024;
 /// How often a waiting attempt looks at the stop request of the runner.
 const WAIT_SLICE: Duration = Duration::from_millis(200);
-/// Prompts up to this size fit in the pipe buffer and are written without a thread.
-const INLINE_STDIN: usize = 32 * 1024;
+/// Prompts up to this size are written without a thread: PIPE_BUF, which fits even the
+/// one-page pipes Linux makes for a user over `pipe-user-pages-soft`.
+const INLINE_STDIN: usize = 4096;
 
 pub struct ChildSpec {
     pub argv: Vec<String>,
@@ -99,11 +101,31 @@ pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
         Ok(c) => c,
         Err(e) => return failed(format!("cannot start {program:?}: {e}")),
     };
-    let pgid = child.id() as i32;
-    if let Some(pidfd) = pidfd_open(child.id()) {
+    if let Some(pidfd) = pidfd_open(child.id()).filter(|_| !force_threads()) {
         feed_stdin(&mut child, &spec.stdin);
         return run_polled(child, pidfd, spec, stop, started);
     }
+    run_threaded(child, spec, stop, started)
+}
+
+/// Tests take the fallback path for kernels without pidfd (before 5.3) on purpose.
+fn force_threads() -> bool {
+    cfg!(test) && THREADED.with(|t| t.get())
+}
+
+thread_local! {
+    static THREADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The fallback without pidfd: the pipes drained on threads, the exit awaited with
+/// `wait_timeout`, the same limits and kill rules as the poll loop.
+fn run_threaded(
+    mut child: Child,
+    spec: &ChildSpec,
+    stop: &StopSignal,
+    started: Instant,
+) -> ChildOutcome {
+    let pgid = child.id() as i32;
     let out_rx = drain(child.stdout.take(), MAX_STDOUT, false);
     let err_rx = drain(child.stderr.take(), MAX_STDERR, true);
     feed_stdin(&mut child, &spec.stdin);
@@ -113,8 +135,8 @@ pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
     // Whatever the leader did, nothing of its group may outlive the attempt.
     kill_group(pgid, libc::SIGKILL);
     let grace = spec.kill_grace.max(Duration::from_millis(500));
-    let (stdout, stdout_truncated) = out_rx.recv_timeout(grace).unwrap_or_default();
-    let (stderr_tail, _) = err_rx.recv_timeout(grace).unwrap_or_default();
+    let (stdout, stdout_truncated) = out_rx.take(grace);
+    let (stderr_tail, _) = err_rx.take(grace);
     let status =
         status.unwrap_or_else(|| classify(exit.expect("exit status when not killed by us")));
     let status = stop_or_crash(status, stop);
@@ -306,17 +328,13 @@ impl<R: Read + AsRawFd> Capture<R> {
         let mut buf = [0u8; 64 * 1024];
         match pipe.read(&mut buf) {
             Ok(0) => self.pipe = None,
-            Ok(n) => {
-                self.kept.extend_from_slice(&buf[..n]);
-                if self.kept.len() > self.limit {
-                    self.truncated = true;
-                    if self.tail {
-                        self.kept.drain(..self.kept.len() - self.limit);
-                    } else {
-                        self.kept.truncate(self.limit);
-                    }
-                }
-            }
+            Ok(n) => keep(
+                &mut self.kept,
+                &mut self.truncated,
+                &buf[..n],
+                self.limit,
+                self.tail,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => self.pipe = None,
         }
@@ -439,41 +457,62 @@ fn feed_stdin(child: &mut Child, input: &[u8]) {
     }
 }
 
-/// Reads a pipe to its end on a thread, keeping the first (or, with `tail`, the last) `limit`
-/// bytes. The result arrives on the channel; a reader stuck on a pipe held open by an escaped
-/// process is abandoned by the caller after a bounded wait.
-fn drain<R: Read + Send + 'static>(
-    pipe: Option<R>,
-    limit: usize,
-    tail: bool,
-) -> mpsc::Receiver<(Vec<u8>, bool)> {
-    let (tx, rx) = mpsc::channel();
+/// Output read so far by a pipe's reader thread, shared so that a pipe held open by an escaped
+/// process still yields what arrived before the caller stopped waiting.
+type Shared = Arc<Mutex<(Vec<u8>, bool)>>;
+
+/// A pipe read to its end on a thread, keeping the first (or, with `tail`, the last) `limit`
+/// bytes.
+struct Drain {
+    shared: Shared,
+    done: mpsc::Receiver<()>,
+}
+
+impl Drain {
+    /// What was read: all of it when the pipe closes within `grace`, else what came so far
+    /// (the reader thread is abandoned, stuck on a pipe an escaped process holds).
+    fn take(self, grace: Duration) -> (Vec<u8>, bool) {
+        let _ = self.done.recv_timeout(grace);
+        let mut kept = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut kept.0), kept.1)
+    }
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>, limit: usize, tail: bool) -> Drain {
+    let (tx, done) = mpsc::channel();
+    let shared: Shared = Arc::default();
     let Some(mut pipe) = pipe else {
-        let _ = tx.send((Vec::new(), false));
-        return rx;
+        let _ = tx.send(());
+        return Drain { shared, done };
     };
+    let into = shared.clone();
     thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut truncated = false;
         let mut buf = [0u8; 64 * 1024];
         loop {
             let n = match pipe.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > limit {
-                truncated = true;
-                if tail {
-                    kept.drain(..kept.len() - limit);
-                } else {
-                    kept.truncate(limit);
-                }
-            }
+            let mut kept = into.lock().unwrap_or_else(|e| e.into_inner());
+            let (bytes, truncated) = &mut *kept;
+            keep(bytes, truncated, &buf[..n], limit, tail);
         }
-        let _ = tx.send((kept, truncated));
+        let _ = tx.send(());
     });
-    rx
+    Drain { shared, done }
+}
+
+/// Appends `data`, keeping the first (or, with `tail`, the last) `limit` bytes.
+fn keep(kept: &mut Vec<u8>, truncated: &mut bool, data: &[u8], limit: usize, tail: bool) {
+    kept.extend_from_slice(data);
+    if kept.len() > limit {
+        *truncated = true;
+        if tail {
+            kept.drain(..kept.len() - limit);
+        } else {
+            kept.truncate(limit);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -508,10 +547,28 @@ mod tests {
     }
 
     #[test]
+    fn the_threaded_fallback_keeps_output_a_escaped_process_holds_open() {
+        THREADED.with(|t| t.set(true));
+        let out = run(
+            &spec(&["sh", "-c", "setsid sleep 3 & sleep 0.3; echo hi"], 10_000),
+            &StopSignal::default(),
+        );
+        let hung = run(
+            &spec(&["sh", "-c", "trap '' TERM; sleep 30"], 300),
+            &StopSignal::default(),
+        );
+        THREADED.with(|t| t.set(false));
+        assert_eq!(out.status, Status::Exited(0));
+        assert_eq!(out.stdout, b"hi\n");
+        assert_eq!(hung.status, Status::TimedOut);
+    }
+
+    #[test]
     fn escaped_process_holding_the_pipe_is_abandoned() {
         // setsid leaves our process group, so the group kill misses it; it keeps stdout open.
         let out = run(
-            &spec(&["sh", "-c", "setsid sleep 3 & echo hi"], 10_000),
+            // The pause lets setsid run before the group kill that follows the leader's exit.
+            &spec(&["sh", "-c", "setsid sleep 3 & sleep 0.3; echo hi"], 10_000),
             &StopSignal::default(),
         );
         assert_eq!(out.status, Status::Exited(0));

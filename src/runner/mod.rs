@@ -348,7 +348,8 @@ impl Coordinator<'_> {
             for lane in self.lanes.values() {
                 lane.refresh_bar();
             }
-            if self.in_flight == 0 && dispatched == 0 {
+            // Results not yet recorded (a busy database) keep the runner here until they are.
+            if self.in_flight == 0 && dispatched == 0 && pending.is_empty() {
                 if !claiming || !self.work_left()? {
                     if self.opts.watch && claiming {
                         self.nap(self.opts.poll);
@@ -384,7 +385,25 @@ impl Coordinator<'_> {
             }
         }
         if let Err(e) = self.record_and_claim(&mut pending, false) {
-            log::warn!("could not record the attempts in flight ({e:#}); the next run reaps them");
+            log::warn!("could not record the attempts in flight: {e:#}");
+        }
+        // Whatever this runner still holds (results lost with the error, claims not started)
+        // goes back to pending now, uncharged, rather than waiting to be reaped as `lost`.
+        let released = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(anyhow::Error::from)
+            .and_then(|tx| {
+                let n = jobs::release_runner(&tx, self.runner_id)?;
+                tx.commit()?;
+                Ok(n)
+            });
+        match released {
+            Ok(0) => {}
+            Ok(n) => log::warn!("{n} job(s) this runner held went back to pending"),
+            Err(e) => {
+                log::warn!("could not put this runner's jobs back ({e:#}); the next run reaps them")
+            }
         }
     }
 
@@ -710,7 +729,13 @@ impl Coordinator<'_> {
                     // Claimed but never started: back to pending, not charged.
                     Finish::new(Outcome::Interrupted, 0).error("runner stopped by a signal")
                 } else {
-                    attempt::execute(&job, &stop)
+                    // A panic must still report, or the coordinator would wait for it forever.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        attempt::execute(&job, &stop)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Finish::new(Outcome::Crash, 0).error("internal error: the attempt panicked")
+                    })
                 };
                 let next = ready.lock().ok().and_then(|mut r| r.pop_front());
                 let _ = tx.send(Done {
@@ -900,7 +925,7 @@ impl Coordinator<'_> {
 /// While the runner stops, a child that died of a stop signal (systemd signals the whole
 /// cgroup, a terminal the whole process group) was interrupted, not broken: not charged.
 fn interrupted_by_stop(f: &mut Finish) {
-    let by_signal = matches!(f.signal, Some(s) if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGKILL].contains(&(s as i32)));
+    let by_signal = matches!(f.signal, Some(s) if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&(s as i32)));
     let by_exit = matches!(f.exit_code, Some(129 | 130 | 143));
     let hit = match f.outcome {
         Outcome::Crash => by_signal,

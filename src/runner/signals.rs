@@ -16,6 +16,12 @@ pub struct SignalWatch {
 
 impl SignalWatch {
     pub fn install(stop: Arc<StopSignal>) -> anyhow::Result<SignalWatch> {
+        // A SIGCHLD inherited as ignored makes exited children vanish before they are waited
+        // for: every attempt would look like it never ended.
+        // SAFETY: setting a signal's disposition to the default touches no memory of ours.
+        unsafe {
+            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        }
         let mut watched = vec![SIGINT, SIGTERM];
         // A closed terminal stops the runner cleanly too, unless it runs under nohup.
         if !ignored(SIGHUP) {

@@ -1102,3 +1102,41 @@ impl PipeIntoResume for assert_cmd::Command {
             )));
     }
 }
+
+/// A database held by another writer past the busy timeout while the last results are being
+/// recorded: the runner keeps them and records them once the lock is gone, instead of leaving
+/// their jobs `running` and exiting as if all were well.
+#[test]
+fn results_wait_out_a_locked_database() {
+    let env = Env::new();
+    env.model_cmd("slow", &format!("'{}' 1.5", fake("slow")), &[]);
+    env.cmd(&["enqueue", "--model", "slow", &env.prompts("p.csv", 1)])
+        .assert()
+        .success();
+    let mut child = env
+        // --limit: no more claims, so only unrecorded results can keep the runner working.
+        .spawn_cmd(&["run", "--limit", "1"])
+        .env("LLMBATCH_BUSY_TIMEOUT", "300ms")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(env.dir.path().join("run.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    wait_for("the attempt running", Duration::from_secs(20), || {
+        env.state_count("running") == 1
+    });
+    // Another writer holds the database while the attempt ends, far past the busy timeout.
+    let conn = env.conn();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    conn.execute_batch("COMMIT").unwrap();
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    let text = log_of(&env, "run.log");
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("database busy"), "{text}");
+    assert_eq!(env.state_count("done"), 1, "{text}");
+    assert_eq!(env.state_count("running"), 0);
+    assert_invariants(&env);
+}
