@@ -91,7 +91,10 @@ Exit codes: 0 all done, 1 operational error, 2 bad input, 3 some jobs failed, 13
     /// Queue grading jobs: grader models score each output against a rubric.
     #[command(after_help = "Examples:
   llmbatch grade --grader qwen2.5:7b --rubric joke
-  llmbatch grade --grader judge-a --grader judge-b --rubric fixtures/rubrics/summary.txt --batch news")]
+  llmbatch grade --grader judge-a --grader judge-b --rubric summary.txt --batch news
+
+--batch, --model (the graded model) and --ids-file choose the outputs to grade; grading again
+only adds what is missing. Grade jobs run with `llmbatch run`.")]
     Grade(GradeArgs),
     /// Status, latency percentiles, failures by kind, timeout advice, grades, runners.
     #[command(after_help = "Examples:
@@ -347,6 +350,7 @@ pub enum GroupKey {
 pub struct ExportArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
+    /// jsonl or csv: one record per output; joblog: GNU parallel's joblog, one row per attempt.
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: ExportFormat,
     /// Include each output's grades.
