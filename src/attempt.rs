@@ -2,7 +2,7 @@
 //! no database.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -294,8 +294,6 @@ pub fn signal_name(sig: i32) -> String {
     format!("{sig} ({name})")
 }
 
-/// Variables as a JSON map, for callers that build one.
-pub type Vars = Map<String, Value>;
 
 #[cfg(test)]
 mod tests {
