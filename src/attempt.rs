@@ -294,7 +294,6 @@ pub fn signal_name(sig: i32) -> String {
     format!("{sig} ({name})")
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,7 +315,7 @@ mod tests {
                 model: "judge".into(),
                 endpoint: "http://127.0.0.1:11434".into(),
                 prompt: "p".into(),
-                vars: Map::new(),
+                vars: serde_json::Map::new(),
                 charged: 0,
                 max_attempts: None,
                 parent_id: Some(1),
