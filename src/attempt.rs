@@ -170,6 +170,9 @@ fn killed_or_spawn(job: &AttemptJob, child: &ChildOutcome) -> Option<Finish> {
     let ms = child.duration.as_millis() as i64;
     let f = match &child.status {
         Status::SpawnFailed(msg) => Finish::new(Outcome::Spawn, ms).error(msg.clone()),
+        // Out of processes or files is the machine's state, not the job's fault: the lane rests
+        // and retries uncharged, as for a server that is down.
+        Status::SpawnBusy(msg) => Finish::new(Outcome::Unavailable, ms).error(msg.clone()),
         Status::TimedOut => Finish::new(Outcome::Timeout, ms).error(format!(
             "no answer within the {} timeout: killed",
             crate::util::human_secs(job.timeout.as_secs_f64())

@@ -42,6 +42,8 @@ pub enum Status {
     Interrupted,
     /// Could not be started at all.
     SpawnFailed(String),
+    /// Could not be started for now: the system is out of processes, files or memory.
+    SpawnBusy(String),
 }
 
 #[derive(Debug)]
@@ -99,6 +101,14 @@ pub fn run(spec: &ChildSpec, stop: &StopSignal) -> ChildOutcome {
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
+        Err(e) if system_limit(&e) => {
+            return ChildOutcome {
+                status: Status::SpawnBusy(format!(
+                    "cannot start {program:?} now: {e} (a system limit; will retry)"
+                )),
+                ..failed(String::new())
+            }
+        }
         Err(e) => return failed(format!("cannot start {program:?}: {e}")),
     };
     if let Some(pidfd) = pidfd_open(child.id()).filter(|_| !force_threads()) {
@@ -147,6 +157,15 @@ fn run_threaded(
         stderr_tail,
         duration: started.elapsed(),
     }
+}
+
+/// Spawn errors that say the system is short of processes, files or memory right now, not
+/// that the command is wrong.
+fn system_limit(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
 }
 
 /// How long a child killed by a stop signal waits for the runner's own stop request.
@@ -609,5 +628,15 @@ mod tests {
     fn missing_program_is_spawn_failure() {
         let out = run(&spec(&["/no/such/program"], 1000), &StopSignal::default());
         assert!(matches!(out.status, Status::SpawnFailed(_)));
+    }
+
+    #[test]
+    fn system_limits_are_told_apart_from_bad_commands() {
+        for errno in [libc::EAGAIN, libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+            assert!(system_limit(&std::io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ENOENT, libc::EACCES, libc::ENOEXEC] {
+            assert!(!system_limit(&std::io::Error::from_raw_os_error(errno)));
+        }
     }
 }

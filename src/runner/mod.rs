@@ -774,7 +774,11 @@ impl Coordinator<'_> {
         match lane.ended(done.claim.job_id, &done.claim.endpoint, reachable) {
             Reach::Down(rest) => log::warn!(
                 "{} unreachable, resting it {} (its jobs wait, not charged): {}",
-                done.claim.endpoint,
+                if done.claim.endpoint.is_empty() {
+                    &done.claim.model
+                } else {
+                    &done.claim.endpoint
+                },
                 human_secs(rest.as_secs_f64()),
                 done.finish.error.as_deref().unwrap_or("unavailable")
             ),
@@ -858,12 +862,22 @@ impl Coordinator<'_> {
                 continue;
             }
             if let Some(urls) = lane.unreachable_past(self.opts.unavailable_limit) {
+                // A command lane has no server: what failed is starting its command.
+                let what = if urls.iter().all(|u| u.is_empty()) {
+                    "its command could not be started".to_string()
+                } else {
+                    format!("{} unreachable", urls.join(", "))
+                };
+                let hint = if urls.iter().all(|u| u.is_empty()) {
+                    "is the machine out of processes or files?"
+                } else {
+                    "is the server running?"
+                };
                 // A daemon outlives the outage: it keeps probing (every 30 s at most).
                 if self.opts.watch {
                     if !lane.outage_reported {
                         log::error!(
-                            "model {name}: {} unreachable for {} — is the server running? still trying (--watch)",
-                            urls.join(", "),
+                            "model {name}: {what} for {} — {hint} still trying (--watch)",
                             human_secs(self.opts.unavailable_limit.as_secs_f64())
                         );
                         lane.outage_reported = true;
@@ -871,8 +885,7 @@ impl Coordinator<'_> {
                     continue;
                 }
                 let msg = format!(
-                    "model {name}: {} unreachable for {} — is the server running? its jobs stay pending",
-                    urls.join(", "),
+                    "model {name}: {what} for {} — {hint} its jobs stay pending",
                     human_secs(self.opts.unavailable_limit.as_secs_f64())
                 );
                 log::error!("{msg}");

@@ -767,3 +767,55 @@ fn a_closed_pipe_is_not_an_error() {
         );
     }
 }
+
+/// Out of file descriptors, a command cannot be started: that is the machine's state, not the
+/// job's fault. The attempt is `unavailable` and uncharged, the job stays pending, and `run`
+/// stops past --unavailable-limit with a message saying what is wrong (never a failed job).
+#[test]
+fn a_system_limit_at_spawn_fails_no_job() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.model("echo", "echo", &[]);
+    env.cmd(&["enqueue", "--model", "echo", &env.prompts("p.csv", 2)])
+        .assert()
+        .success();
+    // The exact number of descriptors the runner needs before it spawns may change: try a few
+    // limits, from too few to open the database up to enough to run.
+    let mut limited = false;
+    for n in 8..=24u64 {
+        let mut cmd = env.spawn_cmd(&["run", "--unavailable-limit", "1s"]);
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(env.state_count("failed"), 0, "limit {n}: {stderr}");
+        if stderr.contains("its command could not be started") {
+            limited = true;
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert_eq!(env.state_count("pending"), 2, "{stderr}");
+            assert!(
+                env.int(
+                    "SELECT COUNT(*) FROM attempts WHERE outcome = 'unavailable' AND charged = 0"
+                ) > 0
+            );
+        }
+        if env.state_count("done") == 2 {
+            break;
+        }
+    }
+    assert!(limited, "no file limit made the spawn fail");
+    assert_eq!(
+        env.state_count("done"),
+        2,
+        "a later run with enough files finishes"
+    );
+}
