@@ -52,9 +52,7 @@ pub fn breakdown(conn: &Connection, q: &Query) -> Result<Table> {
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     while let Some(r) = rows.next()? {
-        let key = (0..k)
-            .map(|i| r.get::<_, String>(i))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let key = super::group_key(r, k)?;
         let cold: bool = r.get(k)?;
         let g = groups.entry((key, cold)).or_default();
         g.n += 1;

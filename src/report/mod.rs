@@ -115,3 +115,8 @@ pub fn skip_scan(conn: &Connection, table: &str, cond: &str) -> Result<Vec<Strin
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// The first `k` columns of a row: the group a report row belongs to (model, batch, …).
+pub fn group_key(r: &rusqlite::Row, k: usize) -> rusqlite::Result<Vec<String>> {
+    (0..k).map(|i| r.get::<_, String>(i)).collect()
+}

@@ -171,9 +171,7 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
         let mut stmt = conn.prepare(&counts_sql)?;
         let mut rows = stmt.query(params_from_iter(args.clone()))?;
         while let Some(r) = rows.next()? {
-            let key = (0..keys.len())
-                .map(|i| r.get::<_, String>(i))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let key = super::group_key(r, keys.len())?;
             groups.insert(
                 key,
                 (
@@ -221,9 +219,7 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
         let mut current: Option<Vec<String>> = None;
         let mut i = 0i64;
         while let Some(r) = rows.next()? {
-            let key = (0..keys.len())
-                .map(|k| r.get::<_, String>(k))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let key = super::group_key(r, keys.len())?;
             if current.as_ref() != Some(&key) {
                 current = Some(key.clone());
                 i = 0;
@@ -303,9 +299,7 @@ pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query(params_from_iter(args.clone()))?;
         while let Some(r) = rows.next()? {
-            let key = (0..k)
-                .map(|i| r.get::<_, String>(i))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let key = super::group_key(r, k)?;
             let outcome: String = r.get(k)?;
             let n: i64 = r.get(k + 1)?;
             if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
@@ -320,9 +314,7 @@ pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     while let Some(r) = rows.next()? {
-        let key = (0..k)
-            .map(|i| r.get::<_, String>(i))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let key = super::group_key(r, k)?;
         groups.entry(key).or_default().1 = r.get(k)?;
     }
     let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
