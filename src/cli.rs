@@ -14,6 +14,7 @@ Exit codes:
   1    operational error (database, I/O, an endpoint unreachable past --unavailable-limit)
   2    usage or bad input (bad flag, malformed input line, unknown job id, missing database)
   3    some jobs ended failed
+  129  interrupted by SIGHUP, e.g. a closed terminal (not under nohup)
   130  interrupted by SIGINT (jobs in flight went back to pending)
   143  interrupted by SIGTERM (jobs in flight went back to pending)
 

@@ -62,11 +62,7 @@ impl Env {
 
     /// Configures a command-backend model running a fixture script (with extra arguments).
     pub fn model(&self, name: &str, script: &str, extra: &[&str]) {
-        let mut args = vec!["models", "set", name, "--backend", "command", "--command"];
-        let command = fake(script);
-        args.push(&command);
-        args.extend_from_slice(extra);
-        self.cmd(&args).assert().success();
+        self.model_cmd(name, &fake(script), extra);
     }
 
     /// Writes a file in the temp directory and returns its path.
@@ -307,17 +303,7 @@ impl Env {
             command.push(' ');
             command.push_str(&shell_words::quote(a));
         }
-        let mut all = vec![
-            "models",
-            "set",
-            name,
-            "--backend",
-            "command",
-            "--command",
-            &command,
-        ];
-        all.extend_from_slice(extra);
-        self.cmd(&all).assert().success();
+        self.model_cmd(name, &command, extra);
     }
 
     /// stdout of a successful command, as text.

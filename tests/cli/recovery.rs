@@ -1140,3 +1140,52 @@ fn results_wait_out_a_locked_database() {
     assert_eq!(env.state_count("running"), 0);
     assert_invariants(&env);
 }
+
+/// A closed terminal (SIGHUP) stops the runner as cleanly as SIGTERM: exit 129, jobs pending,
+/// nothing charged.
+#[test]
+fn sighup_exits_129_with_jobs_pending_uncharged() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let marker = unique_marker("hup");
+    env.model_cmd(
+        "slow",
+        &marked(&marker, "slow", "30"),
+        &["--concurrency", "2"],
+    );
+    env.cmd(&["enqueue", "--model", "slow", &env.prompts("p.csv", 3)])
+        .assert()
+        .success();
+    let mut cmd = env.spawn_cmd(&["run", "--kill-grace", "1"]);
+    // Whatever this test was started under (nohup ignores SIGHUP), the runner gets the default.
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(env.dir.path().join("run.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    wait_for("attempts in flight", Duration::from_secs(20), || {
+        env.state_count("running") == 2 && process_alive_with_env(&marker)
+    });
+    kill(child.id(), libc::SIGHUP);
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    let text = log_of(&env, "run.log");
+    assert_eq!(status.code(), Some(129), "{text}");
+    assert!(text.contains("SIGHUP"), "{text}");
+    assert_eq!(env.state_count("pending"), 3);
+    assert_eq!(env.int("SELECT SUM(charged) FROM jobs"), 0);
+    wait_for(
+        "the attempts' processes gone",
+        Duration::from_secs(5),
+        || !process_alive_with_env(&marker),
+    );
+}
