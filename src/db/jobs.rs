@@ -442,8 +442,10 @@ pub struct Orphan {
     pub leftovers: Option<String>,
 }
 
-/// Finds orphans: running jobs whose lease expired, or whose runner on this host is dead
-/// (process gone, pid reused, or an older boot). Jobs of `self_runner` are never orphans.
+/// Finds orphans: running jobs whose runner on this host is dead (process gone, pid reused,
+/// or an older boot), or whose lease expired while their runner is remote or suspended. A
+/// running local runner keeps its jobs whatever its lease says: only a lock held by another
+/// process can have kept its heartbeat from renewing. Jobs of `self_runner` are never orphans.
 pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<Orphan>> {
     let now = now_ms();
     let mut stmt = conn.prepare_cached(
@@ -483,26 +485,30 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
             (Some(h), Some(p)) => format!("{h}:{p}"),
             _ => "unknown".into(),
         };
-        let locality = r_host
+        let pid = r_pid.unwrap_or(0);
+        let life = r_host
             .as_deref()
-            .map(|h| crate::util::locality(h, r_boot.as_deref()));
+            .map(|h| crate::util::runner_life(h, pid, r_start.as_deref(), r_boot.as_deref()));
+        let expired = o.lease_expired_ms > 0;
         let reason = if r_pid.is_none() {
             Some("its runner is unknown".to_string())
         } else if r_stopped.is_some() {
             Some("its runner has stopped".to_string())
-        } else if locality == Some(crate::util::Locality::EarlierBoot) {
+        } else if life == Some(crate::util::RunnerLife::EarlierBoot) {
             Some("its runner belongs to an earlier boot".to_string())
-        } else if locality == Some(crate::util::Locality::Here)
-            && !crate::util::process_alive(r_pid.unwrap_or(0), r_start.as_deref())
-        {
-            o.leftovers = Some(crate::util::runner_token(
-                r_pid.unwrap_or(0),
-                r_start.as_deref(),
-            ));
-            Some(format!("its runner (pid {}) is gone", r_pid.unwrap_or(0)))
-        } else if o.lease_expired_ms > 0 {
+        } else if life == Some(crate::util::RunnerLife::Gone) {
+            o.leftovers = Some(crate::util::runner_token(pid, r_start.as_deref()));
+            Some(format!("its runner (pid {pid}) is gone"))
+        } else if life.is_some_and(|l| l.holds_jobs(expired)) {
+            None
+        } else if expired {
+            let suspended = if life == Some(crate::util::RunnerLife::Suspended) {
+                format!("its runner (pid {pid}) is suspended and its ")
+            } else {
+                "its ".to_string()
+            };
             Some(format!(
-                "its lease expired {} ago",
+                "{suspended}lease expired {} ago",
                 crate::util::human_secs(o.lease_expired_ms as f64 / 1000.0)
             ))
         } else {
@@ -581,8 +587,7 @@ fn mark_dead_if_gone(tx: &Transaction, runner_id: i64, now: i64) -> Result<()> {
         )
         .optional()?;
     if let Some((host, pid, start, boot)) = row {
-        let dead = crate::util::runner_dead(&host, pid, start.as_deref(), boot.as_deref());
-        if dead {
+        if crate::util::runner_life(&host, pid, start.as_deref(), boot.as_deref()).dead() {
             tx.execute(
                 "UPDATE runners SET stopped_at = MAX(?1, heartbeat_at), stop_reason = 'died' WHERE id = ?2",
                 params![now, runner_id],

@@ -247,11 +247,15 @@ fn a_stopped_runner_is_reaped_and_its_late_result_discarded() {
         now_ms() > expires + 100
     });
 
+    // Stopped by a signal, A renews nothing: not live, whatever its process table entry says.
+    let doc = env.report_json(&["runners"]);
+    assert_eq!(doc["runners"][0]["pid"], a.id());
+    assert_eq!(doc["runners"][0]["state"], "suspended", "{doc}");
+
     env.cmd(&["run", "--lease", "1s"])
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("reaped job 1"))
-        .stderr(predicate::str::contains("lease expired"));
+        .stderr(predicate::str::is_match(r"(?m)reaped job 1 \(m\): its runner \(pid \d+\) is suspended and its lease expired \S+ ago; back to pending$").unwrap());
     let b_output = env.job_output(1).unwrap();
     assert_eq!(b_output, "answer of attempt 2");
     // A's own child has finished meanwhile; A is still stopped.
@@ -302,6 +306,53 @@ fn a_live_runner_keeps_its_slow_job() {
     assert_eq!(status.code(), Some(0), "{}", log_of(&env, "a.log"));
     let attempts = env.rows("SELECT number, outcome FROM attempts");
     assert_eq!(attempts, vec![vec!["1".to_string(), "ok".into()]]);
+}
+
+/// A running local runner whose lease lapsed (another process held the write lock past it, so
+/// its heartbeat could not renew) keeps its jobs: `reap` leaves them and their results count.
+#[test]
+fn a_running_local_runner_keeps_its_jobs_after_its_lease_lapses() {
+    let env = Env::new();
+    let marker = unique_marker("starved");
+    env.model_cmd(
+        "slow",
+        &marked(&marker, "slow", "3"),
+        &["--concurrency", "2"],
+    );
+    env.cmd(&["enqueue", "--model", "slow", &env.prompts("p.csv", 2)])
+        .assert()
+        .success();
+    // A 60 s lease: the heartbeat first renews after 20 s, long after this test has looked.
+    let mut a = start_run(&env, &["--lease", "60s"], "a.log");
+    wait_for("both attempts running", Duration::from_secs(20), || {
+        env.state_count("running") == 2 && process_alive_with_env(&marker)
+    });
+    // What a writer holding the lock past the lease leaves behind: leases in the past.
+    env.conn()
+        .execute(
+            "UPDATE jobs SET lease_expires_at = ?1 WHERE state = 'running'",
+            [now_ms() - 5_000],
+        )
+        .unwrap();
+    env.cmd(&["reap"])
+        .assert()
+        .success()
+        .stdout("Reaped\n  (no orphaned jobs: nothing to reap)\n")
+        .stderr(predicate::str::is_match("(?m)^llmbatch: reaped 0 orphaned job\\(s\\)$").unwrap());
+    assert_eq!(env.report_json(&["runners"])["runners"][0]["state"], "live");
+    let status = wait_child(&mut a, Duration::from_secs(30));
+    let text = log_of(&env, "a.log");
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(!text.contains("discarded"), "{text}");
+    assert_eq!(env.state_count("done"), 2);
+    assert_eq!(
+        env.rows("SELECT job_id, number, outcome FROM attempts ORDER BY job_id"),
+        vec![
+            vec!["1".to_string(), "1".into(), "ok".into()],
+            vec!["2".to_string(), "1".into(), "ok".into()],
+        ]
+    );
+    assert_invariants(&env);
 }
 
 /// Starts a run on slow jobs and waits until `n` attempts are in flight.
