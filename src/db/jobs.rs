@@ -55,9 +55,15 @@ impl Outcome {
         }
     }
 
-    /// A server that is down, or a runner that was stopped, is not the job's fault.
+    /// A server that is down, or a runner that was stopped, is not the job's fault; nor is a
+    /// runner that died (`lost`): its claims ahead never started, and a database it could no
+    /// longer write kept finished work from being recorded. Losses have their own bound
+    /// (see [`reap`]), so a job that kills its runner still fails.
     pub fn charged(self) -> bool {
-        !matches!(self, Outcome::Unavailable | Outcome::Interrupted)
+        !matches!(
+            self,
+            Outcome::Unavailable | Outcome::Interrupted | Outcome::Lost
+        )
     }
 
     /// Whether another attempt may help. HTTP: 408, 429 and 5xx may; other 4xx never.
@@ -436,7 +442,6 @@ pub struct Orphan {
     pub reason: String,
     pub token: i64,
     pub attempt_id: Option<i64>,
-    pub charged: i64,
     pub max_attempts: Option<i64>,
     /// The token of a dead local runner, whose attempt processes may still be running.
     pub leftovers: Option<String>,
@@ -450,7 +455,7 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
     let now = now_ms();
     let mut stmt = conn.prepare_cached(
         "SELECT j.id, j.model, j.batch, j.runner_id, j.lease_expires_at, j.lease_token,
-                j.attempt_id, j.charged, j.max_attempts, r.host, r.pid, r.pid_start, r.boot_id,
+                j.attempt_id, j.max_attempts, r.host, r.pid, r.pid_start, r.boot_id,
                 r.stopped_at
          FROM jobs j LEFT JOIN runners r ON r.id = j.runner_id
          WHERE j.state = 'running' AND j.runner_id IS NOT ?1",
@@ -467,15 +472,14 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
                 reason: String::new(),
                 token: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
                 attempt_id: r.get(6)?,
-                charged: r.get(7)?,
-                max_attempts: r.get(8)?,
+                max_attempts: r.get(7)?,
                 leftovers: None,
             },
-            r.get::<_, Option<String>>(9)?,
-            r.get::<_, Option<i64>>(10)?,
+            r.get::<_, Option<String>>(8)?,
+            r.get::<_, Option<i64>>(9)?,
+            r.get::<_, Option<String>>(10)?,
             r.get::<_, Option<String>>(11)?,
-            r.get::<_, Option<String>>(12)?,
-            r.get::<_, Option<i64>>(13)?,
+            r.get::<_, Option<i64>>(12)?,
         ))
     })?;
     let mut orphans = Vec::new();
@@ -522,25 +526,30 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
     Ok(orphans)
 }
 
-/// Reaps orphans: the attempt ends `lost` (charged), the job goes back to pending while its
-/// budget allows, else to failed. Fenced by token, so a job renewed meanwhile is left alone.
-/// Returns the orphans reaped with the state each job went to.
+/// Reaps orphans: the attempt ends `lost`, not charged (whether its process ever started is
+/// not known), and the job goes back to pending — or to failed once it has been lost more
+/// times than its attempt budget, so a job that kills every runner that takes it still ends.
+/// Fenced by token, so a job renewed meanwhile is left alone. Returns the orphans reaped with
+/// the state each job went to.
 pub fn reap(tx: &Transaction, orphans: &[Orphan]) -> Result<Vec<(Orphan, &'static str)>> {
     let now = now_ms();
     let mut reaped = Vec::new();
+    let mut losses =
+        tx.prepare_cached("SELECT COUNT(*) FROM attempts WHERE job_id = ?1 AND outcome = 'lost'")?;
     for o in orphans {
         let budget = match o.max_attempts {
             Some(b) => b,
             None => crate::models::load(tx, &o.model)?.max_attempts,
         };
-        let state = if o.charged + 1 >= budget {
+        let lost_before: i64 = losses.query_row([o.job_id], |r| r.get(0))?;
+        let state = if lost_before >= budget {
             "failed"
         } else {
             "pending"
         };
         let error = format!("lost: {}", o.reason);
         let changed = tx.execute(
-            "UPDATE jobs SET state = ?1, charged = charged + 1, runner_id = NULL, lease_token = NULL,
+            "UPDATE jobs SET state = ?1, runner_id = NULL, lease_token = NULL,
                     lease_expires_at = NULL, last_outcome = 'lost', last_error = ?2, updated_at = ?3
              WHERE id = ?4 AND state = 'running' AND lease_token IS ?5",
             params![state, error, now, o.job_id, o.token],
@@ -550,7 +559,7 @@ pub fn reap(tx: &Transaction, orphans: &[Orphan]) -> Result<Vec<(Orphan, &'stati
         }
         if let Some(aid) = o.attempt_id {
             tx.execute(
-                "UPDATE attempts SET outcome = 'lost', charged = 1, error = ?1,
+                "UPDATE attempts SET outcome = 'lost', charged = 0, error = ?1,
                         finished_at = MAX(?2, started_at), duration_ms = MAX(?2, started_at) - started_at
                  WHERE id = ?3 AND outcome IS NULL",
                 params![error, now, aid],
