@@ -31,6 +31,39 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Regex syntax in `text` escaped.
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if "\\.+*?()|[]{}^$#&-~".contains(c) {
+                format!("\\{c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A whole line that is exactly `text`: "reaped 1 orphaned job(s)" must not pass for "reaped
+/// 11 orphaned job(s)".
+fn line(text: &str) -> predicates::str::RegexPredicate {
+    predicate::str::is_match(format!("(?m)^{}$", escape(text))).unwrap()
+}
+
+/// A line that starts with `text` followed by a space or its end.
+fn line_starting(text: &str) -> predicates::str::RegexPredicate {
+    predicate::str::is_match(format!("(?m)^{}( |$)", escape(text))).unwrap()
+}
+
+/// A command template that waits until the file `gate` exists, then runs fixture `script`:
+/// the test decides when attempts end, instead of hoping a sleep is long enough.
+fn gated(marker: &str, gate: &str, script: &str) -> String {
+    format!(
+        "env LLMBATCH_TEST_MARKER={marker} sh -c 'while [ ! -e \"$0\" ]; do sleep 0.02; done; exec \"$1\"' '{gate}' '{}'",
+        fake(script)
+    )
+}
+
 /// Problems no run may ever report, whatever happened to it.
 fn assert_clean_log(text: &str) {
     for bad in [
@@ -479,17 +512,28 @@ fn a_second_signal_kills_at_once() {
 fn two_runners_share_200_jobs_each_done_once() {
     let env = Env::new();
     let marker = unique_marker("two");
+    let gate = env.dir.path().join("go").to_string_lossy().into_owned();
     env.model_cmd(
         "echo",
-        &marked(&marker, "echo", ""),
+        &gated(&marker, &gate, "echo"),
         &["--concurrency", "4"],
     );
     let input = env.prompts("p.csv", 200);
     env.cmd(&["enqueue", "--model", "echo", &input])
         .assert()
         .success();
+    // Both runners hold attempts before any can end: they really share, however loaded the
+    // machine is.
     let mut a = start_run(&env, &[], "a.log");
+    wait_for("A's four attempts", Duration::from_secs(20), || {
+        env.state_count("running") == 4
+    });
     let mut b = start_run(&env, &[], "b.log");
+    wait_for("B's four attempts too", Duration::from_secs(20), || {
+        env.int("SELECT COUNT(DISTINCT runner_id) FROM jobs WHERE state = 'running'") == 2
+            && env.state_count("running") == 8
+    });
+    std::fs::write(&gate, "").unwrap();
     let sa = wait_child(&mut a, Duration::from_secs(120));
     let sb = wait_child(&mut b, Duration::from_secs(120));
     let (la, lb) = (log_of(&env, "a.log"), log_of(&env, "b.log"));
@@ -505,9 +549,12 @@ fn two_runners_share_200_jobs_each_done_once() {
     );
     assert_eq!(env.int("SELECT COUNT(DISTINCT job_id) FROM attempts"), 200);
     assert_invariants(&env);
-    eprintln!(
-        "attempts per runner: {:?}",
-        env.rows("SELECT runner_id, COUNT(*) FROM attempts GROUP BY runner_id")
+    let split = env.rows("SELECT runner_id, COUNT(*) FROM attempts GROUP BY runner_id");
+    eprintln!("attempts per runner: {split:?}");
+    assert_eq!(split.len(), 2, "{split:?}");
+    assert!(
+        split.iter().all(|r| r[1].parse::<i64>().unwrap() >= 4),
+        "{split:?}"
     );
 }
 
@@ -560,7 +607,7 @@ fn ids_pipeline_reruns_exactly_the_timed_out_jobs() {
         .write_stdin(ids.clone())
         .assert()
         .success()
-        .stdout(predicate::str::contains("resumed 3 job(s)"));
+        .stdout(line_starting("resumed 3 job(s)"));
     assert_eq!(
         env.int("SELECT COUNT(*) FROM jobs WHERE model = 'to' AND state = 'pending'"),
         3
@@ -648,7 +695,7 @@ fn reap_finds_a_killed_runners_jobs_at_once() {
     env.cmd(&["reap"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("reaped 0 orphaned job(s)"));
+        .stderr(line("llmbatch: reaped 0 orphaned job(s)"));
     env.model_cmd(
         "slow",
         &marked(&marker, "slow", "3"),
@@ -672,7 +719,7 @@ fn reap_finds_a_killed_runners_jobs_at_once() {
     env.cmd(&["reap", "--dry-run"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("would reap 2 orphaned job(s)"));
+        .stderr(line("llmbatch: would reap 2 orphaned job(s)"));
     assert_eq!(env.state_count("running"), 2, "--dry-run changed something");
 
     let out = env.cmd(&["reap", "--format", "json"]).output().unwrap();
@@ -694,7 +741,7 @@ fn reap_finds_a_killed_runners_jobs_at_once() {
     env.cmd(&["reap"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("reaped 0 orphaned job(s)"));
+        .stderr(line("llmbatch: reaped 0 orphaned job(s)"));
     let runners = env.report_json(&["runners"]);
     assert_eq!(runners["runners"][0]["state"], "stopped");
     assert_eq!(runners["runners"][0]["stop_reason"], "died");
@@ -742,7 +789,8 @@ fn max_runtime_stops_claiming_and_lets_attempts_finish() {
 fn report_runners_and_true_running_ages() {
     let env = Env::new();
     let marker = unique_marker("runners");
-    env.model_cmd("slow", &marked(&marker, "slow", "3"), &[]);
+    let gate = env.dir.path().join("go").to_string_lossy().into_owned();
+    env.model_cmd("slow", &gated(&marker, &gate, "echo"), &[]);
     let input = env.prompts("p.csv", 1);
     env.cmd(&["enqueue", "--model", "slow", &input])
         .assert()
@@ -751,7 +799,11 @@ fn report_runners_and_true_running_ages() {
     wait_for("the attempt to start", Duration::from_secs(20), || {
         env.state_count("running") == 1
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // The attempt holds until the gate opens: wait for its age, not for a guessed time.
+    let started = env.int("SELECT started_at FROM attempts");
+    wait_for("the attempt 1.5 s old", Duration::from_secs(20), || {
+        now_ms() - started >= 1500
+    });
     let doc = env.report_json(&["runners"]);
     let row = &doc["runners"][0];
     assert_eq!(row["pid"], child.id());
@@ -759,17 +811,17 @@ fn report_runners_and_true_running_ages() {
     assert_eq!(row["jobs_held"], 1);
     assert!(row["heartbeat_age_s"].as_f64().unwrap() < 5.0, "{row}");
 
-    let started = env.int("SELECT started_at FROM attempts");
     let doc = env.report_json(&["status"]);
     let age = doc["running"][0]["age_s"].as_f64().unwrap();
     let true_age = (now_ms() - started) as f64 / 1000.0;
     assert!(
-        age >= 1.4 && age <= true_age + 0.01,
+        age >= 1.5 && age <= true_age + 0.01,
         "age {age}, true {true_age}"
     );
     assert_eq!(doc["status"][0]["running"], 1);
-    assert!(doc["status"][0]["oldest_running_s"].as_f64().unwrap() >= 1.4);
+    assert!(doc["status"][0]["oldest_running_s"].as_f64().unwrap() >= 1.5);
 
+    std::fs::write(&gate, "").unwrap();
     let status = wait_child(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
     let doc = env.report_json(&["runners"]);
@@ -851,7 +903,7 @@ fn a_zombie_runner_is_dead() {
     env.cmd(&["reap"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("reaped 1 orphaned job(s)"));
+        .stderr(line("llmbatch: reaped 1 orphaned job(s)"));
     assert_eq!(env.state_count("pending"), 1);
     wait_child(&mut child, Duration::from_secs(10));
     wait_for("the orphaned attempt ends", Duration::from_secs(10), || {
@@ -912,7 +964,7 @@ fn an_empty_ids_file_selects_nothing() {
         .write_stdin("")
         .assert()
         .success()
-        .stdout(predicate::str::contains("resumed 0 job(s)"));
+        .stdout(line_starting("resumed 0 job(s)"));
     env.cmd(&["run", "--ids-file", "-"])
         .write_stdin("# nothing\n")
         .assert()
@@ -970,7 +1022,7 @@ fn a_job_lost_beyond_its_budget_fails_and_resume_by_outcome_brings_it_back() {
     env.cmd(&["resume", "--outcome", "lost"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("resumed 1 job(s)"));
+        .stdout(line_starting("resumed 1 job(s)"));
     assert_eq!(
         env.rows("SELECT model, state FROM jobs ORDER BY model"),
         vec![
@@ -1023,13 +1075,13 @@ fn pid_reuse_and_reboot_are_recognised() {
         env.cmd(&["reap"])
             .assert()
             .success()
-            .stderr(predicate::str::contains("reaped 0 orphaned job(s)"));
+            .stderr(line("llmbatch: reaped 0 orphaned job(s)"));
         env.conn().execute(fix, []).unwrap();
         env.cmd(&["reap"])
             .assert()
             .success()
             .stdout(predicate::str::contains(reason))
-            .stderr(predicate::str::contains("reaped 1 orphaned job(s)"));
+            .stderr(line("llmbatch: reaped 1 orphaned job(s)"));
         assert_eq!(env.state_count("pending"), 1);
         kill(child.id(), libc::SIGKILL);
         wait_child(&mut child, Duration::from_secs(10));
@@ -1061,7 +1113,7 @@ fn a_killed_runners_hanging_attempts_do_not_outlive_it() {
     env.cmd(&["reap"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("reaped 1 orphaned job(s)"));
+        .stderr(line("llmbatch: reaped 1 orphaned job(s)"));
     wait_for(
         "every process of the dead runner's attempt gone",
         Duration::from_secs(10),
@@ -1153,9 +1205,7 @@ impl PipeIntoResume for assert_cmd::Command {
             .write_stdin(ids)
             .assert()
             .success()
-            .stdout(predicate::str::contains(format!(
-                "resumed {expected} job(s)"
-            )));
+            .stdout(line_starting(&format!("resumed {expected} job(s)")));
     }
 }
 
@@ -1165,7 +1215,9 @@ impl PipeIntoResume for assert_cmd::Command {
 #[test]
 fn results_wait_out_a_locked_database() {
     let env = Env::new();
-    env.model_cmd("slow", &format!("'{}' 1.5", fake("slow")), &[]);
+    let marker = unique_marker("locked");
+    let gate = env.dir.path().join("go").to_string_lossy().into_owned();
+    env.model_cmd("slow", &gated(&marker, &gate, "echo"), &[]);
     env.cmd(&["enqueue", "--model", "slow", &env.prompts("p.csv", 1)])
         .assert()
         .success();
@@ -1183,10 +1235,17 @@ fn results_wait_out_a_locked_database() {
     wait_for("the attempt running", Duration::from_secs(20), || {
         env.state_count("running") == 1
     });
-    // Another writer holds the database while the attempt ends, far past the busy timeout.
+    // Another writer holds the database while the attempt ends, until the runner has given
+    // up waiting for it at least once (its busy timeout is 300 ms).
     let conn = env.conn();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(&gate, "").unwrap();
+    wait_for(
+        "the runner to meet the lock",
+        Duration::from_secs(30),
+        || log_of(&env, "run.log").contains("database busy"),
+    );
+    assert_eq!(env.state_count("running"), 1);
     conn.execute_batch("COMMIT").unwrap();
     let status = wait_child(&mut child, Duration::from_secs(30));
     let text = log_of(&env, "run.log");
