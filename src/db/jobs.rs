@@ -664,3 +664,104 @@ pub fn release_runner(tx: &Transaction, runner_id: i64) -> Result<usize> {
     )?;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(charged: i64) -> Claim {
+        Claim {
+            job_id: 1,
+            attempt_id: 1,
+            number: charged + 1,
+            token: 1,
+            started_at: 0,
+            kind: "generate".into(),
+            batch: "b".into(),
+            item_id: "1".into(),
+            model: "m".into(),
+            endpoint: String::new(),
+            prompt: "p".into(),
+            vars: Map::new(),
+            charged,
+            max_attempts: None,
+            parent_id: None,
+            rubric_id: None,
+            parent_output: None,
+        }
+    }
+
+    /// The delay of a retry decided now, in ms.
+    fn delay(next: Next, before: i64) -> i64 {
+        match next {
+            Next::Retry(t) => t - before,
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ok_is_done_whatever_the_budget() {
+        let f = Finish::new(Outcome::Ok, 5);
+        assert_eq!(decide(&claim(0), &f, 1, 1000), Next::Done);
+        assert_eq!(decide(&claim(9), &f, 1, 1000), Next::Done);
+    }
+
+    #[test]
+    fn backoff_doubles_per_charged_attempt_within_jitter() {
+        let f = Finish::new(Outcome::Exit, 5);
+        for charged in 0..4 {
+            let before = now_ms();
+            let d = delay(decide(&claim(charged), &f, 100, 1000), before);
+            let nominal = 1000 * 2i64.pow(charged as u32);
+            // ±25 % jitter, and the clock moved a little while deciding.
+            assert!(
+                d >= nominal * 3 / 4 && d <= nominal * 5 / 4 + 5,
+                "attempt {}: delay {d} ms, nominal {nominal} ms",
+                charged + 1
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_is_capped_at_ten_minutes() {
+        let f = Finish::new(Outcome::Timeout, 5);
+        let before = now_ms();
+        let d = delay(decide(&claim(30), &f, 100, 60_000), before);
+        assert!((0..=600_000 + 5).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn the_last_charged_attempt_fails_the_job() {
+        let f = Finish::new(Outcome::Crash, 5);
+        assert!(matches!(decide(&claim(1), &f, 3, 10), Next::Retry(_)));
+        assert_eq!(decide(&claim(2), &f, 3, 10), Next::Failed);
+        assert_eq!(decide(&claim(0), &f, 1, 10), Next::Failed);
+    }
+
+    #[test]
+    fn what_cannot_succeed_fails_at_once() {
+        let spawn = Finish::new(Outcome::Spawn, 0);
+        assert_eq!(decide(&claim(0), &spawn, 5, 10), Next::Failed);
+        let mut not_found = Finish::new(Outcome::Http, 5);
+        not_found.http_status = Some(404);
+        assert_eq!(decide(&claim(0), &not_found, 5, 10), Next::Failed);
+        for status in [408, 429, 500, 502, 503, 504] {
+            let mut f = Finish::new(Outcome::Http, 5);
+            f.http_status = Some(status);
+            assert!(
+                matches!(decide(&claim(0), &f, 5, 10), Next::Retry(_)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn uncharged_outcomes_retry_at_once_even_on_a_spent_budget() {
+        for outcome in [Outcome::Unavailable, Outcome::Interrupted, Outcome::Lost] {
+            let f = Finish::new(outcome, 5);
+            let before = now_ms();
+            let d = delay(decide(&claim(2), &f, 3, 60_000), before);
+            assert!((0..5).contains(&d), "{outcome:?}: {d}");
+        }
+    }
+}
