@@ -467,6 +467,65 @@ fn a_running_local_runner_keeps_its_jobs_after_its_lease_lapses() {
     assert_invariants(&env);
 }
 
+/// The real thing behind the test above: another process holds the write lock longer than
+/// the lease while a runner works, and `reap` runs meanwhile. Whoever gets the lock first once
+/// it is released, the running runner keeps its jobs and its results.
+#[test]
+fn a_long_write_lock_does_not_cost_a_running_runner_its_jobs() {
+    let env = Env::new();
+    let marker = unique_marker("lock");
+    let gate = env.dir.path().join("go").to_string_lossy().into_owned();
+    env.model_cmd("m", &gated(&marker, &gate, "echo"), &["--concurrency", "2"]);
+    env.cmd(&["enqueue", "--model", "m", &env.prompts("p.csv", 2)])
+        .assert()
+        .success();
+    let mut a = start_run(&env, &["--lease", "1s"], "a.log");
+    wait_for("both attempts running", Duration::from_secs(20), || {
+        env.state_count("running") == 2
+    });
+    let holder = env.conn();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let expires = env.int("SELECT MAX(lease_expires_at) FROM jobs WHERE state = 'running'");
+    wait_for(
+        "the leases to lapse under the lock",
+        Duration::from_secs(20),
+        || now_ms() > expires + 300,
+    );
+    let mut reap = env
+        .spawn_cmd(&["reap"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let reap reach the lock (its database open) before the lock goes.
+    let db = env.db.clone();
+    wait_for("reap to open the database", Duration::from_secs(20), || {
+        std::fs::read_dir(format!("/proc/{}/fd", reap.id()))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == db))
+            })
+            .unwrap_or(false)
+    });
+    holder.execute_batch("COMMIT").unwrap();
+    let status = wait_child(&mut reap, Duration::from_secs(30));
+    let mut err = String::new();
+    std::io::Read::read_to_string(reap.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert_eq!(err, "llmbatch: reaped 0 orphaned job(s)\n");
+    std::fs::write(&gate, "").unwrap();
+    let status = wait_child(&mut a, Duration::from_secs(30));
+    let text = log_of(&env, "a.log");
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert_eq!(env.state_count("done"), 2);
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'ok' AND number = 1"),
+        2
+    );
+    assert_eq!(env.int("SELECT COUNT(*) FROM attempts"), 2);
+    assert_invariants(&env);
+}
+
 /// Starts a run on slow jobs and waits until `n` attempts are in flight.
 fn start_slow_run(env: &Env, marker: &str, secs: &str, n: i64, extra: &[&str], log: &str) -> Child {
     env.model_cmd(
