@@ -630,7 +630,10 @@ fn a_second_signal_kills_at_once() {
     });
     let sent = Instant::now();
     kill(child.id(), libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
+    // Two signals sent before the first is handled would merge into one: wait until it is.
+    wait_for("the first SIGTERM handled", Duration::from_secs(20), || {
+        log_of(&env, "run.log").contains("received SIGTERM: stopping")
+    });
     kill(child.id(), libc::SIGTERM);
     let status = wait_child(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(143), "{}", log_of(&env, "run.log"));
