@@ -214,6 +214,12 @@ fn from_command(job: &AttemptJob, child: ChildOutcome) -> Finish {
     if child.stdout_truncated {
         f.error
             .get_or_insert_with(|| format!("output truncated at {} bytes", exec::MAX_STDOUT));
+        // An answer cut at a length, as a model's `done_reason: length`: `report failures`
+        // counts it as truncated and `export` marks it.
+        f.timings = Some(serde_json::json!({
+            "done_reason": "length",
+            "truncated_at_bytes": exec::MAX_STDOUT,
+        }));
     }
     f.stderr = stderr;
     f

@@ -81,8 +81,12 @@ pub enum Command {
 
 Exit codes: 0 all done, 1 operational error, 2 bad input, 3 some jobs failed, 130/143 interrupted.")]
     Run(RunArgs),
-    /// Return jobs whose runner died (lease expired, process gone) to the queue, or fail them.
-    #[command(after_help = "Example:\n  llmbatch reap --dry-run")]
+    /// Return jobs whose runner died (process gone; or, for a runner on another host or one
+    /// stopped by a signal, lease expired) to the queue, or fail them.
+    #[command(after_help = "Example:\n  llmbatch reap --dry-run
+
+A running runner on this host keeps its jobs even past its lease. A lost attempt is not charged
+to the job's budget; a job lost more times than its budget fails.")]
     Reap(ReapArgs),
     /// Put failed or cancelled jobs back in the queue with a fresh attempt budget.
     #[command(after_help = "Examples:

@@ -107,12 +107,49 @@ pub fn locality(host: &str, boot: Option<&str>) -> Locality {
     }
 }
 
-/// Whether a runner registered as (host, pid, start, boot) is known dead from here.
-pub fn runner_dead(host: &str, pid: i64, start: Option<&str>, boot: Option<&str>) -> bool {
+/// What can be known from here of a registered runner that has not said it stopped. The one
+/// liveness rule: `run` and `reap` find orphans by it, `report runners` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerLife {
+    /// On this host, its process runs. Its lease may lapse when another process holds the
+    /// write lock past it (the heartbeat waits for the lock), but its jobs are still its own.
+    Running,
+    /// On this host, its process is stopped (SIGSTOP, a debugger): alive, yet it renews
+    /// nothing, so its jobs are free once its lease lapses.
+    Suspended,
+    /// Its process is gone (exited, pid reused, a zombie).
+    Gone,
+    /// It ran under a boot of this host that has ended.
+    EarlierBoot,
+    /// Another host or PID namespace: only its lease and heartbeat tell.
+    Remote,
+}
+
+impl RunnerLife {
+    /// Whether the runner still owns a running job whose lease is `expired` (or not).
+    pub fn holds_jobs(self, lease_expired: bool) -> bool {
+        match self {
+            RunnerLife::Running => true,
+            RunnerLife::Gone | RunnerLife::EarlierBoot => false,
+            RunnerLife::Suspended | RunnerLife::Remote => !lease_expired,
+        }
+    }
+
+    pub fn dead(self) -> bool {
+        matches!(self, RunnerLife::Gone | RunnerLife::EarlierBoot)
+    }
+}
+
+/// Judges a runner registered as (host, pid, start, boot).
+pub fn runner_life(host: &str, pid: i64, start: Option<&str>, boot: Option<&str>) -> RunnerLife {
     match locality(host, boot) {
-        Locality::EarlierBoot => true,
-        Locality::Here => !process_alive(pid, start),
-        Locality::Elsewhere => false,
+        Locality::EarlierBoot => RunnerLife::EarlierBoot,
+        Locality::Elsewhere => RunnerLife::Remote,
+        Locality::Here if !process_alive(pid, start) => RunnerLife::Gone,
+        Locality::Here if process_state(pid).is_some_and(|s| s == 'T' || s == 't') => {
+            RunnerLife::Suspended
+        }
+        Locality::Here => RunnerLife::Running,
     }
 }
 

@@ -69,6 +69,8 @@ struct Record {
     finished_at: Option<i64>,
     prompt_tokens: Option<i64>,
     output_tokens: Option<i64>,
+    /// The answer was cut at a length (the model's limit, or llmbatch's 16 MiB capture bound).
+    truncated: bool,
 }
 
 /// Streams the generated jobs in scope, in id order, to `each`.
@@ -80,8 +82,10 @@ fn each_record(
     let (cond, args) = filter.sql("j");
     let sql = format!(
         "SELECT j.id, j.batch, j.item_id, j.model, i.vars, i.prompt, j.state, j.attempts,
-                j.last_outcome, j.last_error, a.output, a.reasoning, a.duration_ms, a.finished_at,
-                {PROMPT_TOKENS}, {OUTPUT_TOKENS}
+                j.last_outcome, COALESCE(j.last_error, a.error), a.output, a.reasoning,
+                a.duration_ms, a.finished_at, {PROMPT_TOKENS}, {OUTPUT_TOKENS},
+                CASE WHEN json_valid(a.timings)
+                     THEN json_extract(a.timings, '$.done_reason') = 'length' ELSE 0 END
          FROM jobs j JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
               LEFT JOIN attempts a ON a.id = j.attempt_id AND j.state = 'done'
          WHERE j.kind = 'generate'{cond} ORDER BY j.id"
@@ -108,6 +112,7 @@ fn each_record(
             finished_at: r.get(13)?,
             prompt_tokens: r.get(14)?,
             output_tokens: r.get(15)?,
+            truncated: r.get::<_, Option<bool>>(16)?.unwrap_or(false),
         })?;
         n += 1;
     }
@@ -176,6 +181,7 @@ fn jsonl(
             "finished_at": rec.finished_at.map(super::iso_time),
             "prompt_tokens": rec.prompt_tokens,
             "output_tokens": rec.output_tokens,
+            "truncated": rec.truncated,
         });
         if with_grades {
             let list: Vec<Value> = grades_of(&mut grades, rec.job_id)?
@@ -217,6 +223,7 @@ fn csv_records(
         "latency_s",
         "prompt_tokens",
         "output_tokens",
+        "truncated",
         "prompt",
         "output",
         "vars",
@@ -254,6 +261,7 @@ fn csv_records(
                 .unwrap_or_default(),
             num(rec.prompt_tokens),
             num(rec.output_tokens),
+            (if rec.truncated { "yes" } else { "no" }).to_string(),
             rec.prompt,
             rec.output.unwrap_or_default(),
             rec.vars.to_string(),

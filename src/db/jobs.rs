@@ -55,9 +55,15 @@ impl Outcome {
         }
     }
 
-    /// A server that is down, or a runner that was stopped, is not the job's fault.
+    /// A server that is down, or a runner that was stopped, is not the job's fault; nor is a
+    /// runner that died (`lost`): its claims ahead never started, and a database it could no
+    /// longer write kept finished work from being recorded. Losses have their own bound
+    /// (see [`reap`]), so a job that kills its runner still fails.
     pub fn charged(self) -> bool {
-        !matches!(self, Outcome::Unavailable | Outcome::Interrupted)
+        !matches!(
+            self,
+            Outcome::Unavailable | Outcome::Interrupted | Outcome::Lost
+        )
     }
 
     /// Whether another attempt may help. HTTP: 408, 429 and 5xx may; other 4xx never.
@@ -436,19 +442,20 @@ pub struct Orphan {
     pub reason: String,
     pub token: i64,
     pub attempt_id: Option<i64>,
-    pub charged: i64,
     pub max_attempts: Option<i64>,
     /// The token of a dead local runner, whose attempt processes may still be running.
     pub leftovers: Option<String>,
 }
 
-/// Finds orphans: running jobs whose lease expired, or whose runner on this host is dead
-/// (process gone, pid reused, or an older boot). Jobs of `self_runner` are never orphans.
+/// Finds orphans: running jobs whose runner on this host is dead (process gone, pid reused,
+/// or an older boot), or whose lease expired while their runner is remote or suspended. A
+/// running local runner keeps its jobs whatever its lease says: only a lock held by another
+/// process can have kept its heartbeat from renewing. Jobs of `self_runner` are never orphans.
 pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<Orphan>> {
     let now = now_ms();
     let mut stmt = conn.prepare_cached(
         "SELECT j.id, j.model, j.batch, j.runner_id, j.lease_expires_at, j.lease_token,
-                j.attempt_id, j.charged, j.max_attempts, r.host, r.pid, r.pid_start, r.boot_id,
+                j.attempt_id, j.max_attempts, r.host, r.pid, r.pid_start, r.boot_id,
                 r.stopped_at
          FROM jobs j LEFT JOIN runners r ON r.id = j.runner_id
          WHERE j.state = 'running' AND j.runner_id IS NOT ?1",
@@ -465,15 +472,14 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
                 reason: String::new(),
                 token: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
                 attempt_id: r.get(6)?,
-                charged: r.get(7)?,
-                max_attempts: r.get(8)?,
+                max_attempts: r.get(7)?,
                 leftovers: None,
             },
-            r.get::<_, Option<String>>(9)?,
-            r.get::<_, Option<i64>>(10)?,
+            r.get::<_, Option<String>>(8)?,
+            r.get::<_, Option<i64>>(9)?,
+            r.get::<_, Option<String>>(10)?,
             r.get::<_, Option<String>>(11)?,
-            r.get::<_, Option<String>>(12)?,
-            r.get::<_, Option<i64>>(13)?,
+            r.get::<_, Option<i64>>(12)?,
         ))
     })?;
     let mut orphans = Vec::new();
@@ -483,26 +489,30 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
             (Some(h), Some(p)) => format!("{h}:{p}"),
             _ => "unknown".into(),
         };
-        let locality = r_host
+        let pid = r_pid.unwrap_or(0);
+        let life = r_host
             .as_deref()
-            .map(|h| crate::util::locality(h, r_boot.as_deref()));
+            .map(|h| crate::util::runner_life(h, pid, r_start.as_deref(), r_boot.as_deref()));
+        let expired = o.lease_expired_ms > 0;
         let reason = if r_pid.is_none() {
             Some("its runner is unknown".to_string())
         } else if r_stopped.is_some() {
             Some("its runner has stopped".to_string())
-        } else if locality == Some(crate::util::Locality::EarlierBoot) {
+        } else if life == Some(crate::util::RunnerLife::EarlierBoot) {
             Some("its runner belongs to an earlier boot".to_string())
-        } else if locality == Some(crate::util::Locality::Here)
-            && !crate::util::process_alive(r_pid.unwrap_or(0), r_start.as_deref())
-        {
-            o.leftovers = Some(crate::util::runner_token(
-                r_pid.unwrap_or(0),
-                r_start.as_deref(),
-            ));
-            Some(format!("its runner (pid {}) is gone", r_pid.unwrap_or(0)))
-        } else if o.lease_expired_ms > 0 {
+        } else if life == Some(crate::util::RunnerLife::Gone) {
+            o.leftovers = Some(crate::util::runner_token(pid, r_start.as_deref()));
+            Some(format!("its runner (pid {pid}) is gone"))
+        } else if life.is_some_and(|l| l.holds_jobs(expired)) {
+            None
+        } else if expired {
+            let suspended = if life == Some(crate::util::RunnerLife::Suspended) {
+                format!("its runner (pid {pid}) is suspended and its ")
+            } else {
+                "its ".to_string()
+            };
             Some(format!(
-                "its lease expired {} ago",
+                "{suspended}lease expired {} ago",
                 crate::util::human_secs(o.lease_expired_ms as f64 / 1000.0)
             ))
         } else {
@@ -516,25 +526,30 @@ pub fn find_orphans(conn: &Connection, self_runner: Option<i64>) -> Result<Vec<O
     Ok(orphans)
 }
 
-/// Reaps orphans: the attempt ends `lost` (charged), the job goes back to pending while its
-/// budget allows, else to failed. Fenced by token, so a job renewed meanwhile is left alone.
-/// Returns the orphans reaped with the state each job went to.
+/// Reaps orphans: the attempt ends `lost`, not charged (whether its process ever started is
+/// not known), and the job goes back to pending — or to failed once it has been lost more
+/// times than its attempt budget, so a job that kills every runner that takes it still ends.
+/// Fenced by token, so a job renewed meanwhile is left alone. Returns the orphans reaped with
+/// the state each job went to.
 pub fn reap(tx: &Transaction, orphans: &[Orphan]) -> Result<Vec<(Orphan, &'static str)>> {
     let now = now_ms();
     let mut reaped = Vec::new();
+    let mut losses =
+        tx.prepare_cached("SELECT COUNT(*) FROM attempts WHERE job_id = ?1 AND outcome = 'lost'")?;
     for o in orphans {
         let budget = match o.max_attempts {
             Some(b) => b,
             None => crate::models::load(tx, &o.model)?.max_attempts,
         };
-        let state = if o.charged + 1 >= budget {
+        let lost_before: i64 = losses.query_row([o.job_id], |r| r.get(0))?;
+        let state = if lost_before >= budget {
             "failed"
         } else {
             "pending"
         };
         let error = format!("lost: {}", o.reason);
         let changed = tx.execute(
-            "UPDATE jobs SET state = ?1, charged = charged + 1, runner_id = NULL, lease_token = NULL,
+            "UPDATE jobs SET state = ?1, runner_id = NULL, lease_token = NULL,
                     lease_expires_at = NULL, last_outcome = 'lost', last_error = ?2, updated_at = ?3
              WHERE id = ?4 AND state = 'running' AND lease_token IS ?5",
             params![state, error, now, o.job_id, o.token],
@@ -544,7 +559,7 @@ pub fn reap(tx: &Transaction, orphans: &[Orphan]) -> Result<Vec<(Orphan, &'stati
         }
         if let Some(aid) = o.attempt_id {
             tx.execute(
-                "UPDATE attempts SET outcome = 'lost', charged = 1, error = ?1,
+                "UPDATE attempts SET outcome = 'lost', charged = 0, error = ?1,
                         finished_at = MAX(?2, started_at), duration_ms = MAX(?2, started_at) - started_at
                  WHERE id = ?3 AND outcome IS NULL",
                 params![error, now, aid],
@@ -581,8 +596,7 @@ fn mark_dead_if_gone(tx: &Transaction, runner_id: i64, now: i64) -> Result<()> {
         )
         .optional()?;
     if let Some((host, pid, start, boot)) = row {
-        let dead = crate::util::runner_dead(&host, pid, start.as_deref(), boot.as_deref());
-        if dead {
+        if crate::util::runner_life(&host, pid, start.as_deref(), boot.as_deref()).dead() {
             tx.execute(
                 "UPDATE runners SET stopped_at = MAX(?1, heartbeat_at), stop_reason = 'died' WHERE id = ?2",
                 params![now, runner_id],
@@ -649,4 +663,105 @@ pub fn release_runner(tx: &Transaction, runner_id: i64) -> Result<usize> {
         params![now, runner_id],
     )?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(charged: i64) -> Claim {
+        Claim {
+            job_id: 1,
+            attempt_id: 1,
+            number: charged + 1,
+            token: 1,
+            started_at: 0,
+            kind: "generate".into(),
+            batch: "b".into(),
+            item_id: "1".into(),
+            model: "m".into(),
+            endpoint: String::new(),
+            prompt: "p".into(),
+            vars: Map::new(),
+            charged,
+            max_attempts: None,
+            parent_id: None,
+            rubric_id: None,
+            parent_output: None,
+        }
+    }
+
+    /// The delay of a retry decided now, in ms.
+    fn delay(next: Next, before: i64) -> i64 {
+        match next {
+            Next::Retry(t) => t - before,
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ok_is_done_whatever_the_budget() {
+        let f = Finish::new(Outcome::Ok, 5);
+        assert_eq!(decide(&claim(0), &f, 1, 1000), Next::Done);
+        assert_eq!(decide(&claim(9), &f, 1, 1000), Next::Done);
+    }
+
+    #[test]
+    fn backoff_doubles_per_charged_attempt_within_jitter() {
+        let f = Finish::new(Outcome::Exit, 5);
+        for charged in 0..4 {
+            let before = now_ms();
+            let d = delay(decide(&claim(charged), &f, 100, 1000), before);
+            let nominal = 1000 * 2i64.pow(charged as u32);
+            // ±25 % jitter, and the clock moved a little while deciding.
+            assert!(
+                d >= nominal * 3 / 4 && d <= nominal * 5 / 4 + 5,
+                "attempt {}: delay {d} ms, nominal {nominal} ms",
+                charged + 1
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_is_capped_at_ten_minutes() {
+        let f = Finish::new(Outcome::Timeout, 5);
+        let before = now_ms();
+        let d = delay(decide(&claim(30), &f, 100, 60_000), before);
+        assert!((0..=600_000 + 5).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn the_last_charged_attempt_fails_the_job() {
+        let f = Finish::new(Outcome::Crash, 5);
+        assert!(matches!(decide(&claim(1), &f, 3, 10), Next::Retry(_)));
+        assert_eq!(decide(&claim(2), &f, 3, 10), Next::Failed);
+        assert_eq!(decide(&claim(0), &f, 1, 10), Next::Failed);
+    }
+
+    #[test]
+    fn what_cannot_succeed_fails_at_once() {
+        let spawn = Finish::new(Outcome::Spawn, 0);
+        assert_eq!(decide(&claim(0), &spawn, 5, 10), Next::Failed);
+        let mut not_found = Finish::new(Outcome::Http, 5);
+        not_found.http_status = Some(404);
+        assert_eq!(decide(&claim(0), &not_found, 5, 10), Next::Failed);
+        for status in [408, 429, 500, 502, 503, 504] {
+            let mut f = Finish::new(Outcome::Http, 5);
+            f.http_status = Some(status);
+            assert!(
+                matches!(decide(&claim(0), &f, 5, 10), Next::Retry(_)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn uncharged_outcomes_retry_at_once_even_on_a_spent_budget() {
+        for outcome in [Outcome::Unavailable, Outcome::Interrupted, Outcome::Lost] {
+            let f = Finish::new(outcome, 5);
+            let before = now_ms();
+            let d = delay(decide(&claim(2), &f, 3, 60_000), before);
+            assert!((0..5).contains(&d), "{outcome:?}: {d}");
+        }
+    }
 }

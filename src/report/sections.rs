@@ -416,8 +416,6 @@ pub fn jobs(
 /// heartbeat, jobs held, live or stopped.
 pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
     let now = now_ms();
-    let host = crate::util::hostname();
-    let boot = crate::util::boot_id();
     let mut t = Table::new(
         "runners",
         "Runners",
@@ -447,13 +445,8 @@ pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
         let heartbeat: i64 = r.get(6)?;
         let stopped: Option<i64> = r.get(7)?;
         let state = runner_state(
-            &Liveness {
-                host: &host,
-                boot: boot.as_deref(),
-                now,
-            },
             (&r_host, pid, start.as_deref(), r_boot.as_deref()),
-            heartbeat,
+            now - heartbeat,
             stopped,
         );
         t.push(vec![
@@ -470,45 +463,30 @@ pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
     Ok(t)
 }
 
-/// This host, its boot and the time, for judging runners.
-pub struct Liveness<'a> {
-    pub host: &'a str,
-    pub boot: Option<&'a str>,
-    pub now: i64,
-}
-
-/// `stopped`, `dead` (local, process gone or older boot), `live`, or `silent` (remote runner
-/// without a heartbeat for two minutes).
+/// `stopped` (said so), `dead` (local, process gone or older boot), `suspended` (local,
+/// stopped by a signal: it renews nothing), `live`, or `silent` (remote runner without a
+/// heartbeat for two minutes). Judged by [`crate::util::runner_life`], as `reap` judges.
 pub fn runner_state(
-    here: &Liveness,
     (host, pid, pid_start, boot): (&str, i64, Option<&str>, Option<&str>),
-    heartbeat: i64,
+    heartbeat_age_ms: i64,
     stopped: Option<i64>,
 ) -> &'static str {
+    use crate::util::RunnerLife;
     if stopped.is_some() {
-        "stopped"
-    } else if host == here.host {
-        if boot.is_some() && boot != here.boot || !crate::util::process_alive(pid, pid_start) {
-            "dead"
-        } else {
-            "live"
-        }
-    } else if here.now - heartbeat < 120_000 {
-        "live"
-    } else {
-        "silent"
+        return "stopped";
+    }
+    match crate::util::runner_life(host, pid, pid_start, boot) {
+        RunnerLife::Running => "live",
+        RunnerLife::Suspended => "suspended",
+        RunnerLife::Gone | RunnerLife::EarlierBoot => "dead",
+        RunnerLife::Remote if heartbeat_age_ms < 120_000 => "live",
+        RunnerLife::Remote => "silent",
     }
 }
 
 /// How many runners are live now.
 pub fn live_runners(conn: &Connection) -> Result<i64> {
-    let host = crate::util::hostname();
-    let boot = crate::util::boot_id();
-    let here = Liveness {
-        host: &host,
-        boot: boot.as_deref(),
-        now: now_ms(),
-    };
+    let now = now_ms();
     let mut stmt = conn.prepare_cached(
         "SELECT host, pid, pid_start, boot_id, heartbeat_at FROM runners WHERE stopped_at IS NULL",
     )?;
@@ -517,10 +495,10 @@ pub fn live_runners(conn: &Connection) -> Result<i64> {
     while let Some(r) = rows.next()? {
         let (h, pid, start, b): (String, i64, Option<String>, Option<String>) =
             (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let heartbeat: i64 = r.get(4)?;
         if runner_state(
-            &here,
             (&h, pid, start.as_deref(), b.as_deref()),
-            r.get(4)?,
+            now - heartbeat,
             None,
         ) == "live"
         {

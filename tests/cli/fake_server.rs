@@ -65,18 +65,8 @@ impl Server {
         )
     }
 
-    /// A server on a given port (to bring a "down" endpoint back up); None if it is taken.
-    pub fn start_on(
-        port: u16,
-        handler: impl Fn(&Req, usize) -> Reply + Send + Sync + 'static,
-    ) -> Option<Server> {
-        Some(Server::on(
-            TcpListener::bind(("127.0.0.1", port)).ok()?,
-            handler,
-        ))
-    }
-
-    fn on(
+    /// A server on a listener the test made (a port held closed until now).
+    pub fn on(
         listener: TcpListener,
         handler: impl Fn(&Req, usize) -> Reply + Send + Sync + 'static,
     ) -> Server {

@@ -36,10 +36,69 @@ fn ollama_model(env: &Env, name: &str, url: &str, extra: &[&str]) {
     env.cmd(&args).assert().success();
 }
 
-/// A port on 127.0.0.1 with nothing listening.
-fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// A port on 127.0.0.1 that refuses connections and that nobody else can take while this
+/// lives: a socket bound to it but not listening, without SO_REUSEADDR (Linux lets another
+/// socket share the port only when both set it). Binding, freeing and reusing a port instead
+/// races with every other test. [`ClosedPort::open`] starts listening on the same socket.
+struct ClosedPort {
+    fd: std::os::fd::OwnedFd,
+    port: u16,
+}
+
+impl ClosedPort {
+    fn new() -> ClosedPort {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: plain socket calls on a descriptor this function owns, with a sockaddr_in of
+        // the size given.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let ptr = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(
+                libc::bind(fd.as_raw_fd(), ptr, size),
+                0,
+                "bind: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut len = size;
+            assert_eq!(libc::getsockname(fd.as_raw_fd(), ptr, &mut len), 0);
+            ClosedPort {
+                fd,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The server comes up on this very port: no other process can have taken it meanwhile.
+    fn open(self) -> TcpListener {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) on the bound socket this value owns.
+        let r = unsafe { libc::listen(self.fd.as_raw_fd(), 128) };
+        assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
+        TcpListener::from(self.fd)
+    }
+}
+
+#[test]
+fn a_closed_port_refuses_connections() {
+    let closed = ClosedPort::new();
+    let err = std::net::TcpStream::connect(("127.0.0.1", closed.port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Nobody else can bind it meanwhile (std sets SO_REUSEADDR; we do not).
+    assert!(TcpListener::bind(("127.0.0.1", closed.port)).is_err());
+    let port = closed.port;
+    let listener = closed.open();
+    assert_eq!(listener.local_addr().unwrap().port(), port);
+    std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
 }
 
 #[test]
@@ -379,8 +438,8 @@ fn a_server_that_never_answers_ends_in_timeout() {
 
 #[test]
 fn a_down_server_is_not_charged_and_stops_its_lane() {
-    let port = closed_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let closed = ClosedPort::new();
+    let url = closed.url();
     let env = Env::new();
     ollama_model(
         &env,
@@ -417,14 +476,12 @@ fn a_down_server_is_not_charged_and_stops_its_lane() {
     );
 
     // The server comes up: the next run finishes the same jobs.
-    // (Skipped if another process took the port meanwhile.)
-    if let Some(server) = Server::start_on(port, |req, _| {
+    let server = Server::on(closed.open(), |req, _| {
         now_json(200, ollama_answer(req.model(), "up", None, "stop"))
-    }) {
-        env.cmd(&["run"]).assert().code(0);
-        assert_eq!(env.state_count("done"), 2);
-        assert_eq!(server.count(), 2);
-    }
+    });
+    env.cmd(&["run"]).assert().code(0);
+    assert_eq!(env.state_count("done"), 2);
+    assert_eq!(server.count(), 2);
 }
 
 #[test]
@@ -437,7 +494,8 @@ fn two_endpoints_share_the_work_and_a_down_one_rests() {
         )
     };
     let (a, b) = (Server::start(answer), Server::start(answer));
-    let down = format!("http://127.0.0.1:{}", closed_port());
+    let closed = ClosedPort::new();
+    let down = closed.url();
     let env = Env::new();
     env.cmd(&[
         "models",
@@ -731,7 +789,8 @@ fn openai_compatible_with_an_api_key_that_is_never_kept() {
 
 #[test]
 fn openai_server_down_says_so() {
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    let closed = ClosedPort::new();
+    let url = closed.url();
     let env = Env::new();
     env.cmd(&[
         "models",
@@ -762,8 +821,8 @@ fn openai_server_down_says_so() {
 
 #[test]
 fn an_ollama_restart_mid_run_fails_nothing() {
-    let port = closed_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let closed = ClosedPort::new();
+    let url = closed.url();
     let env = Env::new();
     ollama_model(
         &env,
@@ -790,14 +849,10 @@ fn an_ollama_restart_mid_run_fails_nothing() {
     wait_for("an unavailable attempt", Duration::from_secs(30), || {
         env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'unavailable'") >= 1
     });
-    // Ollama is back (skipped if another process took the port meanwhile).
-    let Some(server) = Server::start_on(port, |req, _| {
+    // Ollama is back, on the same port.
+    let server = Server::on(closed.open(), |req, _| {
         now_json(200, ollama_answer(req.model(), "morning", None, "stop"))
-    }) else {
-        let _ = run.kill();
-        let _ = run.wait();
-        return;
-    };
+    });
     let until = Instant::now() + Duration::from_secs(90);
     let status = loop {
         if let Some(s) = run.try_wait().unwrap() {
@@ -831,8 +886,8 @@ fn an_ollama_restart_mid_run_fails_nothing() {
 
 #[test]
 fn a_watching_runner_outlives_an_outage() {
-    let port = closed_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let closed = ClosedPort::new();
+    let url = closed.url();
     let env = Env::new();
     ollama_model(&env, "daemon", &url, &["--timeout", "30"]);
     env.cmd(&["enqueue", "--model", "daemon", &env.prompts("p.csv", 2)])
@@ -863,16 +918,14 @@ fn a_watching_runner_outlives_an_outage() {
         run.try_wait().unwrap().is_none(),
         "a watching runner does not exit on an outage"
     );
-    let server = Server::start_on(port, |req, _| {
+    let _server = Server::on(closed.open(), |req, _| {
         now_json(200, ollama_answer(req.model(), "back", None, "stop"))
     });
-    if server.is_some() {
-        wait_for(
-            "the jobs to finish once the server is back",
-            Duration::from_secs(60),
-            || env.state_count("done") == 2,
-        );
-    }
+    wait_for(
+        "the jobs to finish once the server is back",
+        Duration::from_secs(60),
+        || env.state_count("done") == 2,
+    );
     kill(run.id(), libc::SIGTERM);
     let until = Instant::now() + Duration::from_secs(30);
     while run.try_wait().unwrap().is_none() {

@@ -7,5 +7,6 @@ mod fake_server;
 mod grade;
 mod grade_http;
 mod http;
+mod promises;
 mod recovery;
 mod reports;

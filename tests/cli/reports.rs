@@ -425,3 +425,64 @@ fn chunked_enqueue_keeps_duplicates_and_errors_exact() {
         .stderr(predicates::str::contains("\"150\""));
     assert_eq!(env.int("SELECT COUNT(*) FROM jobs WHERE batch = 'y'"), 0);
 }
+
+/// An answer cut at the 16 MiB capture bound is not a clean `ok`: `report failures` counts it
+/// as truncated, and `export` marks it and says why (issue 9, defect 10).
+#[test]
+fn output_cut_at_16_mib_is_reported_and_exported_as_truncated() {
+    let env = Env::new();
+    env.model_cmd(
+        "big",
+        "sh -c 'cat >/dev/null; head -c 17000000 /dev/zero | tr \"\\000\" x'",
+        &[],
+    );
+    env.model("small", "echo", &[]);
+    env.cmd(&[
+        "enqueue",
+        "--model",
+        "big",
+        "--model",
+        "small",
+        &env.prompts("p.csv", 1),
+    ])
+    .assert()
+    .success();
+    env.cmd(&["run"]).assert().code(0);
+    assert_eq!(
+        env.int("SELECT LENGTH(output) FROM attempts WHERE model = 'big'"),
+        16 * 1024 * 1024
+    );
+    assert_eq!(env.failures_row("big")["truncated"], 1);
+    assert_eq!(env.failures_row("small")["truncated"], 0);
+
+    let text = env.stdout(&["export"]);
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let big = rows.iter().find(|r| r["model"] == "big").unwrap();
+    assert_eq!(big["truncated"], true);
+    assert_eq!(big["error"], "output truncated at 16777216 bytes");
+    let small = rows.iter().find(|r| r["model"] == "small").unwrap();
+    assert_eq!(small["truncated"], false);
+    assert_eq!(small["error"], serde_json::Value::Null);
+
+    let csv_text = env.stdout(&["export", "--format", "csv"]);
+    let mut rd = csv::Reader::from_reader(csv_text.as_bytes());
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let cells: Vec<(String, String)> = rd
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[at("model")].to_string(), r[at("truncated")].to_string())
+        })
+        .collect();
+    assert_eq!(
+        cells,
+        vec![
+            ("big".to_string(), "yes".to_string()),
+            ("small".into(), "no".into())
+        ]
+    );
+}
