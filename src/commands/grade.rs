@@ -62,7 +62,7 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
     let existing = outputs * graders.len() as i64 - new;
 
     match a.format.format {
-        Format::Json => println!(
+        Format::Json => crate::outln!(
             "{}",
             json!({
                 "rubric": rubric.name,
@@ -73,18 +73,18 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
                 "existing": existing,
                 "waiting_for_output": waiting,
             })
-        ),
+        )?,
         _ => {
-            println!(
+            crate::outln!(
                 "rubric {}: {new} new grade job(s), {existing} already queued ({outputs} output(s) × {} grader(s))",
                 rubric.name,
                 graders.len()
-            );
+            )?;
             if waiting > 0 && new > 0 {
-                println!("{waiting} output(s) not done yet: their grades wait for them");
+                crate::outln!("{waiting} output(s) not done yet: their grades wait for them")?;
             }
             if new > 0 {
-                println!("run them with: llmbatch run");
+                crate::outln!("run them with: llmbatch run")?;
             }
         }
     }
