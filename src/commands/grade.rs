@@ -22,6 +22,15 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
     }
     let rubric = Rubric::resolve(&a.rubric)?;
     let filter = super::scope_filter(&a.scope, conn)?;
+    for var in rubric.item_variables() {
+        let (missing, example) = crate::db::jobs::items_missing_var(conn, &filter, &var)?;
+        if let Some((batch, item)) = example {
+            usage!(
+                "rubric {}: {{{var}}} is neither {{prompt}}, {{output}} nor a variable of the items in scope: {missing} output(s) lack it (e.g. batch {batch:?} item {item:?}); nothing was queued",
+                rubric.name
+            );
+        }
+    }
     let (cond, args) = filter.sql("j");
 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
