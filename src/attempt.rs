@@ -73,7 +73,53 @@ pub fn execute(job: &AttemptJob, stop: &StopSignal) -> Finish {
             crate::grading::judge(rubric, &mut finish);
         }
     }
+    redact_api_key(job, &mut finish);
     finish
+}
+
+/// A server may echo the API key (in an error body, or in the answer itself), and a command
+/// child can print it: the key named by `--api-key-env` is replaced everywhere the attempt's
+/// record keeps text, so it never reaches the database.
+fn redact_api_key(job: &AttemptJob, finish: &mut Finish) {
+    let Some(var) = job.model.api_key_env.as_deref() else {
+        return;
+    };
+    let Ok(key) = std::env::var(var) else {
+        return;
+    };
+    let key = key.trim();
+    // Too short to be a key: replacing it would garble ordinary text.
+    if key.len() < 8 {
+        return;
+    }
+    let redact = |text: &mut String| {
+        if text.contains(key) {
+            *text = text.replace(key, "[redacted]");
+        }
+    };
+    for field in [
+        &mut finish.output,
+        &mut finish.reasoning,
+        &mut finish.raw_output,
+        &mut finish.stderr,
+        &mut finish.error,
+    ] {
+        if let Some(text) = field.as_mut() {
+            redact(text);
+        }
+    }
+    if let Some(timings) = finish.timings.as_mut() {
+        redact_json(timings, &redact);
+    }
+}
+
+fn redact_json(v: &mut Value, redact: &dyn Fn(&mut String)) {
+    match v {
+        Value::String(s) => redact(s),
+        Value::Array(items) => items.iter_mut().for_each(|i| redact_json(i, redact)),
+        Value::Object(map) => map.values_mut().for_each(|i| redact_json(i, redact)),
+        _ => {}
+    }
 }
 
 fn prompt_for(job: &AttemptJob) -> anyhow::Result<String> {

@@ -183,7 +183,8 @@ pub struct ModelSetArgs {
     #[arg(long, value_name = "json|SCHEMA")]
     pub format_output: Option<String>,
     /// Name of the environment variable holding the API key, sent as a Bearer token. The key
-    /// itself is never stored or logged: set the variable where `llmbatch run` runs.
+    /// itself is never stored or logged (one given here instead is refused): set the variable
+    /// where `llmbatch run` runs.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
 }
@@ -222,7 +223,8 @@ pub struct ScopeArgs {
     /// Only jobs of this model (repeatable).
     #[arg(long = "model", value_name = "M")]
     pub models: Vec<String>,
-    /// Only these job ids: one per line (# comments allowed) or CSV with the id first; - = stdin.
+    /// Only these job ids: one per line (# comments allowed), or CSV with the id in the first
+    /// column (header `id` or `job_id` allowed, e.g. from export --format csv); - = stdin.
     #[arg(long, value_name = "FILE|-")]
     pub ids_file: Option<String>,
 }

@@ -37,3 +37,19 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         EXIT_ERROR
     }
 }
+
+/// Whether an error is a write to a closed stdout (`llmbatch … | head`). `main` ends such a
+/// command quietly with exit 0, as any Unix filter does; every stdout write returns its error
+/// (`outln!`, never `println!`), so this is the one place the rule lives.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == BrokenPipe)
+            || e.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(BrokenPipe))
+            || e.downcast_ref::<csv::Error>().is_some_and(
+                |c| matches!(c.kind(), csv::ErrorKind::Io(io) if io.kind() == BrokenPipe),
+            )
+    })
+}

@@ -88,7 +88,17 @@ impl Rubric {
         if r.scale.is_some() && r.score_field.is_none() {
             anyhow::bail!("rubric {name}: `scale:` is given but no `score:` field to apply it to");
         }
-        for f in [&r.score_field, &r.pass_field].into_iter().flatten() {
+        // With `fields:` given, it is the whole list the grader is asked for: a verdict or
+        // score field missing from it could never be read back.
+        let listed = !r.fields.is_empty();
+        for (key, f) in [("score", &r.score_field), ("pass", &r.pass_field)] {
+            let Some(f) = f else { continue };
+            if listed && !r.fields.contains(f) {
+                anyhow::bail!(
+                    "rubric {name}: `{key}: {f}` is not among `fields: {}`: add it there",
+                    r.fields.join(", ")
+                );
+            }
             if !r.fields.contains(f) {
                 r.fields.insert(0, f.clone());
             }
@@ -101,6 +111,17 @@ impl Rubric {
             anyhow::bail!("rubric {name} never shows the output to grade: put {{output}} in it");
         }
         Ok(r)
+    }
+
+    /// The placeholders the items must fill: all but `{prompt}` and `{output}`, each once.
+    pub fn item_variables(&self) -> Vec<String> {
+        let mut names: Vec<String> = template::placeholders(&self.body)
+            .into_iter()
+            .filter(|n| n != "prompt" && n != "output")
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Ollama structured output for this rubric: an object with every field required, the
@@ -698,6 +719,10 @@ mod tests {
         assert!(Rubric::parse("s", "pass: A\nwhat: B\n---\n{output}").is_err());
         assert!(Rubric::parse("s", "pass: A\n---\nno placeholder").is_err());
         assert!(Rubric::parse("s", "Grade this: {output}").is_err());
+        // With `fields:` listed, the verdict and score fields must be among them.
+        let e = Rubric::parse("s", "pass: OK\nfields: GOOD, REASON\n---\n{output}").unwrap_err();
+        assert!(format!("{e}").contains("`pass: OK` is not among `fields: GOOD, REASON`"));
+        assert!(Rubric::parse("s", "score: Q\nfields: OK\n---\n{output}").is_err());
         // No header: a `---` rule in the template stays in the template.
         let e = Rubric::parse("s", "Note: be fair\n---\n{output}").unwrap_err();
         assert!(format!("{e}").contains("names no fields"));

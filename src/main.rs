@@ -12,22 +12,10 @@ fn main() -> ExitCode {
     match commands::dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
         // The reader went away (`| head`): nothing more to say, as for any Unix filter.
-        Err(err) if broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("llmbatch: error: {err:#}");
             ExitCode::from(error::exit_code_for(&err))
         }
     }
-}
-
-fn broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            || e.downcast_ref::<serde_json::Error>()
-                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
-            || e.downcast_ref::<csv::Error>().is_some_and(|c| {
-                matches!(c.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
-            })
-    })
 }

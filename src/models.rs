@@ -113,6 +113,50 @@ pub fn ollama_host() -> String {
     }
 }
 
+/// Whether `raw` can be an endpoint: `[http[s]://]host[:port][/path]`, as `normalize_endpoint`
+/// completes it. Says what is wrong otherwise.
+pub fn check_endpoint(raw: &str) -> std::result::Result<(), String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err("it is empty".into());
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it contains spaces".into());
+    }
+    let rest = match raw.split_once("://") {
+        Some((scheme, rest)) => {
+            if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+                return Err(format!("the scheme must be http or https, not {scheme:?}"));
+            }
+            rest
+        }
+        None => raw,
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (name, port) = match host.rsplit_once(':') {
+        // An IPv6 address in brackets holds colons of its own.
+        Some((n, p)) if !host.ends_with(']') => (n, Some(p)),
+        _ => (host, None),
+    };
+    if name.is_empty() {
+        return Err("no host name".into());
+    }
+    let bracketed = name.starts_with('[') && name.ends_with(']');
+    if !bracketed
+        && !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(format!("{name:?} is not a host name"));
+    }
+    if let Some(p) = port {
+        if !p.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(format!("{p:?} is not a port"));
+        }
+    }
+    Ok(())
+}
+
 /// Adds a scheme and default port where missing and drops a trailing slash.
 pub fn normalize_endpoint(raw: &str, default_port: u16) -> String {
     let raw = raw.trim().trim_end_matches('/');

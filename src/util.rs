@@ -11,7 +11,12 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Parses `90s`, `5m`, `2h`, `7d`, `250ms` or a bare number of seconds (fractions allowed).
+/// The longest duration accepted anywhere: 100 years (36500d). Longer is a typo or an attack,
+/// and would overflow the clock arithmetic it feeds (deadlines, lease expiry in ms).
+pub const MAX_DURATION_S: f64 = 100.0 * 365.0 * 86400.0;
+
+/// Parses `90s`, `5m`, `2h`, `7d`, `250ms` or a bare number of seconds (fractions allowed),
+/// at most [`MAX_DURATION_S`].
 pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
     let t = text.trim();
     let split = t
@@ -30,10 +35,14 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
         "d" | "day" | "days" => 86400.0,
         other => bail!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
     };
-    if !value.is_finite() || value < 0.0 {
+    if value < 0.0 {
         bail!("invalid duration {text:?}: must not be negative");
     }
-    Ok(std::time::Duration::from_secs_f64(value * factor))
+    let secs = value * factor;
+    if !secs.is_finite() || secs > MAX_DURATION_S {
+        bail!("invalid duration {text:?}: longer than the limit of 100 years (36500d)");
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// clap value parser for durations.
@@ -193,5 +202,18 @@ pub fn process_alive(pid: i64, start: Option<&str>) -> bool {
         (None, _) => false,
         (Some(now), Some(then)) => now == then,
         (Some(_), None) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_beyond_100_years_are_refused() {
+        assert_eq!(parse_duration("36500d").unwrap().as_secs(), 3_153_600_000);
+        for absurd in ["36501d", "99999999999999999999s", &"9".repeat(400), "1e300"] {
+            assert!(parse_duration(absurd).is_err(), "{absurd}");
+        }
     }
 }

@@ -45,17 +45,12 @@ pub fn call(r: &WorkerRequest) -> WorkerResponse {
         Ok(k) => k,
         Err(resp) => return *resp,
     };
-    let mut resp = match r.backend {
+    // A server may echo what it was sent: the coordinator redacts the key from everything
+    // it records (attempt::redact_api_key).
+    match r.backend {
         Backend::Openai => openai::call(r, key.as_deref()),
         _ => ollama::call(r, key.as_deref()),
-    };
-    // A server may echo what it was sent; the key never leaves this process in a message.
-    if let (Some(k), Some(e)) = (key.as_deref(), resp.error.as_mut()) {
-        if k.len() >= 4 && e.contains(k) {
-            *e = e.replace(k, "[redacted]");
-        }
     }
-    resp
 }
 
 /// The API key from the variable named by `--api-key-env`, if the model has one.

@@ -65,17 +65,17 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
 
     match a.format.format {
-        Format::Json => println!(
+        Format::Json => crate::outln!(
             "{}",
             json!({"batch": batch, "new": counts.new, "existing": counts.existing, "items": counts.items, "models": a.models})
-        ),
-        _ => println!(
+        )?,
+        _ => crate::outln!(
             "batch {batch}: {} new, {} already queued ({} items × {} models)",
             counts.new,
             counts.existing,
             counts.items,
             a.models.len()
-        ),
+        )?,
     }
     Ok(0)
 }

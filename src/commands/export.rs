@@ -29,26 +29,9 @@ pub fn run(a: &ExportArgs, conn: &mut Connection) -> Result<u8> {
     .and_then(|n| {
         out.flush()?;
         Ok(n)
-    });
-    match written {
-        Ok(n) => {
-            log::debug!("exported {n} record(s)");
-            Ok(0)
-        }
-        // The reader went away (`| head`): what it wanted was written.
-        Err(e) if is_broken_pipe(&e) => Ok(0),
-        Err(e) => Err(e),
-    }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            || c.downcast_ref::<csv::Error>().is_some_and(
-                |ce| matches!(ce.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe),
-            )
-    })
+    })?;
+    log::debug!("exported {written} record(s)");
+    Ok(0)
 }
 
 /// One generated job as exported.

@@ -22,6 +22,15 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
     }
     let rubric = Rubric::resolve(&a.rubric)?;
     let filter = super::scope_filter(&a.scope, conn)?;
+    for var in rubric.item_variables() {
+        let (missing, example) = crate::db::jobs::items_missing_var(conn, &filter, &var)?;
+        if let Some((batch, item)) = example {
+            usage!(
+                "rubric {}: {{{var}}} is neither {{prompt}}, {{output}} nor a variable of the items in scope: {missing} output(s) lack it (e.g. batch {batch:?} item {item:?}); nothing was queued",
+                rubric.name
+            );
+        }
+    }
     let (cond, args) = filter.sql("j");
 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -62,7 +71,7 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
     let existing = outputs * graders.len() as i64 - new;
 
     match a.format.format {
-        Format::Json => println!(
+        Format::Json => crate::outln!(
             "{}",
             json!({
                 "rubric": rubric.name,
@@ -73,18 +82,18 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
                 "existing": existing,
                 "waiting_for_output": waiting,
             })
-        ),
+        )?,
         _ => {
-            println!(
+            crate::outln!(
                 "rubric {}: {new} new grade job(s), {existing} already queued ({outputs} output(s) × {} grader(s))",
                 rubric.name,
                 graders.len()
-            );
+            )?;
             if waiting > 0 && new > 0 {
-                println!("{waiting} output(s) not done yet: their grades wait for them");
+                crate::outln!("{waiting} output(s) not done yet: their grades wait for them")?;
             }
             if new > 0 {
-                println!("run them with: llmbatch run");
+                crate::outln!("run them with: llmbatch run")?;
             }
         }
     }

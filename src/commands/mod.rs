@@ -29,14 +29,18 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Models(a) => models::run(a, &mut conn),
         Command::Enqueue(a) => enqueue::run(a, &mut conn),
         Command::Run(a) => run::run(a, &mut conn, cli),
-        Command::Reap(a) => reap::run(a, &mut conn),
+        Command::Reap(a) => reap::run(a, cli.quiet, &mut conn),
         Command::Resume(a) => resume::run(a, &mut conn),
         Command::Grade(a) => grade::run(a, &mut conn),
         Command::Report(a) => report::run(a, &mut conn),
         Command::Export(a) => export::run(a, &mut conn),
         Command::Worker => unreachable!("handled above"),
     };
-    if result.is_err() && fresh {
+    // A reader that went away (`| true`) is no failure of the command: its work is committed.
+    let failed = result
+        .as_ref()
+        .is_err_and(|e| !crate::error::is_broken_pipe(e));
+    if failed && fresh {
         // The first command failed on bad input: leave no empty database behind.
         drop(conn);
         for suffix in ["", "-wal", "-shm"] {

@@ -21,6 +21,23 @@ pub fn run(cmd: &ModelsCommand, conn: &mut Connection) -> Result<u8> {
 }
 
 fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
+    if a.name.trim().is_empty() {
+        usage!("models set: the model name cannot be empty");
+    }
+    if let (Some(b), Some(_)) = (a.backend, &a.command) {
+        if b != Backend::Command {
+            usage!(
+                "model {}: --command is only for --backend command; the {} backend calls --endpoint URLs",
+                a.name,
+                b.as_str()
+            );
+        }
+    }
+    for e in &a.endpoints {
+        if let Err(why) = models::check_endpoint(e) {
+            usage!("model {}: --endpoint {e:?} is not a server URL: {why} (e.g. http://gpu1:11434 or https://api.openai.com/v1)", a.name);
+        }
+    }
     let mut m = models::load(conn, &a.name)?;
     let was_configured = m.configured;
     if let Some(b) = a.backend {
@@ -102,16 +119,43 @@ fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
         });
     }
     if let Some(k) = &a.api_key_env {
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            usage!("--api-key-env takes the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key");
-        }
+        check_api_key_env(k)?;
         m.api_key_env = Some(k.clone());
     }
     validate(&m)?;
     models::save(conn, &m)?;
     let verb = if was_configured { "updated" } else { "added" };
-    println!("{verb} model {}: {}", m.name, describe(&m));
+    crate::outln!("{verb} model {}: {}", m.name, describe(&m))?;
     Ok(0)
+}
+
+/// `--api-key-env` takes a variable's name. A key pasted there instead would be stored and
+/// listed, so refuse what cannot be a name, and a name that is not set here but looks like a
+/// key. The value is never repeated in the message.
+fn check_api_key_env(name: &str) -> Result<()> {
+    let plausible = name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plausible {
+        usage!("--api-key-env takes the NAME of an environment variable (letters, digits and _, e.g. OPENAI_API_KEY), not the key itself; the value given was not stored");
+    }
+    if std::env::var_os(name).is_none() && looks_like_secret(name) {
+        usage!("--api-key-env: no such variable is set, and the value given looks like a key rather than a variable's name; it was not stored. Export the key (export OPENAI_API_KEY=...) and give the NAME: --api-key-env OPENAI_API_KEY");
+    }
+    Ok(())
+}
+
+/// Long, with digits and lower case, and mixed case or very long: a token, not a variable
+/// name (those are upper case by convention, and short).
+fn looks_like_secret(text: &str) -> bool {
+    let has = |f: fn(&char) -> bool| text.chars().any(|c| f(&c));
+    text.len() >= 20
+        && has(char::is_ascii_digit)
+        && has(char::is_ascii_lowercase)
+        && (has(char::is_ascii_uppercase) || text.len() >= 32)
 }
 
 fn validate(m: &ModelConfig) -> Result<()> {

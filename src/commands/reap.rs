@@ -8,7 +8,9 @@ use crate::cli::{Format, ReapArgs};
 use crate::db::jobs;
 use crate::report::render::{render, Table};
 
-pub fn run(a: &ReapArgs, conn: &mut Connection) -> Result<u8> {
+/// `quiet` (`-q`, for cron) silences the table and the summary line; rows asked for as CSV, JSON
+/// or ids are still written.
+pub fn run(a: &ReapArgs, quiet: bool, conn: &mut Connection) -> Result<u8> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let orphans = jobs::find_orphans(&tx, None)?;
     let rows: Vec<(jobs::Orphan, &str)> = if a.dry_run {
@@ -44,6 +46,9 @@ pub fn run(a: &ReapArgs, conn: &mut Connection) -> Result<u8> {
             json!(o.reason),
             json!(if a.dry_run { "running" } else { state }),
         ]);
+    }
+    if quiet && a.format.format == Format::Table {
+        return Ok(0);
     }
     render(&[t], a.format.format, &mut std::io::stdout().lock())?;
     if a.format.format == Format::Table {

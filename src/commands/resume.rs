@@ -14,13 +14,13 @@ pub fn run(a: &ResumeArgs, conn: &mut Connection) -> Result<u8> {
     tx.commit()?;
     let verb = if a.dry_run { "would resume" } else { "resumed" };
     match a.format.format {
-        Format::Json => println!(
+        Format::Json => crate::outln!(
             "{}",
             json!({ "resumed": ids.len(), "dry_run": a.dry_run, "ids": ids })
-        ),
+        )?,
         Format::Ids => {
             for id in &ids {
-                println!("{id}");
+                crate::outln!("{id}")?;
             }
         }
         _ => {
@@ -28,9 +28,9 @@ pub fn run(a: &ResumeArgs, conn: &mut Connection) -> Result<u8> {
                 Some(n) => format!("{n} more attempt(s) each"),
                 None => "a fresh attempt budget".to_string(),
             };
-            println!("{verb} {} job(s) with {grant}", ids.len());
+            crate::outln!("{verb} {} job(s) with {grant}", ids.len())?;
             if !a.dry_run && !ids.is_empty() {
-                println!("run them with: llmbatch run");
+                crate::outln!("run them with: llmbatch run")?;
             }
         }
     }

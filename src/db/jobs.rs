@@ -116,6 +116,33 @@ impl Filter {
     }
 }
 
+/// Generated jobs in `filter` whose item has no variable `name`: how many, and one of them
+/// (batch, item id) to name in a message.
+pub fn items_missing_var(
+    conn: &Connection,
+    filter: &Filter,
+    name: &str,
+) -> Result<(i64, Option<(String, String)>)> {
+    let (cond, mut args) = filter.sql("j");
+    // A quoted JSON path label: variable names may hold '.' or '-'.
+    let path = format!("$.\"{name}\"");
+    args.insert(0, SqlValue::Text(path));
+    let sql = format!(
+        "SELECT COUNT(*), MIN(j.batch || char(31) || j.item_id) FROM jobs j
+         JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
+         WHERE json_type(i.vars, ?1) IS NULL AND j.kind = 'generate'{cond}"
+    );
+    let (n, example): (i64, Option<String>) =
+        conn.query_row(&sql, rusqlite::params_from_iter(args), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let example = example.and_then(|e| {
+        e.split_once('\u{1f}')
+            .map(|(b, i)| (b.to_string(), i.to_string()))
+    });
+    Ok((n, example))
+}
+
 /// Loads job ids into `temp.scope_ids`; an id with no job is a usage error listing them all.
 pub fn install_ids(conn: &Connection, ids: &[i64]) -> Result<()> {
     conn.execute_batch(

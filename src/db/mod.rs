@@ -21,15 +21,30 @@ const MIGRATIONS: &[(&str, &str)] = &[
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The longest `LLMBATCH_BUSY_TIMEOUT` taken.
+const BUSY_TIMEOUT_MAX: Duration = Duration::from_secs(86400);
+
 /// How long a writer waits for another to finish before giving up: 30 s, or
-/// `LLMBATCH_BUSY_TIMEOUT` (a duration such as `2m`).
+/// `LLMBATCH_BUSY_TIMEOUT` (a duration such as `2m`, at most 24h).
 pub fn busy_timeout() -> Duration {
     static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *WAIT.get_or_init(|| {
-        std::env::var("LLMBATCH_BUSY_TIMEOUT")
-            .ok()
-            .and_then(|v| crate::util::parse_duration(&v).ok())
-            .unwrap_or(Duration::from_secs(30))
+        let default = Duration::from_secs(30);
+        let Ok(text) = std::env::var("LLMBATCH_BUSY_TIMEOUT") else {
+            return default;
+        };
+        // A bad value must not stop a cron job that worked yesterday: say so, use the default.
+        // SQLite counts the wait in i32 milliseconds; a day is already far beyond any use.
+        let wait = crate::util::parse_duration(&text).and_then(|d| {
+            if d > BUSY_TIMEOUT_MAX {
+                anyhow::bail!("{text:?} is longer than the limit of 24h");
+            }
+            Ok(d)
+        });
+        wait.unwrap_or_else(|e| {
+            log::warn!("warning: LLMBATCH_BUSY_TIMEOUT: {e:#}; using the default 30s");
+            default
+        })
     })
 }
 

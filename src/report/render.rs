@@ -16,6 +16,9 @@ pub struct Table {
     pub rows: Vec<Vec<Value>>,
     /// Lines printed under the table (warnings, advice); kept out of CSV and JSON rows.
     pub notes: Vec<String>,
+    /// Warnings about the state of things (a stalled or drained pipeline): logged to stderr in
+    /// every format, so stdout stays rows a pipe can parse.
+    pub warnings: Vec<String>,
     /// What a table with no rows says.
     pub empty: String,
 }
@@ -28,6 +31,7 @@ impl Table {
             columns: columns.iter().map(|c| c.to_string()).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
+            warnings: Vec::new(),
             empty: "(nothing yet)".to_string(),
         }
     }
@@ -39,6 +43,9 @@ impl Table {
 }
 
 pub fn render(tables: &[Table], format: Format, out: &mut dyn Write) -> Result<()> {
+    for warning in tables.iter().flat_map(|t| &t.warnings) {
+        log::warn!("warning: {warning}");
+    }
     match format {
         Format::Table => render_tables(tables, out),
         Format::Csv => render_csv(tables, out),

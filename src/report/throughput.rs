@@ -98,8 +98,8 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
     }
     let live = super::sections::live_runners(conn)?;
     if pending > 0 && live == 0 {
-        t.notes.push(format!(
-            "warning: {pending} job(s) pending but no runner is live — start `llmbatch run` (is its cron entry or service running?)"
+        t.warnings.push(format!(
+            "{pending} job(s) pending but no runner is live — start `llmbatch run` (is its cron entry or service running?)"
         ));
     } else if !stalled.is_empty() {
         t.notes.push(format!(
@@ -113,8 +113,8 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
         } else {
             String::new()
         };
-        t.notes.push(format!(
-            "warning: {live} runner(s) live but nothing is pending — the pipeline is drained{tail} (enqueue more work?)"
+        t.warnings.push(format!(
+            "{live} runner(s) live but nothing is pending — the pipeline is drained{tail} (enqueue more work?)"
         ));
     }
     Ok(t)

@@ -6,6 +6,7 @@ mod core;
 mod fake_server;
 mod grade;
 mod grade_http;
+mod hostile;
 mod http;
 mod promises;
 mod recovery;

@@ -286,22 +286,58 @@ fn throughput_warns_when_drained_with_a_live_runner() {
             .as_array()
             .is_some_and(|rows| rows.iter().any(|r| r["state"] == "live"))
     });
-    let text = table(&env, &["throughput"]);
+    // Stop the daemon even when a check fails: a leaked runner holds the test's pipes open.
+    let drained = std::panic::catch_unwind(|| throughput_in_every_format(&env));
     kill(daemon.id(), libc::SIGTERM);
     let _ = daemon.wait();
-    assert!(text.contains("nothing is pending"), "{text}");
-    assert!(text.contains("drained"), "{text}");
+    let drained = drained.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    for stderr in &drained {
+        assert!(
+            stderr.lines().any(|l| l.starts_with("llmbatch: warning: 1 runner(s) live but nothing is pending — the pipeline is drained")),
+            "{stderr}"
+        );
+    }
 
     // Pending work and no live runner is the other warning.
     let more = env.prompts("more.csv", 3);
     env.cmd(&["enqueue", "--batch", "more", "--model", "fast", &more])
         .assert()
         .success();
-    let text = table(&env, &["throughput"]);
-    assert!(
-        text.contains("3 job(s) pending but no runner is live"),
-        "{text}"
-    );
+    for stderr in throughput_in_every_format(&env) {
+        assert!(
+            stderr.lines().any(|l| l.starts_with("llmbatch: warning: 3 job(s) pending but no runner is live")),
+            "{stderr}"
+        );
+    }
+}
+
+/// `report throughput` as table, CSV and JSON: stdout holds only rows (CSV and JSON parse, the
+/// table has no warning under it); returns each format's stderr, where warnings go.
+fn throughput_in_every_format(env: &Env) -> Vec<String> {
+    let mut stderrs = Vec::new();
+    for format in ["table", "csv", "json"] {
+        let out = env
+            .cmd(&["report", "throughput", "--format", format])
+            .output()
+            .expect("report");
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        assert!(!stdout.contains("warning"), "{format}: {stdout}");
+        match format {
+            "csv" => {
+                let mut r = csv::Reader::from_reader(stdout.as_bytes());
+                assert_eq!(r.headers().unwrap().get(0), Some("model"), "{stdout}");
+                assert!(r.records().all(|rec| rec.is_ok()), "{stdout}");
+            }
+            "json" => {
+                let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+                assert!(v["throughput"].is_array(), "{stdout}");
+            }
+            _ => {}
+        }
+        stderrs.push(String::from_utf8(out.stderr).expect("utf-8"));
+    }
+    stderrs
 }
 
 #[test]
