@@ -7,5 +7,6 @@ mod fake_server;
 mod grade;
 mod grade_http;
 mod http;
+mod page;
 mod recovery;
 mod reports;

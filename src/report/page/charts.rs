@@ -90,7 +90,7 @@ fn s<'r>(t: &Table, row: &'r [Value], col: &str) -> &'r str {
 /// Width of the label area for model names (the naive font: ~7 px per character at 13 px).
 fn label_width(names: &[String]) -> u32 {
     let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(4);
-    (longest.min(32) as u32 * 7 + 16).max(60)
+    (longest.min(32) as u32 * 8 + 16).max(60)
 }
 
 /// A number without needless decimals: 2, 2.5, 0.25.
@@ -104,11 +104,13 @@ fn secs_label(v: f64) -> String {
     if v < 1.0 {
         format!("{:.0}ms", v * 1000.0)
     } else if v < 10.0 {
-        format!("{v:.1}s")
+        format!("{}s", trim_num(v))
     } else if v < 600.0 {
         format!("{v:.0}s")
+    } else if v < 7200.0 {
+        format!("{}m", trim_num(v / 60.0))
     } else {
-        format!("{:.0}m", v / 60.0)
+        format!("{}h", trim_num(v / 3600.0))
     }
 }
 
@@ -174,8 +176,8 @@ pub fn latency_cdf(
                     .y_desc("share of successful attempts done")
                     .x_label_formatter(&|v| secs_label(*v))
                     .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
-                    .label_style((FONT, 13))
-                    .axis_desc_style((FONT, 14))
+                    .label_style((FONT, 15))
+                    .axis_desc_style((FONT, 16))
                     .light_line_style(RGBColor(238, 238, 238))
                     .draw()?;
                 for (model, points) in &series {
@@ -267,8 +269,8 @@ pub fn failure_mix(failures: &Table, order: &[String]) -> Result<(String, Vec<St
             .y_label_formatter(&model_axis_formatter(&names))
             .x_label_formatter(&|v| format!("{v:.0}%"))
             .x_desc("share of attempts, by outcome (%)")
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 16))
             .light_line_style(RGBColor(238, 238, 238))
             .draw()?;
         for (i, r) in rows.iter().enumerate() {
@@ -352,11 +354,11 @@ pub fn timeline(t: &Table, colour: &BTreeMap<String, RGBColor>) -> Result<String
         chart
             .configure_mesh()
             .x_desc(x_desc)
-            .y_desc(format!("jobs done per {}", crate::util::human_secs(step)))
+            .y_desc(format!("jobs done per {}", secs_label(step)))
             .x_label_formatter(&|v| format!("{}{unit}", trim_num(v / per)))
             .y_label_formatter(&|v| format!("{v:.0}"))
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 16))
             .light_line_style(RGBColor(238, 238, 238))
             .draw()?;
         let first_off = first.as_ref().map_or(0, |f| f.0 as i64);
@@ -406,8 +408,8 @@ pub fn grades(grades: &Table, order: &[String], graders: &[String]) -> Result<St
             .y_label_formatter(&model_axis_formatter(&names))
             .x_label_formatter(&|v| format!("{v:.0}%"))
             .x_desc("pass rate (%), one bar per grader")
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 16))
             .light_line_style(RGBColor(238, 238, 238))
             .draw()?;
         let h = 0.8 / g as f64;
@@ -460,8 +462,16 @@ pub fn timeouts(t: &Table, order: &[String]) -> Result<String> {
             .into_iter()
             .flatten()
     });
-    let (lo, hi, _) = seconds_range(values.collect::<Vec<_>>().into_iter());
-    let (lo, hi) = (lo.max(0.01).min(hi / 100.0).max(0.01), hi.max(1.0));
+    let (lo, hi) = values
+        .filter(|v| *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        (lo / 1.6, hi * 1.6)
+    } else {
+        (0.1, 10.0)
+    };
     let n = names.len();
     svg(bands_height(n, 34), |root| {
         let mut chart = ChartBuilder::on(root)
@@ -475,8 +485,8 @@ pub fn timeouts(t: &Table, order: &[String]) -> Result<String> {
             .y_label_formatter(&model_axis_formatter(&names))
             .x_label_formatter(&|v| secs_label(*v))
             .x_desc("seconds (log scale)")
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 16))
             .light_line_style(RGBColor(238, 238, 238))
             .draw()?;
         for (i, m) in names.iter().enumerate() {
