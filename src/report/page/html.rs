@@ -81,12 +81,17 @@ details { margin: 6px 0; }
 summary { cursor: pointer; color: var(--accent); font-size: 14px; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12.5px; }
 th[data-sort] { cursor: pointer; }
+@page { size: landscape; margin: 12mm; }
 @media print {
-  body { font-size: 11pt; }
+  body { font-size: 10pt; }
+  .wide { overflow: visible; }
+  table { font-size: 8.5pt; }
+  th, td { padding: 3px 5px; }
+  td.model { min-width: 7em; }
+  td.note { min-width: 0; }
+  td.err { font-size: 8pt; }
   main { max-width: none; padding: 0; }
-  nav, summary { display: none; }
-  details { display: block; }
-  details > * { display: block; }
+  nav { display: none; }
   section { break-inside: avoid-page; margin-top: 18px; }
   figure, table { break-inside: avoid; }
   .verdict { border-left-width: 3px; }
