@@ -97,9 +97,9 @@ Exit codes: 0 all done, 1 operational error, 2 bad input, 3 some jobs failed, 13
 --batch, --model (the graded model) and --ids-file choose the outputs to grade; grading again
 only adds what is missing. Grade jobs run with `llmbatch run`.")]
     Grade(GradeArgs),
-    /// Status, latency percentiles, failures by kind, timeout advice, grades, runners.
+    /// Status, latency, failures, the leaderboard, timeouts, grades, runners; or one HTML page.
     #[command(after_help = "Examples:
-  llmbatch report                       # status, latency and failures
+  llmbatch report                       # status, latency, failures, the leaderboard
   llmbatch report latency --by batch,model --since 24h
   llmbatch report latency --breakdown --model qwen3:4b   # load / prompt / generation / overhead
   llmbatch report timeouts throughput --format json
