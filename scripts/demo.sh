@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole llmbatch pipeline on the fixtures, in a temporary database, with no network:
 # models set → enqueue → run (a timeout, a crash, a retry) → report → kill -9 and run again →
-# the rerun pipeline → grading with two graders → export. Builds in release mode first.
+# the rerun pipeline → grading with two graders → export → the leaderboard and the HTML page
+# (written to target/llmbatch-report.html, or $PAGE). Builds in release mode first.
 #
 #   bash scripts/demo.sh            # the database is removed at the end
 #   KEEP=1 bash scripts/demo.sh     # keep it and print where it is
@@ -86,5 +87,14 @@ llmbatch report grades --batch jokes
 step "Export: one record per output, with its grades"
 show "llmbatch export --batch jokes --with-grades --format csv | head -n 3"
 "$LB" export --batch jokes --with-grades --format csv | head -n 3
+
+step "Leaderboard: which model is best, and on what evidence"
+llmbatch report models
+
+step "The page: one self-contained HTML file (charts inline, works offline)"
+PAGE=${PAGE:-$ROOT/target/llmbatch-report.html}
+show "llmbatch report --format html > $PAGE"
+"$LB" report --format html > "$PAGE"
+echo "wrote $PAGE ($(wc -c < "$PAGE") bytes): open it in a browser"
 
 step "Done in $((SECONDS - START)) s (after the build)"

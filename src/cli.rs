@@ -101,13 +101,15 @@ to the job's budget; a job lost more times than its budget fails.")]
 --batch, --model (the graded model) and --ids-file choose the outputs to grade; grading again
 only adds what is missing. Grade jobs run with `llmbatch run`.")]
     Grade(GradeArgs),
-    /// Status, latency percentiles, failures by kind, timeout advice, grades, runners.
+    /// Status, latency, failures, the leaderboard, timeouts, grades, runners; or one HTML page.
     #[command(after_help = "Examples:
-  llmbatch report                       # status, latency and failures
+  llmbatch report                       # status, latency, failures, the leaderboard
   llmbatch report latency --by batch,model --since 24h
   llmbatch report latency --breakdown --model qwen3:4b   # load / prompt / generation / overhead
   llmbatch report timeouts throughput --format json
-  llmbatch report jobs --state failed --format ids")]
+  llmbatch report jobs --state failed --format ids
+  llmbatch report models --since 24h    # the leaderboard: which model is best, and why
+  llmbatch report --format html > /srv/www/night.html   # one page, charts, works offline")]
     Report(ReportArgs),
     /// Outputs and grades as JSONL, CSV or a GNU parallel joblog.
     #[command(after_help = "Examples:
@@ -315,11 +317,13 @@ pub enum Section {
     Timeouts,
     Throughput,
     Grades,
+    /// The leaderboard: one row per model, best first.
+    Models,
 }
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// Sections to show (default: status latency failures).
+    /// Sections to show (default: status latency failures models).
     #[arg(value_enum)]
     pub sections: Vec<Section>,
     #[command(flatten)]
@@ -341,7 +345,8 @@ pub struct ReportArgs {
     /// `latency`: where the time went (load, prompt, generation, overhead), cold and warm apart.
     #[arg(long)]
     pub breakdown: bool,
-    /// table for people; csv or json for pipes; ids for `jobs` (one job id per line).
+    /// table for people; csv or json for pipes; ids for `jobs` (one job id per line); html
+    /// for one self-contained page with charts of every section (sections are ignored).
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -379,11 +384,21 @@ pub enum Format {
     Json,
     /// Only job ids, one per line (for job listings).
     Ids,
+    /// One self-contained HTML page (`report` only).
+    Html,
 }
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct FormatArgs {
     /// table for people; csv or json for pipes (ids where the output lists jobs).
-    #[arg(long, value_enum, default_value = "table", hide_possible_values = true)]
+    #[arg(long, value_parser = plain_format, default_value = "table")]
     pub format: Format,
+}
+
+/// Every format but html, which only `report` writes.
+fn plain_format(text: &str) -> Result<Format, String> {
+    match Format::from_str(text, true)? {
+        Format::Html => Err("html is for `llmbatch report` only".to_string()),
+        f => Ok(f),
+    }
 }

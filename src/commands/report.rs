@@ -1,10 +1,12 @@
-//! `report`: the sections asked for (status, latency and failures by default), rendered once.
+//! `report`: the sections asked for (status, latency, failures and the leaderboard by default),
+//! each computed once; or, with `--format html`, one page of all of them.
 
 use anyhow::Result;
 use rusqlite::Connection;
 
 use crate::cli::{Format, ReportArgs, Section};
-use crate::report::{breakdown, grades, render, sections, throughput, timeouts, Query};
+use crate::report::data::Sections;
+use crate::report::{breakdown, models, page, render, sections, throughput, Query};
 use crate::util::now_ms;
 
 pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
@@ -14,32 +16,45 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
         since_ms: a.since.map(|d| now_ms() - d.as_millis() as i64),
         by: a.by.clone(),
     };
+    if a.format == Format::Html {
+        let sections = Sections::new(conn, &q);
+        page::write(&sections, &mut std::io::stdout().lock())?;
+        return Ok(0);
+    }
     let wanted = if a.sections.is_empty() && a.format == Format::Ids {
         vec![Section::Jobs]
     } else if a.sections.is_empty() {
-        vec![Section::Status, Section::Latency, Section::Failures]
+        vec![
+            Section::Status,
+            Section::Latency,
+            Section::Failures,
+            Section::Models,
+        ]
     } else {
         a.sections.clone()
     };
     if a.format == Format::Ids {
         return ids(a, conn, &q, &wanted);
     }
+    // Each section is computed once, however many others (the leaderboard) read it.
+    let s = Sections::new(conn, &q);
     let mut tables = Vec::new();
     for section in wanted {
         match section {
-            Section::Status => tables.extend(sections::status(conn, &q)?),
+            Section::Status => tables.extend(s.status()?.iter().cloned()),
             Section::Latency => {
-                tables.push(sections::latency(conn, &q)?);
+                tables.push(s.latency()?.clone());
                 if a.breakdown {
                     tables.push(breakdown::breakdown(conn, &q)?);
                 }
             }
-            Section::Failures => tables.push(sections::failures(conn, &q)?),
+            Section::Failures => tables.push(s.failures()?.clone()),
             Section::Jobs => tables.push(sections::jobs(conn, &q, a.state.as_deref(), a.outcome)?),
             Section::Runners => tables.push(sections::runners(conn, &q)?),
-            Section::Timeouts => tables.push(timeouts::timeouts(conn, &q)?),
+            Section::Timeouts => tables.push(s.timeouts()?.clone()),
             Section::Throughput => tables.push(throughput::throughput(conn, &q)?),
-            Section::Grades => tables.extend(grades::tables(conn, &q)?),
+            Section::Grades => tables.extend(s.grades()?.iter().cloned()),
+            Section::Models => tables.push(models::leaderboard(&s)?.table()),
         }
     }
     render::render(&tables, a.format, &mut std::io::stdout().lock())?;

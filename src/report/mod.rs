@@ -1,10 +1,17 @@
 //! Report sections: each computes its rows once from SQL into a [`render::Table`].
 
 pub mod breakdown;
+pub mod data;
+pub mod distribution;
+pub mod failed;
 pub mod grades;
+pub mod models;
+pub mod page;
 pub mod render;
 pub mod sections;
+pub mod speed;
 pub mod throughput;
+pub mod timeline;
 pub mod timeouts;
 
 use anyhow::Result;

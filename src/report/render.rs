@@ -51,6 +51,7 @@ pub fn render(tables: &[Table], format: Format, out: &mut dyn Write) -> Result<(
         Format::Csv => render_csv(tables, out),
         Format::Json => render_json(tables, out),
         Format::Ids => render_ids(tables, out),
+        Format::Html => crate::usage!("--format html is for `llmbatch report` only"),
     }
 }
 
@@ -120,16 +121,21 @@ fn render_csv(tables: &[Table], out: &mut dyn Write) -> Result<()> {
 fn render_json(tables: &[Table], out: &mut dyn Write) -> Result<()> {
     let mut doc = Map::new();
     for t in tables {
-        let rows: Vec<Value> = t
-            .rows
-            .iter()
-            .map(|row| Value::Object(t.columns.iter().cloned().zip(row.iter().cloned()).collect()))
-            .collect();
-        doc.insert(t.name.clone(), Value::Array(rows));
+        doc.insert(t.name.clone(), rows_json(t));
     }
     serde_json::to_writer_pretty(&mut *out, &Value::Object(doc))?;
     writeln!(out)?;
     Ok(())
+}
+
+/// A table's rows as JSON objects keyed by column name.
+pub fn rows_json(t: &Table) -> Value {
+    Value::Array(
+        t.rows
+            .iter()
+            .map(|row| Value::Object(t.columns.iter().cloned().zip(row.iter().cloned()).collect()))
+            .collect(),
+    )
 }
 
 /// Sections whose `id` column is a job id.

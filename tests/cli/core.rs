@@ -608,9 +608,10 @@ fn child_environment_and_model_variable() {
     assert_eq!(env.job_output(1).unwrap(), "1 1 envy envy");
 }
 
-/// `report` with no section gives status, latency and failures; JSON keys as DESIGN says.
+/// `report` with no section gives status, latency, failures and the leaderboard (`models`);
+/// JSON keys as DESIGN says.
 #[test]
-fn report_json_has_the_three_default_sections() {
+fn report_json_has_the_four_default_sections() {
     let env = Env::new();
     env.model("echo", "echo", &[]);
     env.model("exit1", "exit1", &["--max-attempts", "1"]);
@@ -621,7 +622,7 @@ fn report_json_has_the_three_default_sections() {
     env.cmd(&["run"]).assert().code(3);
     let doc = env.report_json(&[]);
     let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["failures", "latency", "status"]);
+    assert_eq!(keys, ["failures", "latency", "models", "status"]);
     let status = doc["status"].as_array().unwrap();
     let echo = status.iter().find(|r| r["model"] == "echo").unwrap();
     assert_eq!(echo["done"], 2);

@@ -8,6 +8,7 @@ mod grade;
 mod grade_http;
 mod hostile;
 mod http;
+mod page;
 mod promises;
 mod recovery;
 mod reports;

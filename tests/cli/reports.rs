@@ -11,7 +11,7 @@ const HOUR_MS: i64 = 3_600_000;
 
 /// Three models over two batches: `fast` (25 done + 5 pending, Ollama-like timings),
 /// `steady` (25 done, on `--timeout auto`), `broken` (5 failed: 3 exit, 2 timeout).
-fn fixed_db() -> Env {
+pub fn fixed_db() -> Env {
     let env = Env::new();
     env.model("fast", "echo", &["--timeout", "30"]);
     env.model("steady", "echo", &["--timeout", "auto"]);
