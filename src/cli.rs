@@ -195,19 +195,41 @@ pub struct EnqueueArgs {
     /// Prompt template with {column} placeholders (default: the `prompt` field).
     #[arg(long, value_name = "FILE")]
     pub template: Option<PathBuf>,
-    /// Input format (default: from the file extension; csv for stdin).
+    /// Input format (default: from the file extension, .tsv is tab-separated; for stdin or
+    /// another extension, jsonl when the input starts with `{`, else csv).
     #[arg(long, value_enum)]
     pub input_format: Option<InputFormat>,
+    /// table: one line for people; csv or json: the same counts as a row; ids: the ids of
+    /// the new jobs, one per line (for `| llmbatch run --ids-file -`).
     #[command(flatten)]
     pub format: FormatArgs,
-    /// CSV or JSONL file, or - for stdin.
+    /// CSV, TSV or JSONL file, or - for stdin.
     pub input: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
+    /// Comma-separated with a header row.
     Csv,
+    /// Tab-separated with a header row (the default for .tsv files).
+    Tsv,
+    /// One JSON object per line.
     Jsonl,
+}
+
+impl InputFormat {
+    /// What a record looks like, for error messages.
+    pub fn expected(self) -> &'static str {
+        match self {
+            InputFormat::Csv => "a header row such as id,prompt, then one row per prompt",
+            InputFormat::Tsv => {
+                "a tab-separated header row such as id<TAB>prompt, then one row per prompt"
+            }
+            InputFormat::Jsonl => {
+                "one JSON object per line, such as {\"id\": 1, \"prompt\": \"...\"}"
+            }
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -2,13 +2,17 @@
 //! Idempotent: a (batch, item, model) already queued is counted, not added again.
 
 use anyhow::{Context, Result};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, TransactionBehavior};
 use serde_json::{json, Map, Value};
-use std::io::{BufRead, BufReader, Read};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::cli::{EnqueueArgs, Format, InputFormat};
+use crate::db::Db;
 use crate::exec::template;
+use crate::report::render::{render, Table};
 use crate::usage;
 use crate::util::now_ms;
 
@@ -26,7 +30,7 @@ struct Counts {
     existing: u64,
 }
 
-pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
+pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
     let template = match &a.template {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             crate::error::UsageError(format!("cannot read template {}: {e}", path.display()))
@@ -47,35 +51,70 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
     // Each job's item is written just before it in this same transaction, so the foreign key
     // holds by construction: checking it row by row cost a tenth of a large enqueue. (On an
     // error the transaction rolls back and the command ends; nothing else uses the connection.)
+    let conn = &mut db.conn;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // This transaction is the only writer, and ids only grow: the new jobs are the ids
+    // between the highest before and the highest after.
+    let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
+        Ok(tx.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?)
+    };
+    let first_new = max_id(&tx)? + 1;
     let mut counts = Counts::default();
     {
         let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
             match format {
-                InputFormat::Csv => read_csv(reader, &name, &mut each)?,
+                InputFormat::Csv => read_csv(reader, b',', &name, &mut each)?,
+                InputFormat::Tsv => read_csv(reader, b'\t', &name, &mut each)?,
                 InputFormat::Jsonl => read_jsonl(reader, &name, &mut each)?,
             }
         }
         sink.flush(&mut counts)?;
     }
+    if counts.items == 0 {
+        // One rule for every input: no records is a mistake upstream, never "0 new".
+        usage!(
+            "{name}: no records in the input (expected {})",
+            format.expected()
+        );
+    }
+    let last_new = max_id(&tx)?;
     tx.commit().context("cannot commit the enqueued jobs")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    db.publish()?;
 
+    let mut out = std::io::stdout().lock();
     match a.format.format {
-        Format::Json => println!(
-            "{}",
-            json!({"batch": batch, "new": counts.new, "existing": counts.existing, "items": counts.items, "models": a.models})
-        ),
-        _ => println!(
+        Format::Table => writeln!(
+            out,
             "batch {batch}: {} new, {} already queued ({} items × {} models)",
             counts.new,
             counts.existing,
             counts.items,
             a.models.len()
-        ),
+        )?,
+        Format::Ids => {
+            for id in first_new..=last_new {
+                writeln!(out, "{id}")?;
+            }
+        }
+        f => {
+            let mut t = Table::new(
+                "enqueue",
+                "Enqueued",
+                &["batch", "new", "existing", "items", "models"],
+            );
+            t.push(vec![
+                json!(batch),
+                json!(counts.new),
+                json!(counts.existing),
+                json!(counts.items),
+                json!(a.models.join(",")),
+            ]);
+            render(&[t], f, &mut out)?;
+        }
     }
     Ok(0)
 }
@@ -83,6 +122,9 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
 fn open_input(input: &str) -> Result<(String, Box<dyn Read>)> {
     if input == "-" {
         return Ok(("stdin".into(), Box::new(std::io::stdin())));
+    }
+    if Path::new(input).is_dir() {
+        usage!("cannot read {input}: it is a directory (give a CSV or JSONL file, or - for stdin)");
     }
     let file = std::fs::File::open(input)
         .map_err(|e| crate::error::UsageError(format!("cannot read {input}: {e}")))?;
@@ -96,10 +138,12 @@ fn detect_format(input: &str, reader: &mut BufReader<Box<dyn Read>>) -> Result<I
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     match ext.as_deref() {
         Some("jsonl" | "ndjson" | "json") => return Ok(InputFormat::Jsonl),
-        Some("csv" | "tsv") => return Ok(InputFormat::Csv),
+        Some("csv") => return Ok(InputFormat::Csv),
+        Some("tsv" | "tab") => return Ok(InputFormat::Tsv),
         _ => {}
     }
     let head = reader.fill_buf()?;
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     let first = head.iter().find(|b| !b.is_ascii_whitespace());
     Ok(if first == Some(&b'{') {
         InputFormat::Jsonl
@@ -120,11 +164,13 @@ fn default_batch(input: &str) -> String {
 
 fn read_csv(
     reader: impl Read,
+    delimiter: u8,
     name: &str,
     each: &mut dyn FnMut(Record) -> Result<()>,
 ) -> Result<()> {
     let mut csv = csv::ReaderBuilder::new()
         .flexible(false)
+        .delimiter(delimiter)
         .from_reader(reader);
     let headers: Vec<String> = csv
         .headers()
@@ -133,7 +179,10 @@ fn read_csv(
         .map(|h| h.trim().to_string())
         .collect();
     if headers.iter().all(|h| h.is_empty()) {
-        usage!("{name}: the CSV has no header row (expected columns such as id,prompt)");
+        usage!("{name}: no records in the input (expected a header row such as id,prompt, then one row per prompt)");
+    }
+    if headers[0].starts_with('{') {
+        usage!("{name} line 1: this looks like JSONL, not CSV: use --input-format jsonl");
     }
     if let Some(dup) = headers
         .iter()
@@ -188,8 +237,12 @@ fn read_jsonl(
     let mut number = 0u64;
     for (i, line) in reader.lines().enumerate() {
         let line_no = i as u64 + 1;
-        let text =
+        let mut text =
             line.map_err(|e| crate::error::UsageError(format!("{name} line {line_no}: {e}")))?;
+        if i == 0 && text.starts_with('\u{feff}') {
+            // A byte-order mark, as some Windows tools write: not part of the JSON.
+            text.drain(..3);
+        }
         if text.trim().is_empty() {
             continue;
         }
@@ -230,6 +283,9 @@ struct Sink<'a> {
     now: i64,
     /// Records waiting for the next chunk, with their rendered prompt and variables JSON.
     pending: Vec<(Record, String, String)>,
+    /// The first line of each id in this input, by a 64-bit hash of the id (16 bytes an
+    /// item): only read to name both lines when an id repeats with different content.
+    first_lines: HashMap<u64, u64>,
 }
 
 impl<'a> Sink<'a> {
@@ -251,12 +307,14 @@ impl<'a> Sink<'a> {
             name,
             now: now_ms(),
             pending: Vec::with_capacity(CHUNK),
+            first_lines: HashMap::new(),
         })
     }
 
     fn add(&mut self, rec: Record, counts: &mut Counts) -> Result<()> {
         let prompt = self.prompt(&rec)?;
         let vars = serde_json::to_string(&rec.vars)?;
+        self.first_lines.entry(id_hash(&rec.id)).or_insert(rec.line);
         self.pending.push((rec, prompt, vars));
         if self.pending.len() >= CHUNK {
             self.flush(counts)?;
@@ -280,19 +338,28 @@ impl<'a> Sink<'a> {
             args.extend([&self.batch as &dyn rusqlite::ToSql, &rec.id, prompt, vars]);
         }
         if items.execute(args.as_slice())? < n {
-            // Some ids were there already (or twice in this chunk): each must have its prompt.
-            let mut stored = self
-                .tx
-                .prepare_cached("SELECT prompt FROM items WHERE batch = ?1 AND item_id = ?2")?;
-            for (rec, prompt, _) in &self.pending {
-                let old: Option<String> = stored
-                    .query_row(params![self.batch, rec.id], |r| r.get(0))
-                    .optional()?;
-                if old.as_deref() != Some(prompt.as_str()) {
-                    usage!(
-                        "{} line {}: item {:?} is already in batch {:?} with a different prompt (a duplicate id, or the input changed: use another --batch)",
+            // Some ids were there already (or twice in this input): an item never changes
+            // once queued, so each must come again exactly as stored.
+            let mut stored = self.tx.prepare_cached(
+                "SELECT prompt, vars FROM items WHERE batch = ?1 AND item_id = ?2",
+            )?;
+            for (rec, prompt, vars) in &self.pending {
+                let (old_prompt, old_vars): (String, String) = stored
+                    .query_row(params![self.batch, rec.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let differs = differences(&old_prompt, &old_vars, prompt, vars, &rec.vars);
+                if differs.is_empty() {
+                    continue;
+                }
+                let what = differs.join(", ");
+                match self.first_lines.get(&id_hash(&rec.id)) {
+                    Some(&first) if first != rec.line => usage!(
+                        "{} line {}: item {:?} repeats line {first} with a different {what}: ids must be unique within an input",
+                        self.name, rec.line, rec.id
+                    ),
+                    _ => usage!(
+                        "{} line {}: item {:?} is already in batch {:?} with a different {what}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
                         self.name, rec.line, rec.id, self.batch
-                    );
+                    ),
                 }
             }
         }
@@ -351,4 +418,37 @@ impl<'a> Sink<'a> {
             },
         }
     }
+}
+
+fn id_hash(id: &str) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
+}
+
+/// What differs between a stored item and a record: `prompt` and the names of changed fields.
+fn differences(
+    old_prompt: &str,
+    old_vars: &str,
+    prompt: &str,
+    vars_text: &str,
+    vars: &Map<String, Value>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if old_prompt != prompt {
+        out.push("prompt".to_string());
+    }
+    if old_vars != vars_text {
+        let old: Map<String, Value> = serde_json::from_str(old_vars).unwrap_or_default();
+        let mut keys: Vec<&String> = old.keys().chain(vars.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if k != "prompt" && old.get(k) != vars.get(k) {
+                out.push(format!("field `{k}`"));
+            }
+        }
+        if out.is_empty() && old != *vars {
+            out.push("fields".to_string());
+        }
+    }
+    out
 }

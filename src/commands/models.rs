@@ -5,23 +5,24 @@ use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::cli::{ModelSetArgs, ModelsCommand};
+use crate::db::Db;
 use crate::models::{self, Backend, ModelConfig};
 use crate::report::render::{render, Table};
 use crate::usage;
 
-pub fn run(cmd: &ModelsCommand, conn: &mut Connection) -> Result<u8> {
+pub fn run(cmd: &ModelsCommand, db: &mut Db) -> Result<u8> {
     match cmd {
-        ModelsCommand::Set(a) => set(a, conn),
+        ModelsCommand::Set(a) => set(a, db),
         ModelsCommand::List(f) => {
-            let tables = [list_table(conn)?];
+            let tables = [list_table(&db.conn)?];
             render(&tables, f.format, &mut std::io::stdout().lock())?;
             Ok(0)
         }
     }
 }
 
-fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
-    let mut m = models::load(conn, &a.name)?;
+fn set(a: &ModelSetArgs, db: &mut Db) -> Result<u8> {
+    let mut m = models::load(&db.conn, &a.name)?;
     let was_configured = m.configured;
     if let Some(b) = a.backend {
         m.backend = b;
@@ -108,7 +109,8 @@ fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
         m.api_key_env = Some(k.clone());
     }
     validate(&m)?;
-    models::save(conn, &m)?;
+    models::save(&db.conn, &m)?;
+    db.publish()?;
     let verb = if was_configured { "updated" } else { "added" };
     println!("{verb} model {}: {}", m.name, describe(&m));
     Ok(0)

@@ -231,9 +231,11 @@ fn enqueue_twice_adds_nothing_and_says_so() {
         .unwrap();
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["batch"], "p");
-    assert_eq!(doc["new"], 5);
-    assert_eq!(doc["existing"], 5);
+    let row = &doc["enqueue"][0];
+    assert_eq!(row["batch"], "p");
+    assert_eq!(row["new"], 5);
+    assert_eq!(row["existing"], 5);
+    assert_eq!(row["items"], 5);
     assert_eq!(env.int("SELECT COUNT(*) FROM jobs"), 15);
 }
 
