@@ -75,6 +75,13 @@ impl Db {
                 path.display()
             );
         }
+        if access != Access::Read && !writable(path) {
+            // SQLite would quietly open it read-only and leave `-wal`/`-shm` behind.
+            anyhow::bail!(
+                "cannot write database {}: the file is read-only (report and export still work)",
+                path.display()
+            );
+        }
         let conn = match access {
             Access::Read => open_read(path)?,
             _ => open_rw(path, false)?,

@@ -175,7 +175,7 @@ fn flaky_is_done_after_two_attempts_with_no_error_left() {
     env.cmd(&["run", "--retry-base", "0.05"])
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("2 done, 0 failed, 2 retried"));
+        .stderr(summary("2 done, 0 failed, 2 retried"));
     assert_eq!(env.state_count("done"), 2);
     for job in env.rows("SELECT id, last_error IS NULL, last_outcome, attempts, charged FROM jobs")
     {
@@ -404,7 +404,7 @@ fn exit_codes_zero_when_all_done_three_when_some_failed() {
     env.cmd(&["run"])
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("2 done, 0 failed"));
+        .stderr(summary("2 done, 0 failed, 0 retried"));
     // Nothing left to do is success too.
     env.cmd(&["run"]).assert().code(0);
     env.cmd(&["enqueue", "--model", "exit1", &input])
@@ -413,7 +413,7 @@ fn exit_codes_zero_when_all_done_three_when_some_failed() {
     env.cmd(&["run", "--retry-base", "0.05"])
         .assert()
         .code(3)
-        .stderr(predicate::str::contains("0 done, 2 failed, 2 retried"));
+        .stderr(summary("0 done, 2 failed, 2 retried"));
     assert_eq!(
         env.int("SELECT COUNT(*) FROM attempts WHERE model = 'exit1'"),
         4
@@ -820,4 +820,9 @@ fn a_system_limit_at_spawn_fails_no_job() {
         2,
         "a later run with enough files finishes"
     );
+}
+
+/// `run`'s summary line, anchored: "2 done" must not match "12 done" (counts are plain text).
+fn summary(counts: &str) -> impl predicates::Predicate<str> {
+    predicate::str::is_match(format!("(?m)^llmbatch: {counts} in ")).unwrap()
 }
