@@ -538,3 +538,99 @@ fn command_templates_get_batch_item_job_and_attempt() {
     assert_eq!(env.job_output(1).as_deref(), Some("night run|first|1|2"));
     assert_eq!(env.job_output(2).as_deref(), Some("night run|second|2|2"));
 }
+
+/// A database as an older llmbatch left it: the first `version` migrations from `sql/`, with
+/// rows in every table they made (a done job with its attempt, a pending one, a runner, a
+/// model; from version 2 a rubric, a grade job and its grade).
+fn old_database(path: &Path, version: usize) {
+    let mut files: Vec<_> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let conn = rusqlite::Connection::open(path).unwrap();
+    for f in &files[..version] {
+        conn.execute_batch(&std::fs::read_to_string(f).unwrap())
+            .unwrap();
+    }
+    let echo = shell_words::quote(&fake("echo")).into_owned();
+    conn.execute(
+        "INSERT INTO models (name, backend, command, updated_at) VALUES ('echo', 'command', ?1, 1)",
+        [echo],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "INSERT INTO items VALUES ('old', '1', 'first prompt', '{\"id\":\"1\",\"prompt\":\"first prompt\"}');
+         INSERT INTO items VALUES ('old', '2', 'second prompt', '{\"id\":\"2\",\"prompt\":\"second prompt\"}');
+         INSERT INTO runners (id, host, pid, started_at, heartbeat_at, stopped_at, stop_reason)
+             VALUES (1, 'oldhost', 4242, 1000, 2000, 3000, 'done');
+         INSERT INTO jobs (id, batch, item_id, model, state, attempts, charged, attempt_id,
+                           last_outcome, created_at, updated_at)
+             VALUES (1, 'old', '1', 'echo', 'done', 1, 1, 1, 'ok', 900, 2000);
+         INSERT INTO jobs (id, batch, item_id, model, created_at, updated_at)
+             VALUES (2, 'old', '2', 'echo', 900, 900);
+         INSERT INTO attempts (id, job_id, number, model, batch, runner_id, timeout_s, started_at,
+                               finished_at, duration_ms, outcome, charged, exit_code, output)
+             VALUES (1, 1, 1, 'echo', 'old', 1, 300, 1000, 1500, 500, 'ok', 1, 0, 'an old answer');",
+    )
+    .unwrap();
+    if version >= 2 {
+        conn.execute_batch(
+            "INSERT INTO rubrics (id, name, body, pass_field, fields)
+                 VALUES (1, 'joke', 'Grade {output}', 'pass', '[\"pass\"]');
+             INSERT INTO jobs (id, batch, item_id, model, kind, parent_id, rubric_id, state,
+                               attempts, charged, attempt_id, last_outcome, created_at, updated_at)
+                 VALUES (3, 'old', '1', 'echo', 'grade', 1, 1, 'done', 1, 1, 2, 'ok', 1600, 1900);
+             INSERT INTO attempts (id, job_id, number, model, batch, runner_id, started_at,
+                                   finished_at, duration_ms, outcome, charged, output)
+                 VALUES (2, 3, 1, 'echo', 'old', 1, 1600, 1900, 300, 'ok', 1, 'pass: yes');
+             INSERT INTO grades (job_id, graded_job_id, attempt_id, grader, pass, fields)
+                 VALUES (3, 1, 2, 'echo', 1, '{\"pass\":\"yes\"}');",
+        )
+        .unwrap();
+    }
+    conn.pragma_update(None, "user_version", version as i64)
+        .unwrap();
+}
+
+/// Upgrades: databases at schema versions 1 and 2, with rows, opened by today's binary are
+/// migrated (by a report, which writes nothing else) and keep every row; work left in them
+/// then runs.
+#[test]
+fn old_schema_versions_upgrade_and_keep_every_row() {
+    let latest = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql"))
+        .unwrap()
+        .count() as i64;
+    for version in [1, 2] {
+        let env = Env::new();
+        old_database(&env.db, version);
+        let before = env.dump();
+        let done = if version == 2 { 2 } else { 1 };
+        env.cmd(&["report", "status", "--format", "csv"])
+            .assert()
+            .success()
+            .stdout(predicate::str::is_match(format!("(?m)^echo,1,0,0,{done},0,0,$")).unwrap());
+        assert_eq!(
+            env.int("PRAGMA user_version"),
+            latest,
+            "from version {version}"
+        );
+        let after = env.dump();
+        for line in &before {
+            assert!(after.contains(line), "from version {version}: lost {line}");
+        }
+        // New tables are empty; nothing else was added.
+        assert_eq!(
+            after.iter().filter(|l| !l.starts_with("table ")).count(),
+            before.iter().filter(|l| !l.starts_with("table ")).count(),
+            "from version {version}"
+        );
+        env.cmd(&["run"]).assert().success();
+        assert_eq!(env.job_output(1).as_deref(), Some("an old answer"));
+        assert_eq!(env.state_count("done"), if version == 2 { 3 } else { 2 });
+        assert_eq!(
+            env.int("SELECT COUNT(*) FROM attempts WHERE job_id = 2 AND number = 1"),
+            1
+        );
+    }
+}
