@@ -59,7 +59,7 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
     let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
         Ok(tx.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?)
     };
-    let first_new = max_id(&tx)? + 1;
+    let mut first_new = max_id(&tx)? + 1;
     let mut counts = Counts::default();
     {
         let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
@@ -80,10 +80,16 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
             format.expected()
         );
     }
-    let last_new = max_id(&tx)?;
+    let mut last_new = max_id(&tx)?;
     tx.commit().context("cannot commit the enqueued jobs")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    db.publish()?;
+    if let Some(merged) = db.publish()? {
+        // Another enqueue created the database meanwhile: ours was merged into it.
+        let jobs = counts.new + counts.existing;
+        (first_new, last_new) = (merged.first, merged.last);
+        counts.new = (last_new - first_new + 1).max(0) as u64;
+        counts.existing = jobs - counts.new;
+    }
 
     let mut out = std::io::stdout().lock();
     match a.format.format {

@@ -3,7 +3,7 @@
 pub mod jobs;
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -93,33 +93,87 @@ impl Db {
         })
     }
 
-    /// Puts a committed draft in place under the database's name: a hard link, which fails
-    /// rather than replace a database another process created meanwhile. Then this `Db`
-    /// works on the real file. A no-op for a database that already existed.
-    pub fn publish(&mut self) -> Result<()> {
+    /// Puts a committed draft in place under the database's name: a hard link, which never
+    /// replaces a database another process created meanwhile. In that case (or where the file
+    /// system has no hard links) the draft's rows are merged into that database in one
+    /// transaction instead, and the ids of the jobs it added are returned. Afterwards this
+    /// `Db` works on the real file. A no-op for a database that already existed.
+    pub fn publish(&mut self) -> Result<Option<NewJobs>> {
         let Some(draft) = self.draft.take() else {
-            return Ok(());
+            return Ok(None);
         };
         // Close the draft first: its WAL is checkpointed and removed, the file is complete.
         let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
         conn.close().map_err(|(_, e)| e)?;
-        let linked = std::fs::hard_link(&draft, &self.path);
-        remove_draft(&draft);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                anyhow::bail!(
-                    "{} was created by another process while this command ran: nothing was written; run the command again",
-                    self.path.display()
-                )
-            }
+        let merged = match std::fs::hard_link(&draft, &self.path) {
+            Ok(()) => Ok(None),
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot create {}", self.path.display()))
+                log::info!(
+                    "cannot link {} into place ({e}): merging it into {}",
+                    draft.display(),
+                    self.path.display()
+                );
+                merge(&draft, &self.path).map(Some)
             }
-        }
+        };
+        remove_draft(&draft);
+        let merged = merged?;
         self.conn = open_rw(&self.path, false)?;
-        Ok(())
+        Ok(merged)
     }
+}
+
+/// The jobs a merge added: ids `first..=last` (none when `first > last`).
+#[derive(Debug, Clone, Copy)]
+pub struct NewJobs {
+    pub first: i64,
+    pub last: i64,
+}
+
+/// Copies what a draft holds (models, items, jobs: all a creating command writes) into the
+/// database at `path`, in one transaction, with the rule enqueue applies: an item already
+/// there must be the same.
+fn merge(draft: &Path, path: &Path) -> Result<NewJobs> {
+    let mut conn = open_rw(path, true)?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS draft",
+        [draft.to_string_lossy().as_ref()],
+    )?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let changed: Option<(String, String, bool)> = tx
+        .query_row(
+            "SELECT d.batch, d.item_id, d.prompt <> m.prompt FROM draft.items d
+             JOIN main.items m ON m.batch = d.batch AND m.item_id = d.item_id
+             WHERE d.prompt <> m.prompt OR d.vars <> m.vars LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if let Some((batch, id, prompt)) = changed {
+        usage!(
+            "item {id:?} is already in batch {batch:?} with a different {}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
+            if prompt { "prompt" } else { "field" }
+        );
+    }
+    let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
+        Ok(
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM main.jobs", [], |r| {
+                r.get(0)
+            })?,
+        )
+    };
+    let first = max_id(&tx)? + 1;
+    tx.execute_batch(
+        "INSERT OR REPLACE INTO main.models SELECT * FROM draft.models;
+         INSERT OR IGNORE INTO main.items SELECT * FROM draft.items;
+         INSERT OR IGNORE INTO main.jobs (batch, item_id, model, kind, created_at, updated_at)
+             SELECT batch, item_id, model, kind, created_at, updated_at FROM draft.jobs
+             WHERE kind = 'generate' ORDER BY id;",
+    )?;
+    let last = max_id(&tx)?;
+    tx.commit()?;
+    conn.execute("DETACH DATABASE draft", [])?;
+    Ok(NewJobs { first, last })
 }
 
 impl Drop for Db {

@@ -87,6 +87,65 @@ fn a_failed_first_enqueue_never_deletes_what_another_committed() {
     assert_eq!(listing(env.dir.path()), ["small.csv", "test.db"]);
 }
 
+/// Two first enqueues at once on a new database: the one that commits second merges into
+/// the database the first created, and both keep every job.
+#[test]
+fn two_first_enqueues_at_once_both_land() {
+    let env = Env::new();
+    let start = |batch: &str, format: &str| {
+        let mut child = env
+            .spawn_cmd(&[
+                "enqueue", "--model", "m", "--batch", batch, "--format", format, "-",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let feed = child.stdin.take().unwrap();
+        (child, feed)
+    };
+    let (mut a, mut feed_a) = start("shared", "table");
+    let (mut b, mut feed_b) = start("shared", "ids");
+    wait_for(
+        "both enqueues to start their drafts",
+        Duration::from_secs(30),
+        || {
+            listing(env.dir.path())
+                .iter()
+                .filter(|n| {
+                    n.starts_with(".test.db.draft-") && !n.contains("-wal") && !n.contains("-shm")
+                })
+                .count()
+                == 2
+        },
+    );
+    feed_a.write_all(b"id,prompt\n1,one\n2,two\n").unwrap();
+    drop(feed_a);
+    let out = a.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "batch shared: 2 new, 0 already queued (2 items × 1 models)\n"
+    );
+    feed_b.write_all(b"id,prompt\n2,two\n3,three\n").unwrap();
+    drop(feed_b);
+    let status = wait_child(&mut b, Duration::from_secs(60));
+    let mut ids = String::new();
+    std::io::Read::read_to_string(b.stdout.as_mut().unwrap(), &mut ids).unwrap();
+    assert!(status.success());
+    assert_eq!(ids, "3\n");
+    assert_eq!(
+        env.rows("SELECT id, item_id FROM jobs ORDER BY id"),
+        [["1", "1"], ["2", "2"], ["3", "3"]]
+    );
+    assert_eq!(listing(env.dir.path()), ["test.db"]);
+}
+
 /// A first enqueue that fails creates nothing at all: no database, no stray file.
 #[test]
 fn a_failed_first_command_leaves_no_file() {
