@@ -105,7 +105,7 @@ fn two_first_enqueues_at_once_both_land() {
         let feed = child.stdin.take().unwrap();
         (child, feed)
     };
-    let (mut a, mut feed_a) = start("shared", "table");
+    let (a, mut feed_a) = start("shared", "table");
     let (mut b, mut feed_b) = start("shared", "ids");
     wait_for(
         "both enqueues to start their drafts",
