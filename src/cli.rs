@@ -66,11 +66,15 @@ pub enum Command {
     /// Set or list per-model settings (backend, command or endpoints, timeout, concurrency).
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Read prompts (CSV or JSONL, file or stdin) × models into jobs; idempotent.
+    /// Read prompts (CSV, TSV or JSONL, file or stdin) × models into jobs; idempotent.
     #[command(after_help = "Examples:
   llmbatch enqueue --model qwen2.5:7b --model llama3.2 prompts.csv
   llmbatch enqueue --model echo --template joke.txt --batch jokes topics.jsonl
-  cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -")]
+  cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -
+  llmbatch enqueue --model m new.csv --format ids | llmbatch run --ids-file -
+
+An input with no records exits 2. An item already queued (same batch and id) never changes:
+one with a different prompt or field exits 2; enqueue changed input under another --batch.")]
     Enqueue(EnqueueArgs),
     /// Claim jobs and run each attempt as a killable child process with a hard timeout.
     #[command(after_help = "Examples:
@@ -199,8 +203,6 @@ pub struct EnqueueArgs {
     /// another extension, jsonl when the input starts with `{`, else csv).
     #[arg(long, value_enum)]
     pub input_format: Option<InputFormat>,
-    /// table: one line for people; csv or json: the same counts as a row; ids: the ids of
-    /// the new jobs, one per line (for `| llmbatch run --ids-file -`).
     #[command(flatten)]
     pub format: FormatArgs,
     /// CSV, TSV or JSONL file, or - for stdin.

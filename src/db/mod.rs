@@ -59,7 +59,8 @@ impl Db {
     pub fn open(path: &Path, access: Access) -> Result<Db> {
         if access == Access::Create && !path.exists() {
             let draft = draft_path(path);
-            let conn = open_rw(&draft, true)?;
+            let conn = open_rw(&draft, true)
+                .with_context(|| format!("cannot create database {}", path.display()))?;
             return Ok(Db {
                 conn,
                 path: path.to_path_buf(),
