@@ -4,8 +4,6 @@
 use anyhow::{Context, Result};
 use rusqlite::{params, TransactionBehavior};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
@@ -63,13 +61,11 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
     let mut counts = Counts::default();
     {
         let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
+        sink.first_new = first_new;
+        sink.format = format;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
-            match format {
-                InputFormat::Csv => read_csv(reader, b',', &name, &mut each)?,
-                InputFormat::Tsv => read_csv(reader, b'\t', &name, &mut each)?,
-                InputFormat::Jsonl => read_jsonl(reader, &name, &mut each)?,
-            }
+            read_records(reader, format, &name, &mut each)?;
         }
         sink.flush(&mut counts)?;
     }
@@ -166,6 +162,38 @@ fn default_batch(input: &str) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "default".into())
+}
+
+fn read_records(
+    reader: impl BufRead,
+    format: InputFormat,
+    name: &str,
+    each: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    match format {
+        InputFormat::Csv => read_csv(reader, b',', name, each),
+        InputFormat::Tsv => read_csv(reader, b'\t', name, each),
+        InputFormat::Jsonl => read_jsonl(reader, name, each),
+    }
+}
+
+/// The line of the first record with `id` in the input file `name`, read again from the
+/// start: only on the error path, so an enqueue needs no memory per item. None for stdin and
+/// pipes, which cannot be read twice.
+fn first_line_of(name: &str, format: InputFormat, id: &str) -> Option<u64> {
+    if name == "stdin" || !std::fs::metadata(name).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let file = BufReader::new(std::fs::File::open(name).ok()?);
+    let mut found = None;
+    let _ = read_records(file, format, name, &mut |rec: Record| {
+        if rec.id == id {
+            found = Some(rec.line);
+            anyhow::bail!("found");
+        }
+        Ok(())
+    });
+    found
 }
 
 fn read_csv(
@@ -289,9 +317,9 @@ struct Sink<'a> {
     now: i64,
     /// Records waiting for the next chunk, with their rendered prompt and variables JSON.
     pending: Vec<(Record, String, String)>,
-    /// The first line of each id in this input, by a 64-bit hash of the id (16 bytes an
-    /// item): only read to name both lines when an id repeats with different content.
-    first_lines: HashMap<u64, u64>,
+    /// The first job id of this enqueue: an item with an older job was queued before it.
+    first_new: i64,
+    format: InputFormat,
 }
 
 impl<'a> Sink<'a> {
@@ -313,14 +341,14 @@ impl<'a> Sink<'a> {
             name,
             now: now_ms(),
             pending: Vec::with_capacity(CHUNK),
-            first_lines: HashMap::new(),
+            first_new: 0,
+            format: InputFormat::Csv,
         })
     }
 
     fn add(&mut self, rec: Record, counts: &mut Counts) -> Result<()> {
         let prompt = self.prompt(&rec)?;
         let vars = serde_json::to_string(&rec.vars)?;
-        self.first_lines.entry(id_hash(&rec.id)).or_insert(rec.line);
         self.pending.push((rec, prompt, vars));
         if self.pending.len() >= CHUNK {
             self.flush(counts)?;
@@ -349,6 +377,11 @@ impl<'a> Sink<'a> {
             let mut stored = self.tx.prepare_cached(
                 "SELECT prompt, vars FROM items WHERE batch = ?1 AND item_id = ?2",
             )?;
+            // Every queued item has jobs; those of an earlier enqueue have older ids.
+            let mut earlier = self.tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = ?1 AND item_id = ?2
+                                AND kind = 'generate' AND id < ?3)",
+            )?;
             for (rec, prompt, vars) in &self.pending {
                 let (old_prompt, old_vars): (String, String) = stored
                     .query_row(params![self.batch, rec.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -357,16 +390,22 @@ impl<'a> Sink<'a> {
                     continue;
                 }
                 let what = differs.join(", ");
-                match self.first_lines.get(&id_hash(&rec.id)) {
-                    Some(&first) if first != rec.line => usage!(
-                        "{} line {}: item {:?} repeats line {first} with a different {what}: ids must be unique within an input",
-                        self.name, rec.line, rec.id
-                    ),
-                    _ => usage!(
+                let queued_before: bool =
+                    earlier.query_row(params![self.batch, rec.id, self.first_new], |r| r.get(0))?;
+                if queued_before {
+                    usage!(
                         "{} line {}: item {:?} is already in batch {:?} with a different {what}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
                         self.name, rec.line, rec.id, self.batch
-                    ),
+                    );
                 }
+                let first = match first_line_of(self.name, self.format, &rec.id) {
+                    Some(line) => format!("line {line}"),
+                    None => "an earlier record".to_string(),
+                };
+                usage!(
+                    "{} line {}: item {:?} repeats {first} with a different {what}: ids must be unique within an input",
+                    self.name, rec.line, rec.id
+                );
             }
         }
         counts.items += n as u64;
@@ -424,10 +463,6 @@ impl<'a> Sink<'a> {
             },
         }
     }
-}
-
-fn id_hash(id: &str) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
 }
 
 /// What differs between a stored item and a record: `prompt` and the names of changed fields.

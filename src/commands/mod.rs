@@ -1,5 +1,6 @@
-//! One file per subcommand, each `run(args, &mut Connection) -> Result<u8>` (the exit code).
-//! The database is opened once here and handed in.
+//! One file per subcommand, each `run(args, &mut Connection) -> Result<u8>` (the exit code);
+//! those that may create the database take the `Db` instead, to publish it when committed.
+//! The database is opened once here, as each command needs it, and handed in.
 
 pub mod enqueue;
 pub mod export;

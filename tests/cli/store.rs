@@ -173,6 +173,35 @@ fn a_repeated_id_with_different_content_names_both_lines() {
             "{input} line 3: item \"1\" repeats line 1 with a different field `style`"
         )));
     assert!(!env.db.exists());
+    // Across chunks, and into a database that holds other work.
+    let other = env.prompts("other.csv", 2);
+    env.cmd(&["enqueue", "--model", "m", &other])
+        .assert()
+        .success();
+    let before = env.dump();
+    let mut text = String::from("id,prompt\n");
+    for i in 1..=300 {
+        text.push_str(&format!("{i},prompt {i}\n"));
+    }
+    text.push_str("5,a different prompt\n");
+    let long = env.write("long.csv", &text);
+    env.cmd(&["enqueue", "--model", "m", &long])
+        .assert()
+        .code(2)
+        .stderr(error_starts(&format!(
+            "{long} line 302: item \"5\" repeats line 6 with a different prompt"
+        )));
+    assert_eq!(env.dump(), before);
+    std::fs::remove_file(&env.db).unwrap();
+    // A pipe cannot be read twice to find the first line; it still names the repeat.
+    env.cmd(&["enqueue", "--model", "m", "-"])
+        .write_stdin("id,prompt\n7,a\n8,b\n7,c\n")
+        .assert()
+        .code(2)
+        .stderr(error_starts(
+            "stdin line 4: item \"7\" repeats an earlier record with a different prompt",
+        ));
+    assert!(!env.db.exists());
     // The same record twice is harmless.
     let same = env.write("same.csv", "id,prompt\n1,a\n1,a\n");
     env.cmd(&["enqueue", "--model", "m", &same])
