@@ -58,6 +58,7 @@ pub struct Db {
 impl Db {
     pub fn open(path: &Path, access: Access) -> Result<Db> {
         if access == Access::Create && !path.exists() {
+            remove_stale_drafts(path);
             let draft = draft_path(path);
             let conn = open_rw(&draft, true)
                 .with_context(|| format!("cannot create database {}", path.display()))?;
@@ -201,6 +202,36 @@ fn draft_path(path: &Path) -> PathBuf {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     path.with_file_name(format!(".{name}.draft-{}-{nanos}", std::process::id()))
+}
+
+/// Drafts whose process is gone (killed before it could publish or remove its draft): no
+/// one will ever publish them.
+fn remove_stale_drafts(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.draft-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn remove_draft(draft: &Path) {
