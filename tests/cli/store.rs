@@ -433,12 +433,16 @@ fn read_commands_leave_the_file_and_its_directory_untouched() {
 /// Runs the binary as an unprivileged user: as `nobody` when the tests run as root (root
 /// ignores file modes), else as ourselves.
 fn as_user(env: &Env, args: &[&str]) -> std::process::Output {
-    use std::os::unix::process::CommandExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     let mut c = env.spawn_cmd(args);
     if unsafe { libc::geteuid() } == 0 {
         c.uid(65534).gid(65534);
     }
-    c.output().unwrap()
+    c.output().unwrap_or_else(|e| std::process::Output {
+        status: std::process::ExitStatus::from_raw(127 << 8),
+        stdout: Vec::new(),
+        stderr: e.to_string().into_bytes(),
+    })
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -458,6 +462,13 @@ fn reports_work_on_a_read_only_file_and_in_a_read_only_directory() {
         .success();
     env.cmd(&["run"]).assert().success();
     let root = unsafe { libc::geteuid() } == 0;
+    chmod(env.dir.path(), 0o755);
+    if root && !as_user(&env, &["--version"]).status.success() {
+        // E.g. a checkout under /root: the unprivileged user cannot reach the binary, and
+        // as root file modes stop nothing, so there is nothing to learn here.
+        eprintln!("skipped: user nobody cannot run {}", bin_path().display());
+        return;
+    }
     // A directory only its owner (root) may write when we run as nobody; 0555 otherwise.
     for (dir_mode, file_mode, what) in [
         (
