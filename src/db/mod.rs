@@ -459,6 +459,14 @@ mod tests {
     }
 
     #[test]
+    fn uri_paths_escape_what_a_uri_reserves() {
+        assert_eq!(
+            uri_path(Path::new("/data/evals 1/a?b#c%d.db")),
+            "/data/evals%201/a%3Fb%23c%25d.db"
+        );
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
