@@ -4,7 +4,7 @@ use anyhow::Result;
 use rusqlite::Connection;
 
 use crate::cli::{Format, ReportArgs, Section};
-use crate::report::{breakdown, grades, render, sections, throughput, timeouts, Query};
+use crate::report::{breakdown, cost, grades, render, sections, throughput, timeouts, Query};
 use crate::util::now_ms;
 
 pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
@@ -17,7 +17,11 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
     let wanted = if a.sections.is_empty() && a.format == Format::Ids {
         vec![Section::Jobs]
     } else if a.sections.is_empty() {
-        vec![Section::Status, Section::Latency, Section::Failures]
+        let mut default = vec![Section::Status, Section::Latency, Section::Failures];
+        if cost::any_priced(conn)? {
+            default.push(Section::Cost);
+        }
+        default
     } else {
         a.sections.clone()
     };
@@ -40,6 +44,7 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
             Section::Timeouts => tables.push(timeouts::timeouts(conn, &q)?),
             Section::Throughput => tables.push(throughput::throughput(conn, &q)?),
             Section::Grades => tables.extend(grades::tables(conn, &q)?),
+            Section::Cost => tables.push(cost::cost(conn, &q)?),
         }
     }
     render::render(&tables, a.format, &mut std::io::stdout().lock())?;

@@ -1,5 +1,6 @@
 //! Opening the one database file: pragmas on every open, migrations by `PRAGMA user_version`.
 
+pub mod cost;
 pub mod jobs;
 
 use anyhow::{Context, Result};
@@ -16,6 +17,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "003_report_indexes",
         include_str!("../../sql/003_report_indexes.sql"),
+    ),
+    (
+        "006_backpressure_cost",
+        include_str!("../../sql/006_backpressure_cost.sql"),
     ),
 ];
 
@@ -75,10 +80,26 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
+    // A migration that rebuilds a table (SQLite's way to change a constraint) drops it while
+    // other tables still refer to it: foreign keys are off meanwhile (they cannot change inside
+    // a transaction) and checked before the migration commits.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = apply(conn, version);
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    result
+}
+
+fn apply(conn: &mut Connection, version: i64) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     for (name, sql) in &MIGRATIONS[version as usize..] {
         tx.execute_batch(sql)
             .with_context(|| format!("migration {name} failed"))?;
+    }
+    let broken: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+        r.get(0)
+    })?;
+    if broken > 0 {
+        anyhow::bail!("{broken} row(s) would break a foreign key after migrating: not applied");
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
