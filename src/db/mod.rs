@@ -162,6 +162,60 @@ mod tests {
         assert_eq!(v, SCHEMA_VERSION);
     }
 
+    /// A database of schema 3 with a graded attempt (grades refer to attempts) upgrades: the
+    /// rebuilt attempts keep every row and the foreign keys hold, and `throttled` is accepted.
+    #[test]
+    fn upgrade_from_3_keeps_attempts_and_grades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (_, sql) in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 3;
+                 INSERT INTO items VALUES ('b', '1', 'p', '{}');
+                 INSERT INTO jobs (id, batch, item_id, model, created_at, updated_at)
+                     VALUES (1, 'b', '1', 'm', 0, 0);
+                 INSERT INTO jobs (id, batch, item_id, model, kind, parent_id, created_at, updated_at)
+                     VALUES (2, 'b', '1', 'judge', 'grade', 1, 0, 0);
+                 INSERT INTO attempts (id, job_id, number, model, batch, started_at, outcome, timings)
+                     VALUES (7, 2, 1, 'judge', 'b', 5, 'ok', '{\"eval_count\": 3}');
+                 INSERT INTO grades (job_id, graded_job_id, attempt_id, grader, pass)
+                     VALUES (2, 1, 7, 'judge', 1);",
+            )
+            .unwrap();
+        }
+        let conn = open(&path, false).unwrap();
+        let (n, timings): (i64, String) = conn
+            .query_row(
+                "SELECT COUNT(*), MAX(timings) FROM attempts JOIN grades ON grades.attempt_id = attempts.id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, timings.as_str()), (1, r#"{"eval_count": 3}"#));
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        conn.execute(
+            "INSERT INTO attempts (job_id, number, model, batch, started_at, outcome)
+             VALUES (1, 1, 'm', 'b', 6, 'throttled')",
+            [],
+        )
+        .unwrap();
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' AND sql IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 4);
+    }
+
     #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -258,6 +258,24 @@ fn rpm_paces_requests_with_no_burst_at_start() {
     assert!(rate <= 2.2, "{rate:.2} requests/s");
     // No burst at start: the first three are spread over about a second.
     assert!(first3 >= 0.7, "first 3 requests within {first3:.2}s");
+
+    // `report throughput` counts with the pace: 120 a minute is 7200 an hour, so 40 more
+    // jobs take at least 20 s whatever the rate seen so far.
+    let more = env.prompts("more.csv", 40);
+    env.cmd(&[
+        "enqueue",
+        "--model",
+        "gpt-4o-mini",
+        "--batch",
+        "more",
+        &more,
+    ])
+    .assert()
+    .success();
+    let doc = env.report_json(&["throughput"]);
+    let row = &doc["throughput"][0];
+    assert_eq!(row["paced_per_hour"], json!(7200.0), "{doc}");
+    assert!(row["eta_s"].as_f64().unwrap() >= 20.0, "{doc}");
 }
 
 /// `--tpm`: each request counts its prompt (4 characters a token) plus max_tokens, corrected
@@ -310,6 +328,13 @@ fn tpm_paces_by_tokens_and_follows_reported_usage() {
     assert!(most_in_1s <= 2, "{most_in_1s} requests within one second");
     assert!(most_in_2s <= 3, "{most_in_2s} requests within two seconds");
     assert!(rate <= 1.15, "{rate:.2} requests/s");
+    // 2400 tokens a minute at the 40 tokens each job used: 3600 jobs an hour at most.
+    let doc = env.report_json(&["throughput"]);
+    assert_eq!(
+        doc["throughput"][0]["paced_per_hour"],
+        json!(3600.0),
+        "{doc}"
+    );
 }
 
 fn cost_rows(doc: &Value) -> Vec<Value> {
