@@ -11,7 +11,8 @@ use crate::util::duration_arg;
 const EXIT_CODES: &str = "\
 Exit codes:
   0    all requested work done
-  1    operational error (database, I/O, an endpoint unreachable past --unavailable-limit)
+  1    operational error (database, I/O, an endpoint unreachable or throttling past
+       --unavailable-limit, an exhausted API quota)
   2    usage or bad input (bad flag, malformed input line, unknown job id, missing database)
   3    some jobs ended failed
   129  interrupted by SIGHUP, e.g. a closed terminal (not under nohup)

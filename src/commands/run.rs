@@ -68,7 +68,7 @@ pub fn run(a: &RunArgs, conn: &mut Connection, cli: &Cli) -> Result<u8> {
     if let Some(sig) = s.signal {
         return Ok(signals::exit_code(sig) as u8);
     }
-    if let Some((_, msg)) = s.unreachable.first() {
+    if let Some((_, msg)) = s.stopped_lanes.first() {
         eprintln!("llmbatch: error: {msg}");
         return Ok(EXIT_ERROR);
     }

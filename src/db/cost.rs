@@ -18,7 +18,8 @@ pub struct TokenSum {
     pub key: Vec<String>,
     pub model: String,
     pub attempts: i64,
-    /// Distinct jobs with an attempt in the group.
+    /// Distinct jobs with a charged attempt in the group: throttled, unreachable or
+    /// interrupted attempts never reached the model, and a job they alone touched cost nothing.
     pub jobs: i64,
     pub prompt_tokens: i64,
     pub output_tokens: i64,
@@ -38,7 +39,7 @@ pub fn token_sums(
         .position(|k| *k == "model")
         .expect("cost groups include the model");
     let sql = format!(
-        "SELECT {key_list}, COUNT(*), COUNT(DISTINCT a.job_id), SUM({PROMPT}), SUM({OUTPUT})
+        "SELECT {key_list}, COUNT(*), COUNT(DISTINCT CASE WHEN a.charged = 1 THEN a.job_id END), SUM({PROMPT}), SUM({OUTPUT})
          FROM attempts a WHERE a.outcome IS NOT NULL{cond}
          GROUP BY {key_list} ORDER BY {key_list}"
     );

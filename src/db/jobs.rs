@@ -11,17 +11,29 @@ use crate::util::now_ms;
 /// What happened in one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Outcome {
+    /// An answer
     Ok,
+    /// No answer within the model's timeout: killed
     Timeout,
+    /// The command exited non-zero
     Exit,
+    /// Killed by a signal
     Crash,
+    /// Could not start (bad command, bad URL); not retried
     Spawn,
+    /// An HTTP error (5xx retried, 4xx not)
     Http,
+    /// The server could not be reached; not charged
     Unavailable,
+    /// No output
     Empty,
+    /// A grader's answer could not be read
     Parse,
+    /// The runner died; found by a reap
     Lost,
+    /// The runner was stopped by a signal; not charged
     Interrupted,
+    /// The server pushed back (429, 503, "server busy") or the quota ran out; not charged
     Throttled,
 }
 

@@ -137,6 +137,10 @@ pub fn cost(conn: &Connection, q: &Query) -> Result<Table> {
         "cost_per_1k_jobs_usd",
     ]);
     let mut t = Table::new("cost", "Cost (successful and failed attempts)", &header);
+    t.decimals = vec![
+        ("cost_usd".to_string(), 6),
+        ("cost_per_1k_jobs_usd".to_string(), 6),
+    ];
     let mut total = 0.0;
     let mut unpriced = Vec::new();
     for r in rows {

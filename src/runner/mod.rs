@@ -98,7 +98,7 @@ pub struct Summary {
     pub halted_on_failures: bool,
     /// Lanes stopped because every endpoint stayed unreachable or throttling, or the quota
     /// ran out: (model, message).
-    pub unreachable: Vec<(String, String)>,
+    pub stopped_lanes: Vec<(String, String)>,
     /// Attempts the servers throttled (not charged).
     pub throttled: u64,
     /// Recorded cost in scope (USD), when `--max-cost` is set.
@@ -865,7 +865,7 @@ impl Coordinator<'_> {
             log::error!("{msg}");
             lane.stopped = Some("quota exhausted".into());
             self.summary
-                .unreachable
+                .stopped_lanes
                 .push((done.claim.model.clone(), msg));
         }
         match lane.ended(done.claim.job_id, &done.claim.endpoint, end) {
@@ -1025,7 +1025,7 @@ impl Coordinator<'_> {
                     }
                     .into(),
                 );
-                self.summary.unreachable.push((name.clone(), msg));
+                self.summary.stopped_lanes.push((name.clone(), msg));
             }
         }
     }

@@ -426,6 +426,11 @@ fn cost_report_has_exact_figures() {
         Some("model,attempts,jobs,prompt_tokens,output_tokens,cost_usd,cost_per_1k_jobs_usd")
     );
     assert!(csv.lines().any(|l| l == "free,1,1,26,290,,"), "{csv}");
+    // Fractions of a cent stay visible as text.
+    assert!(
+        csv.lines().any(|l| l == "gpt,5,5,60,35,0.000030,0.006000"),
+        "{csv}"
+    );
     let default = env.report_json(&[]);
     assert_eq!(cost_rows(&default).len(), 3);
     let table = env.stdout(&["report", "cost"]);
