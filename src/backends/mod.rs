@@ -244,6 +244,10 @@ fn retry_after(ms: Option<&str>, header: Option<&str>, now: std::time::SystemTim
 /// or credit (OpenAI's 429 `insufficient_quota`, a 402) ends `throttled` marked
 /// `quota_exhausted`, which stops the lane. None for any other answer.
 fn backpressure(reply: &Reply, url: &str) -> Option<WorkerResponse> {
+    // A 2xx is an answer, whatever its text says (a model may well write "server busy").
+    if (200..300).contains(&reply.status) {
+        return None;
+    }
     let text = error_text(&reply.body);
     let busy = text.to_lowercase().contains("server busy");
     let quota = quota_exhausted(reply.status, &reply.body);
@@ -423,6 +427,8 @@ mod tests {
         assert!(backpressure(&reply(500, busy), "u").is_some());
         assert!(backpressure(&reply(500, r#"{"error":"boom"}"#), "u").is_none());
         assert!(backpressure(&reply(404, "{}"), "u").is_none());
+        let answer = r#"{"response":"The server busy? You exceeded your current quota of jokes."}"#;
+        assert!(backpressure(&reply(200, answer), "u").is_none());
         let q = r#"{"error":{"message":"out","code":"insufficient_quota"}}"#;
         assert!(backpressure(&reply(429, q), "u").unwrap().quota_exhausted);
     }

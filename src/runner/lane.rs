@@ -21,6 +21,9 @@ const MAX_REST: Duration = Duration::from_secs(30);
 /// The rest after a throttle that named no Retry-After (Ollama's "server busy"): its queue
 /// drains in seconds; the halved concurrency, not a growing rest, keeps the pressure off.
 const THROTTLE_REST: Duration = Duration::from_secs(1);
+/// The longest an attempt holds its slot after a throttle: one long Retry-After must not slow
+/// the endpoint for minutes after it ended.
+const MAX_HOLD: Duration = Duration::from_secs(10);
 
 pub struct Endpoint {
     pub url: String,
@@ -315,7 +318,7 @@ impl Lane {
         e.throttled_since.get_or_insert(now);
         let by_server = wait.is_some();
         let rest = wait.unwrap_or(THROTTLE_REST);
-        e.hold = e.hold.max(rest);
+        e.hold = e.hold.max(rest).min(MAX_HOLD);
         let until = now + rest;
         // Attempts sent together are throttled together: one episode halves the limit once;
         // a later Retry-After can only lengthen the rest.

@@ -982,51 +982,54 @@ impl Coordinator<'_> {
             if lane.stopped.is_some() {
                 continue;
             }
-            if let Some(blocked) = lane.blocked_past(self.opts.unavailable_limit) {
-                let urls = &blocked.urls;
-                // A command lane has no server: what failed is starting its command.
-                let (what, hint) = if urls.iter().all(|u| u.is_empty()) {
-                    (
-                        "its command could not be started".to_string(),
-                        "is the machine out of processes or files?",
-                    )
-                } else if blocked.throttled {
-                    (
-                        format!("{} throttled every request (429/503 busy)", urls.join(", ")),
-                        "is the rate limit lower than --rpm/--tpm, or the server overloaded?",
-                    )
-                } else {
-                    (
-                        format!("{} unreachable", urls.join(", ")),
-                        "is the server running?",
-                    )
-                };
-                // A daemon outlives the outage: it keeps probing (every 30 s at most).
-                if self.opts.watch {
-                    if !lane.outage_reported {
-                        log::error!(
-                            "model {name}: {what} for {} — {hint} still trying (--watch)",
-                            human_secs(self.opts.unavailable_limit.as_secs_f64())
-                        );
-                        lane.outage_reported = true;
-                    }
-                    continue;
+            let Some(blocked) = lane.blocked_past(self.opts.unavailable_limit) else {
+                // Working again: a later outage is reported again.
+                lane.outage_reported = false;
+                continue;
+            };
+            let urls = &blocked.urls;
+            // A command lane has no server: what failed is starting its command.
+            let (what, hint) = if urls.iter().all(|u| u.is_empty()) {
+                (
+                    "its command could not be started".to_string(),
+                    "is the machine out of processes or files?",
+                )
+            } else if blocked.throttled {
+                (
+                    format!("{} throttled every request (429/503 busy)", urls.join(", ")),
+                    "is the rate limit lower than --rpm/--tpm, or the server overloaded?",
+                )
+            } else {
+                (
+                    format!("{} unreachable", urls.join(", ")),
+                    "is the server running?",
+                )
+            };
+            // A daemon outlives the outage: it keeps probing (every 30 s at most).
+            if self.opts.watch {
+                if !lane.outage_reported {
+                    log::error!(
+                        "model {name}: {what} for {} — {hint} still trying (--watch)",
+                        human_secs(self.opts.unavailable_limit.as_secs_f64())
+                    );
+                    lane.outage_reported = true;
                 }
-                let msg = format!(
-                    "model {name}: {what} for {} — {hint} its jobs stay pending",
-                    human_secs(self.opts.unavailable_limit.as_secs_f64())
-                );
-                log::error!("{msg}");
-                lane.stopped = Some(
-                    if blocked.throttled {
-                        "throttled"
-                    } else {
-                        "unreachable"
-                    }
-                    .into(),
-                );
-                self.summary.stopped_lanes.push((name.clone(), msg));
+                continue;
             }
+            let msg = format!(
+                "model {name}: {what} for {} — {hint} its jobs stay pending",
+                human_secs(self.opts.unavailable_limit.as_secs_f64())
+            );
+            log::error!("{msg}");
+            lane.stopped = Some(
+                if blocked.throttled {
+                    "throttled"
+                } else {
+                    "unreachable"
+                }
+                .into(),
+            );
+            self.summary.stopped_lanes.push((name.clone(), msg));
         }
     }
 
