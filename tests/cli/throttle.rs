@@ -503,3 +503,88 @@ fn max_cost_stops_claiming_at_the_cap() {
         10
     );
 }
+
+/// `Retry-After` as an HTTP date is honoured: the job's next request waits until then.
+#[test]
+fn retry_after_as_an_http_date_is_honoured() {
+    let server = Server::start(|req, n| {
+        if n == 1 {
+            // Three seconds from now, in the RFC 9110 date form (one-second precision).
+            let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
+            let date = jiff::fmt::rfc2822::DateTimePrinter::new()
+                .timestamp_to_rfc9110_string(&at)
+                .unwrap();
+            return Reply::Headers(
+                429,
+                vec![("Retry-After", date)],
+                json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}})
+                    .to_string(),
+            );
+        }
+        now_json(200, openai_answer(req.model(), "ok", None))
+    });
+    let env = Env::new();
+    openai_model(&env, "gpt", &server.url, &["--max-attempts", "1"]);
+    let input = env.prompts("p.csv", 1);
+    env.cmd(&["enqueue", "--model", "gpt", &input])
+        .assert()
+        .success();
+    env.cmd(&["run", "--retry-base", "100ms"])
+        .assert()
+        .success();
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    let waited = (reqs[1].at - reqs[0].at).as_secs_f64();
+    eprintln!("Retry-After date 3 s ahead: next request after {waited:.2}s");
+    // The date has whole seconds: the wait is between 2 and 3 s, never shorter.
+    assert!(waited >= 1.9, "retried after {waited:.2}s");
+}
+
+/// With `--watch`, throttling past `--unavailable-limit` does not stop the lane: it keeps
+/// trying, and finishes the jobs once the server lets them through.
+#[test]
+fn watch_keeps_trying_through_long_throttling() {
+    let opened = Instant::now() + Duration::from_secs(4);
+    let server = Server::start(move |req, _| {
+        if Instant::now() < opened {
+            return openai_rate_limited(1);
+        }
+        now_json(200, openai_answer(req.model(), "ok", None))
+    });
+    let env = Env::new();
+    openai_model(&env, "gpt", &server.url, &["--max-attempts", "1"]);
+    let input = env.prompts("p.csv", 3);
+    env.cmd(&["enqueue", "--model", "gpt", &input])
+        .assert()
+        .success();
+    let log = env.dir.path().join("run.log");
+    let mut child = env
+        .spawn_cmd(&[
+            "--log-file",
+            log.to_str().unwrap(),
+            "run",
+            "--watch",
+            "--poll",
+            "200ms",
+            "--unavailable-limit",
+            "1s",
+            "--retry-base",
+            "100ms",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("every job done", Duration::from_secs(60), || {
+        env.state_count("done") == 3
+    });
+    kill(child.id(), libc::SIGTERM);
+    wait_child(&mut child, Duration::from_secs(30));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let want = format!(
+        "model gpt: {} throttled every request (429/503 busy) for 1.0s",
+        server.url
+    );
+    assert!(text.contains(&want), "{text}");
+    assert!(text.contains("still trying (--watch)"), "{text}");
+    assert_eq!(env.int("SELECT SUM(charged) FROM jobs"), 3);
+}
