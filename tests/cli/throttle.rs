@@ -588,3 +588,67 @@ fn watch_keeps_trying_through_long_throttling() {
     assert!(text.contains("still trying (--watch)"), "{text}");
     assert_eq!(env.int("SELECT SUM(charged) FROM jobs"), 3);
 }
+
+/// The night of issue 10: Ollama is restarted (down for a while), then answers 503 "server
+/// busy" twice per prompt. Every job of the model ends done, each charged one attempt.
+#[test]
+fn the_busy_night_fails_nothing() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let env = Env::new();
+    env.cmd(&[
+        "models",
+        "set",
+        "nightly",
+        "--endpoint",
+        &url,
+        "--concurrency",
+        "2",
+        "--timeout",
+        "30",
+    ])
+    .assert()
+    .success();
+    env.cmd(&["enqueue", "--model", "nightly", &env.prompts("p.csv", 8)])
+        .assert()
+        .success();
+    let mut run = env
+        .spawn_cmd(&["run", "--unavailable-limit", "90s", "--retry-base", "100ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("an unavailable attempt", Duration::from_secs(30), || {
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'unavailable'") >= 1
+    });
+    let seen: Mutex<HashMap<String, usize>> = Mutex::new(HashMap::new());
+    // Ollama is back (skipped if another process took the port meanwhile).
+    let Some(_server) = Server::start_on(port, move |req, _| {
+        let prompt = req.body["prompt"].as_str().unwrap_or("").to_string();
+        let n = {
+            let mut s = seen.lock().unwrap();
+            let n = s.entry(prompt).or_default();
+            *n += 1;
+            *n
+        };
+        if n <= 2 {
+            return ollama_server_busy();
+        }
+        now_json(200, ollama_answer(req.model(), "morning", None, "stop"))
+    }) else {
+        let _ = run.kill();
+        let _ = run.wait();
+        return;
+    };
+    let status = wait_child(&mut run, Duration::from_secs(120));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(env.state_count("done"), 8);
+    assert_eq!(env.int("SELECT MAX(charged) FROM jobs"), 1);
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'throttled'"),
+        16
+    );
+}
