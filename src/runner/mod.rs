@@ -997,7 +997,7 @@ impl Coordinator<'_> {
             } else if blocked.throttled {
                 (
                     format!("{} throttled every request (429/503 busy)", urls.join(", ")),
-                    "is the rate limit lower than --rpm/--tpm, or the server overloaded?",
+                    "is the server overloaded, or its rate limit below --rpm/--tpm (or unset)?",
                 )
             } else {
                 (
