@@ -171,12 +171,22 @@ impl Lane {
             return;
         }
         let fresh = Lane::new(model, timeout);
+        let was = self.model.concurrency.max(1) as usize;
+        let now = fresh.model.concurrency.max(1) as usize;
         let mut old = std::mem::take(&mut self.endpoints);
         self.endpoints = fresh
             .endpoints
             .into_iter()
             .map(|e| match old.iter().position(|o| o.url == e.url) {
-                Some(i) => old.swap_remove(i),
+                Some(i) => {
+                    let mut kept = old.swap_remove(i);
+                    // An endpoint at full speed follows a new --concurrency; a throttled one
+                    // keeps its lower limit and grows back to it.
+                    if kept.limit >= was {
+                        kept.limit = now;
+                    }
+                    kept
+                }
                 None => e,
             })
             .collect();

@@ -435,6 +435,24 @@ fn cost_report_has_exact_figures() {
         csv.lines().any(|l| l == "gpt,5,5,60,35,0.000030,0.006000"),
         "{csv}"
     );
+    // Bad amounts are refused with the flag named, exit 2, the prices kept.
+    for (flag, value) in [
+        ("--price-in", "-1"),
+        ("--price-out", "lots"),
+        ("--rpm", "-5"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let out = env.cmd(&["models", "set", "gpt", &arg]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(stderr_of(&out).contains(flag), "{}", stderr_of(&out));
+    }
+    let out = env.cmd(&["run", "--max-cost", "ten"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("expected an amount in USD"),
+        "{}",
+        stderr_of(&out)
+    );
     let default = env.report_json(&[]);
     assert_eq!(cost_rows(&default).len(), 3);
     let table = env.stdout(&["report", "cost"]);
