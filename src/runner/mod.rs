@@ -238,6 +238,11 @@ impl Coordinator<'_> {
         );
         self.reap_now(orphans)?;
         self.refresh_lanes()?;
+        if self.opts.max_cost.is_some() && !self.lanes.values().any(|l| l.model.priced()) {
+            log::warn!(
+                "--max-cost counts nothing here: no model in scope has prices (`llmbatch models set NAME --price-in USD --price-out USD`)"
+            );
+        }
         Ok(())
     }
 
