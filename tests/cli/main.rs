@@ -13,3 +13,4 @@ mod promises;
 mod recovery;
 mod reports;
 mod store;
+mod throttle;
