@@ -15,7 +15,7 @@ pub mod worker;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command, ModelsCommand, ScopeArgs};
-use crate::db::{self, jobs::Filter, Access, Db};
+use crate::db::{self, Access, Db, Filter, QueueStore};
 
 pub fn dispatch(cli: &Cli) -> Result<u8> {
     if let Command::Worker = cli.command {
@@ -40,12 +40,12 @@ fn run_command(cli: &Cli) -> Result<u8> {
     let code = match &cli.command {
         Command::Models(a) => models::run(a, &mut db)?,
         Command::Enqueue(a) => enqueue::run(a, &mut db)?,
-        Command::Run(a) => run::run(a, &mut db.conn, cli)?,
-        Command::Reap(a) => reap::run(a, cli.quiet, &mut db.conn)?,
-        Command::Resume(a) => resume::run(a, &mut db.conn)?,
-        Command::Grade(a) => grade::run(a, &mut db.conn)?,
-        Command::Report(a) => report::run(a, &mut db.conn)?,
-        Command::Export(a) => export::run(a, &mut db.conn)?,
+        Command::Run(a) => run::run(a, &db, cli)?,
+        Command::Reap(a) => reap::run(a, cli.quiet, &db)?,
+        Command::Resume(a) => resume::run(a, &db)?,
+        Command::Grade(a) => grade::run(a, &db)?,
+        Command::Report(a) => report::run(a, &mut db)?,
+        Command::Export(a) => export::run(a, &mut db)?,
         Command::Worker => unreachable!("handled in dispatch"),
     };
     // Creating commands publish before they print; this only catches one that did not.
@@ -54,14 +54,28 @@ fn run_command(cli: &Cli) -> Result<u8> {
 }
 
 /// Turns `--batch/--model/--ids-file` into a filter, loading the ids into the connection.
-pub fn scope_filter(scope: &ScopeArgs, conn: &rusqlite::Connection) -> Result<Filter> {
+/// The jobs `--batch`, `--model` and `--ids-file` select; an id naming no job is bad input.
+pub fn scope_filter(scope: &ScopeArgs, store: &dyn QueueStore) -> Result<Filter> {
     let ids = match &scope.ids_file {
         Some(source) => {
             let ids = crate::ids::read(source)?;
-            crate::db::jobs::install_ids(conn, &ids)?;
-            true
+            let unknown = store.unknown_ids(&ids)?;
+            if !unknown.is_empty() {
+                let shown: Vec<String> = unknown.iter().take(20).map(i64::to_string).collect();
+                let more = if unknown.len() > 20 {
+                    format!(" and {} more", unknown.len() - 20)
+                } else {
+                    String::new()
+                };
+                crate::usage!(
+                    "{} unknown job id(s) in the ids file: {}{more}",
+                    unknown.len(),
+                    shown.join(", ")
+                );
+            }
+            Some(ids)
         }
-        None => false,
+        None => None,
     };
     Ok(Filter {
         batch: scope.batch.clone(),
@@ -70,7 +84,6 @@ pub fn scope_filter(scope: &ScopeArgs, conn: &rusqlite::Connection) -> Result<Fi
     })
 }
 
-/// ISO-8601 UTC with milliseconds, for log files.
 pub fn iso_time_ms(ms: i64) -> String {
     let base = iso_time(ms);
     format!("{}.{:03}Z", base.trim_end_matches('Z'), ms.rem_euclid(1000))

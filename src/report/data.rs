@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use super::render::Table;
 use super::{grades, sections, speed, timeouts, Query};
-use crate::cli::GroupKey;
+use crate::db::{Db, GroupKey, Store};
 
 pub struct Sections<'a> {
+    pub store: &'a dyn Store,
     pub conn: &'a Connection,
     /// The scope and grouping asked for.
     pub q: &'a Query,
@@ -36,9 +37,10 @@ fn once<T>(cell: &OnceCell<T>, make: impl FnOnce() -> Result<T>) -> Result<&T> {
 }
 
 impl<'a> Sections<'a> {
-    pub fn new(conn: &'a Connection, q: &'a Query) -> Sections<'a> {
+    pub fn new(db: &'a Db, q: &'a Query) -> Sections<'a> {
         Sections {
-            conn,
+            store: db,
+            conn: &db.conn,
             q,
             by_model: Query {
                 filter: q.filter.clone(),
@@ -100,7 +102,9 @@ impl<'a> Sections<'a> {
     }
 
     pub fn timeouts(&self) -> Result<&Table> {
-        once(&self.timeouts, || timeouts::timeouts(self.conn, self.q))
+        once(&self.timeouts, || {
+            timeouts::timeouts(self.store, self.conn, self.q)
+        })
     }
 
     /// `grades`, `graders`, `agreement`.

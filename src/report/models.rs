@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::data::Sections;
 use super::render::Table;
-use crate::db::jobs::Outcome;
+use crate::domain::Outcome;
 
 /// The leaderboard's columns, in order (snake_case, as in JSON).
 pub const COLUMNS: [&str; 15] = [

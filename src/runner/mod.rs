@@ -8,9 +8,8 @@ mod pace;
 mod pool;
 pub mod signals;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rusqlite::{params, params_from_iter, Connection, TransactionBehavior};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -18,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::attempt::{self, AttemptJob};
-use crate::db::jobs::{self, Claim, Filter, Finish, Next, Outcome};
+use crate::db::{ClaimParams, Filter, FinishParams, NewRunner, RecordAndClaimParams, Store};
+use crate::domain::{self, Claim, Finish, JobState, Next, Outcome};
 use crate::exec::StopSignal;
-use crate::models;
-use crate::util::{human_secs, now_ms};
+use crate::reaper::{self, Orphan};
+use crate::util::human_secs;
 use lane::{End, Lane, Reach};
 
 /// Attempts at once over all lanes when `--jobs` is not given.
@@ -114,7 +114,7 @@ struct Done {
 }
 
 struct Coordinator<'a> {
-    conn: &'a mut Connection,
+    store: &'a dyn Store,
     opts: RunOptions,
     runner_id: i64,
     lanes: BTreeMap<String, Lane>,
@@ -133,15 +133,15 @@ struct Coordinator<'a> {
 }
 
 /// Runs jobs in scope until none is left (or a stop condition), then reports what it did.
-pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
-    let runner_id = register(conn)?;
+pub fn run(store: &dyn Store, opts: RunOptions) -> Result<Summary> {
+    let runner_id = register(store)?;
     let stop = Arc::new(StopSignal::default());
     let signals = signals::SignalWatch::install(stop.clone())?;
-    let heartbeat = heartbeat::Heartbeat::start(&opts.db_path, runner_id, opts.lease)?;
+    let heartbeat = heartbeat::Heartbeat::start(store.reopen()?, runner_id, opts.lease)?;
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     let mut coord = Coordinator {
-        conn,
+        store,
         runner_id,
         lanes: BTreeMap::new(),
         pool: pool::Pool::new(opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512)),
@@ -180,10 +180,7 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         (_, Some(_)) => "interrupted",
         _ => "finished",
     };
-    let _ = coord.conn.execute(
-        "UPDATE runners SET stopped_at = ?1, stop_reason = ?2 WHERE id = ?3",
-        params![now_ms(), reason, runner_id],
-    );
+    let _ = coord.store.stop_runner(runner_id, reason);
     if let Some(multi) = &coord.multi {
         let _ = multi.clear();
     }
@@ -193,48 +190,33 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
     Ok(summary)
 }
 
-fn register(conn: &Connection) -> Result<i64> {
+fn register(store: &dyn Store) -> Result<i64> {
     let pid = std::process::id() as i64;
-    let now = now_ms();
-    conn.execute(
-        "INSERT INTO runners (host, pid, pid_start, boot_id, started_at, heartbeat_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        params![
-            crate::util::hostname(),
-            pid,
-            crate::util::pid_start(pid),
-            crate::util::boot_id(),
-            now
-        ],
-    )
-    .context("cannot register this runner")?;
-    Ok(conn.last_insert_rowid())
+    store.register_runner(&NewRunner {
+        host: crate::util::hostname(),
+        pid,
+        pid_start: crate::util::pid_start(pid),
+        boot_id: crate::util::boot_id(),
+    })
 }
 
 impl Coordinator<'_> {
     /// One line of what was found, then the orphans of dead runners back in the queue.
     fn startup(&mut self) -> Result<()> {
         if self.opts.max_cost.is_some() {
-            self.summary.spent = crate::report::cost::spent(self.conn, &self.opts.filter)?;
+            self.summary.spent = crate::report::cost::spent(self.store, &self.opts.filter)?;
         }
-        let (cond, args) = self.opts.filter.sql("j");
-        let sql =
-            format!("SELECT j.state, COUNT(*) FROM jobs j WHERE 1 = 1{cond} GROUP BY j.state");
-        let counts: HashMap<String, i64> = self
-            .conn
-            .prepare(&sql)?
-            .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
-        let n = |s: &str| counts.get(s).copied().unwrap_or(0);
+        let counts = self.store.state_counts(&self.opts.filter)?;
+        let orphans = reaper::find_orphans(self.store, Some(self.runner_id))?;
+        let n = |s: JobState| counts.get(&s).copied().unwrap_or(0);
         log::info!(
             "runner {} found {} pending, {} running ({} orphaned), {} done, {} failed",
             self.runner_id,
-            n("pending"),
-            n("running"),
+            n(JobState::Pending),
+            n(JobState::Running),
             orphans.iter().filter(|o| self.in_scope(o)).count(),
-            n("done"),
-            n("failed")
+            n(JobState::Done),
+            n(JobState::Failed)
         );
         self.reap_now(orphans)?;
         self.refresh_lanes()?;
@@ -246,66 +228,56 @@ impl Coordinator<'_> {
         Ok(())
     }
 
-    fn reap_now(&mut self, orphans: Vec<jobs::Orphan>) -> Result<()> {
+    /// Reaps when `found` holds orphans (judged again as they are put back).
+    fn reap_now(&mut self, found: Vec<Orphan>) -> Result<()> {
         self.next_reap = Instant::now() + (self.opts.lease / 2).max(Duration::from_millis(500));
-        if orphans.is_empty() {
+        if found.is_empty() {
             return Ok(());
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let reaped = jobs::reap(&tx, &orphans)?;
-        tx.commit()?;
+        let reaped = reaper::reap(self.store, Some(self.runner_id))?;
         for (o, state) in &reaped {
             log::warn!(
-                "reaped job {} ({}): {}; back to {state}",
-                o.job_id,
-                o.model,
-                o.reason
+                "reaped job {} ({}): {}; back to {}",
+                o.job.job_id,
+                o.job.model,
+                o.reason,
+                state.as_str()
             );
-            if *state == "failed" && self.in_scope(o) {
+            if *state == JobState::Failed && self.in_scope(o) {
                 self.summary.failed += 1;
             }
         }
         Ok(())
     }
 
-    fn in_scope(&self, o: &jobs::Orphan) -> bool {
-        let f = &self.opts.filter;
-        f.batch.as_ref().is_none_or(|b| *b == o.batch)
-            && (f.models.is_empty() || f.models.contains(&o.model))
+    fn in_scope(&self, o: &Orphan) -> bool {
+        self.opts.filter.covers(&o.job.batch, &o.job.model)
     }
 
     /// Opens a lane for every model with pending work in scope.
     fn refresh_lanes(&mut self) -> Result<()> {
-        let (cond, args) = self.opts.filter.sql("j");
-        let sql = format!("SELECT DISTINCT j.model FROM jobs j WHERE j.state = 'pending'{cond}");
-        let names: Vec<String> = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(args), |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let names = self.store.pending_models(&self.opts.filter)?;
         for name in names {
             if let Some(lane) = self.lanes.get_mut(&name) {
                 if lane.in_flight == 0 {
-                    let config = models::load(self.conn, &name)?;
-                    let timeout = crate::timeouts::effective(self.conn, &config)?;
+                    let config = self.store.model(&name)?;
+                    let timeout = crate::timeouts::effective(self.store, &config)?;
                     lane.reconfigure(config, timeout);
                 } else if lane.model.timeout_auto {
                     // `--timeout auto` follows the advice as successes come in; new claims
                     // get it, attempts in flight keep theirs.
-                    lane.timeout = crate::timeouts::effective(self.conn, &lane.model)?;
+                    lane.timeout = crate::timeouts::effective(self.store, &lane.model)?;
                 }
                 continue;
             }
-            let config = models::load(self.conn, &name)?;
+            let config = self.store.model(&name)?;
             if !config.configured {
                 log::info!(
                     "model {name} is not configured: using Ollama at {} (see `llmbatch models set`)",
                     config.effective_endpoints().join(", ")
                 );
             }
-            let timeout = crate::timeouts::effective(self.conn, &config)?;
+            let timeout = crate::timeouts::effective(self.store, &config)?;
             let mut lane = Lane::new(config, timeout);
             if let Some(multi) = &self.multi {
                 let total = self.count_open(&name)?;
@@ -324,14 +296,7 @@ impl Coordinator<'_> {
     }
 
     fn count_open(&self, model: &str) -> Result<u64> {
-        let (cond, mut args) = self.opts.filter.sql("j");
-        let sql = format!(
-            "SELECT COUNT(*) FROM jobs j WHERE j.state IN ('pending', 'running') AND j.model = ?{cond}"
-        );
-        args.insert(0, rusqlite::types::Value::Text(model.to_string()));
-        Ok(self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)
+        self.store.open_jobs(&self.opts.filter, model)
     }
 
     fn work(&mut self, signals: &signals::SignalWatch) -> Result<()> {
@@ -347,7 +312,7 @@ impl Coordinator<'_> {
             self.gather(&mut pending);
             let claiming = self.may_claim();
             if claiming && Instant::now() >= self.next_reap {
-                let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
+                let orphans = reaper::find_orphans(self.store, Some(self.runner_id))?;
                 self.reap_now(orphans)?;
                 // New models, and jobs put back by a reap or `resume`, get their lanes now.
                 self.refresh_lanes()?;
@@ -406,15 +371,7 @@ impl Coordinator<'_> {
         }
         // Whatever this runner still holds (results lost with the error, claims not started)
         // goes back to pending now, uncharged, rather than waiting to be reaped as `lost`.
-        let released = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(anyhow::Error::from)
-            .and_then(|tx| {
-                let n = jobs::release_runner(&tx, self.runner_id)?;
-                tx.commit()?;
-                Ok(n)
-            });
+        let released = self.store.release_runner(self.runner_id);
         match released {
             Ok(0) => {}
             Ok(n) => log::warn!("{n} job(s) this runner held went back to pending"),
@@ -569,10 +526,6 @@ impl Coordinator<'_> {
             return Ok(dispatched);
         }
         let retry_base = self.opts.retry_base.as_millis() as i64;
-        let lease_ms = self.opts.lease.as_millis() as i64;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stopping = self.summary.signal.is_some() || self.stop.level() > 0;
         let mut decided = Vec::with_capacity(results.len());
         for done in results.iter_mut() {
@@ -584,28 +537,46 @@ impl Coordinator<'_> {
                 .get(&done.claim.model)
                 .expect("lane of a claimed job");
             let budget = done.claim.max_attempts.unwrap_or(lane.model.max_attempts);
-            let next = jobs::decide(&done.claim, &done.finish, budget, retry_base);
-            let kept = jobs::finish(&tx, &done.claim, &done.finish, next)?;
-            if kept && next == Next::Done && done.claim.kind == "grade" {
-                crate::grading::record(&tx, &done.claim, &done.finish)?;
-            }
-            decided.push((next, kept));
+            decided.push(domain::decide(
+                &done.claim,
+                &done.finish,
+                budget,
+                retry_base,
+            ));
         }
-        let mut claims = Vec::new();
-        for (model, slots) in &plan {
-            let lane = &self.lanes[model];
-            let got = jobs::claim(
-                &tx,
-                self.runner_id,
-                model,
-                slots,
-                lane.timeout.as_secs_f64(),
-                lease_ms,
-                &self.opts.filter,
-            )?;
-            claims.push((model.clone(), slots.len(), got));
-        }
-        tx.commit()?;
+        let timeouts: Vec<f64> = plan
+            .iter()
+            .map(|(model, _)| self.lanes[model].timeout.as_secs_f64())
+            .collect();
+        let recorded = self.store.record_and_claim(&RecordAndClaimParams {
+            runner_id: self.runner_id,
+            lease_ms: self.opts.lease.as_millis() as i64,
+            filter: &self.opts.filter,
+            finishes: results
+                .iter()
+                .zip(&decided)
+                .map(|(done, &next)| FinishParams {
+                    claim: &done.claim,
+                    finish: &done.finish,
+                    next,
+                })
+                .collect(),
+            claims: plan
+                .iter()
+                .zip(&timeouts)
+                .map(|((model, slots), &timeout_s)| ClaimParams {
+                    model,
+                    endpoints: slots,
+                    timeout_s,
+                })
+                .collect(),
+        })?;
+        let decided: Vec<(Next, bool)> = decided.into_iter().zip(recorded.kept).collect();
+        let claims: Vec<(String, usize, Vec<Claim>)> = plan
+            .into_iter()
+            .zip(recorded.claims)
+            .map(|((model, slots), got)| (model, slots.len(), got))
+            .collect();
         for (done, (next, kept)) in results.drain(..).zip(decided) {
             self.account(done, next, kept);
         }
@@ -703,17 +674,9 @@ impl Coordinator<'_> {
 
     /// Nothing runnable now: look again when the earliest backoff ends (or within a tick).
     fn idle_lane(&mut self, model: &str) -> Result<()> {
-        let (cond, mut args) = self.opts.filter.sql("j");
-        let sql = format!(
-            "SELECT MIN(j.not_before) FROM jobs j WHERE j.state = 'pending' AND j.model = ?{cond}"
-        );
-        args.insert(0, rusqlite::types::Value::Text(model.to_string()));
-        let next: Option<i64> = self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get(0))?;
-        let now = now_ms();
+        let next = self.store.next_runnable_in(&self.opts.filter, model)?;
         let wait = match next {
-            Some(t) if t > now => Duration::from_millis((t - now) as u64).min(TICK),
+            Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(TICK),
             _ => TICK,
         };
         if let Some(lane) = self.lanes.get_mut(model) {
@@ -823,7 +786,7 @@ impl Coordinator<'_> {
         if let Some(r) = self.rubrics.get(&id) {
             return Ok(r.clone());
         }
-        let r = Arc::new(crate::grading::Rubric::load(self.conn, id)?);
+        let r = Arc::new(self.store.rubric(id)?);
         self.rubrics.insert(id, r.clone());
         Ok(r)
     }
@@ -1042,39 +1005,13 @@ impl Coordinator<'_> {
     /// on a parent that failed, or that is pending where this run will never take it: out of
     /// scope or in a stopped lane) or running under another runner.
     fn work_left(&self) -> Result<bool> {
-        let stopped: Vec<rusqlite::types::Value> = self
+        let stopped: Vec<String> = self
             .lanes
             .iter()
             .filter(|(_, l)| l.stopped.is_some())
-            .map(|(n, _)| rusqlite::types::Value::Text(n.clone()))
+            .map(|(n, _)| n.clone())
             .collect();
-        let not_stopped = |alias: &str| {
-            if stopped.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " AND {alias}.model NOT IN ({})",
-                    vec!["?"; stopped.len()].join(", ")
-                )
-            }
-        };
-        let (pcond, mut args) = self.opts.filter.sql("p");
-        args.extend(stopped.iter().cloned());
-        let (cond, jargs) = self.opts.filter.sql("j");
-        args.extend(jargs);
-        args.extend(stopped.iter().cloned());
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
-             WHERE (j.state = 'running' OR (j.state = 'pending'
-                    AND (j.parent_id IS NULL OR p.state IN ('running', 'done')
-                         OR (p.state = 'pending'{pcond}{pskip}))))
-               {cond}{skip})",
-            pskip = not_stopped("p"),
-            skip = not_stopped("j"),
-        );
-        Ok(self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get(0))?)
+        self.store.work_left(&self.opts.filter, &stopped)
     }
 }
 

@@ -97,7 +97,7 @@ fn scope_text(s: &Sections) -> String {
     } else {
         format!("models {}", f.models.join(", "))
     });
-    if f.ids {
+    if f.ids.is_some() {
         parts.push("the jobs of an ids file".to_string());
     }
     parts.push(match s.q.since_ms {
