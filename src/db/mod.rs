@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 pub mod conformance;
+pub mod report;
 pub mod sqlite;
 pub mod store;
 
