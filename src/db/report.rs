@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::store::Filter;
+use super::store::{Filter, RunnerRecord};
 
 /// What a report groups by, besides what it shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,6 +72,44 @@ pub struct DoneInBucket {
     pub done: i64,
 }
 
+/// One model's jobs by state, for `report status`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelStatus {
+    /// pending (ready), waiting (pending on a parent not done), running, done, failed,
+    /// cancelled.
+    pub counts: [i64; 6],
+    /// When the oldest running attempt started.
+    pub oldest_running: Option<i64>,
+}
+
+/// A running job and its attempt, for `report status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningJob {
+    pub id: i64,
+    pub model: String,
+    pub batch: String,
+    pub item_id: String,
+    pub attempt: i64,
+    /// The holder's host and pid, when it is registered.
+    pub runner: Option<(String, i64)>,
+    pub started_at: i64,
+    pub lease_expires_at: Option<i64>,
+    /// The engine's clock when read: ages and lease left count from it.
+    pub now: i64,
+}
+
+/// A registered runner, for `report runners`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerRow {
+    pub record: RunnerRecord,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    pub stop_reason: Option<String>,
+    pub jobs_held: i64,
+    /// The engine's clock when read.
+    pub now: i64,
+}
+
 /// Typed rows for the report sections. Read only.
 pub trait ReportSource {
     /// Token sums per group of `by` (which holds `Model`: prices are per model) over the
@@ -110,6 +148,17 @@ pub trait ReportSource {
         model: &str,
         positions: &[i64],
     ) -> Result<Vec<i64>>;
+
+    /// Per model (sorted), jobs in scope (created since `since_ms`) by state; the engine's
+    /// clock when read.
+    fn status(&self, scope: &AttemptScope) -> Result<(Vec<(String, ModelStatus)>, i64)>;
+
+    /// Running jobs in scope (jobs created since `since_ms`), oldest attempt first.
+    fn running_jobs(&self, scope: &AttemptScope, limit: usize) -> Result<Vec<RunningJob>>;
+
+    /// Runners newest first: those not stopped, and with `since_ms` those whose heartbeat
+    /// is that recent (else every one); at most `limit` (None: all).
+    fn runners(&self, since_ms: Option<i64>, limit: Option<usize>) -> Result<Vec<RunnerRow>>;
 
     /// Attempts of the model that timed out, started at or after `since_ms`.
     fn timeouts_since(&self, model: &str, since_ms: i64) -> Result<i64>;

@@ -72,7 +72,7 @@ impl<'a> Sections<'a> {
 
     /// `status` and, when jobs are running, `running`.
     pub fn status(&self) -> Result<&[Table]> {
-        Ok(once(&self.status, || sections::status(self.conn, self.q))?)
+        Ok(once(&self.status, || sections::status(self.store, self.q))?)
     }
 
     /// Latency grouped as asked (`--by`).
