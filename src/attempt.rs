@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::jobs::{Claim, Finish, Outcome};
+use crate::db::jobs::{Claim, Finish, Metrics, Outcome};
 use crate::exec::{self, template, ChildOutcome, ChildSpec, Status, StopSignal};
 use crate::models::{Backend, ModelConfig, Settings};
 use crate::text::{last_line, lossy, split_thinking};
@@ -52,6 +52,9 @@ pub struct WorkerResponse {
     pub error: Option<String>,
     #[serde(default)]
     pub timings: Option<Value>,
+    /// Time to first token, per output token, end to end; absent when nothing was measured.
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
 }
 
 pub fn execute(job: &AttemptJob, stop: &StopSignal) -> Finish {
@@ -269,6 +272,7 @@ fn from_response(r: WorkerResponse, ms: i64) -> Finish {
     f.raw_output = r.raw_output;
     f.error = r.error;
     f.timings = r.timings;
+    f.metrics = r.metrics;
     f
 }
 

@@ -126,6 +126,7 @@ pub enum ModelsCommand {
       --endpoint http://localhost:8000 --option max_tokens=512
   llmbatch models set gpt-4o-mini --backend openai --endpoint https://api.openai.com/v1 \\
       --api-key-env OPENAI_API_KEY
+  llmbatch models set qwen3:32b --timeout 15m --stall-timeout 30s --first-token-timeout 2m
   llmbatch models set echo --backend command --command 'sh -c cat' --timeout 10
 
 A name never configured runs on Ollama at $OLLAMA_HOST (default http://127.0.0.1:11434).")]
@@ -182,6 +183,21 @@ pub struct ModelSetArgs {
     /// itself is never stored or logged: set the variable where `llmbatch run` runs.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+    /// Stream the answer (default true): Ollama NDJSON, OpenAI SSE. Streaming gives time to
+    /// first token, time per output token and stall detection; `false` asks for one body, for
+    /// servers that mishandle streams.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub stream: Option<bool>,
+    /// Once the answer has started streaming, stop an attempt that receives nothing for this
+    /// long (e.g. 30s): it ends `stall` (retried, charged) instead of holding its slot until
+    /// --timeout. `0` turns it off. See `report timeouts` for advice.
+    #[arg(long, value_name = "DUR")]
+    pub stall_timeout: Option<String>,
+    /// The longest wait for the first bytes of the answer (loading a big model can take a
+    /// minute); past it the attempt ends `timeout`. `0` turns it off. --timeout still bounds
+    /// the whole attempt.
+    #[arg(long, value_name = "DUR")]
+    pub first_token_timeout: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "003_report_indexes",
         include_str!("../../sql/003_report_indexes.sql"),
     ),
+    ("007_streaming", include_str!("../../sql/007_streaming.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -75,10 +76,26 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
+    // A migration that rebuilds a table (to change a CHECK) drops the referenced original:
+    // foreign keys stay off while they run and are checked before the commit (SQLite's
+    // documented procedure; the pragma has no effect inside a transaction).
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let applied = apply(conn, version);
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    applied
+}
+
+fn apply(conn: &mut Connection, version: i64) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     for (name, sql) in &MIGRATIONS[version as usize..] {
         tx.execute_batch(sql)
             .with_context(|| format!("migration {name} failed"))?;
+    }
+    let broken: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+        r.get(0)
+    })?;
+    if broken > 0 {
+        anyhow::bail!("the migration would break {broken} foreign key reference(s): not applied");
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
@@ -139,6 +156,47 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn upgrade_keeps_attempts_and_their_grades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&conn).unwrap();
+        // The schema as 003 left it, with an attempt that a grade points at.
+        let tx = conn.transaction().unwrap();
+        for (_, sql) in &MIGRATIONS[..3] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 3).unwrap();
+        tx.execute_batch(
+            "INSERT INTO items (batch, item_id, prompt) VALUES ('b', '1', 'p');
+             INSERT INTO jobs (id, kind, batch, item_id, model, state, created_at, updated_at)
+                 VALUES (1, 'generate', 'b', '1', 'm', 'done', 0, 0);
+             INSERT INTO attempts (id, job_id, number, model, batch, started_at, outcome, output)
+                 VALUES (7, 1, 1, 'm', 'b', 0, 'ok', 'kept');
+             INSERT INTO grades (job_id, graded_job_id, attempt_id, grader)
+                 VALUES (1, 1, 7, 'g');",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+        let conn = open(&path, false).unwrap();
+        let out: String = conn
+            .query_row("SELECT output FROM attempts WHERE id = 7", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(out, "kept");
+        conn.execute(
+            "INSERT INTO attempts (job_id, number, model, batch, started_at, outcome, ttft_ms)
+             VALUES (1, 2, 'm', 'b', 0, 'stall', 12.5)",
+            [],
+        )
+        .unwrap();
+        let fk: bool = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert!(fk, "foreign keys are back on after the migration");
     }
 
     #[test]

@@ -9,3 +9,4 @@ mod grade_http;
 mod http;
 mod recovery;
 mod reports;
+mod stream;
