@@ -48,7 +48,11 @@ CREATE INDEX attempts_finished ON attempts(finished_at);
 CREATE INDEX attempts_truncated ON attempts(model)
     WHERE json_extract(timings, '$.done_reason') = 'length';
 CREATE INDEX attempts_timed ON attempts(model) WHERE timings IS NOT NULL;
--- Percentiles of the streaming metrics per model, read in order from these.
-CREATE INDEX attempts_ttft ON attempts(model, outcome, ttft_ms) WHERE ttft_ms IS NOT NULL;
-CREATE INDEX attempts_tpot ON attempts(model, outcome, tpot_ms) WHERE tpot_ms IS NOT NULL;
-CREATE INDEX attempts_gap ON attempts(model, outcome, max_gap_ms) WHERE max_gap_ms IS NOT NULL;
+-- Percentiles of the streaming metrics per model, read in order (no sort) from these; only
+-- streamed attempts are in them, so a database of command models pays nothing.
+CREATE INDEX attempts_ttft ON attempts(model, ttft_ms, outcome, started_at)
+    WHERE ttft_ms IS NOT NULL;
+CREATE INDEX attempts_tpot ON attempts(model, tpot_ms, outcome, started_at)
+    WHERE tpot_ms IS NOT NULL;
+CREATE INDEX attempts_gap ON attempts(model, outcome, max_gap_ms, started_at)
+    WHERE max_gap_ms IS NOT NULL;

@@ -103,7 +103,14 @@ only adds what is missing. Grade jobs run with `llmbatch run`.")]
   llmbatch report latency --by batch,model --since 24h
   llmbatch report latency --breakdown --model qwen3:4b   # load / prompt / generation / overhead
   llmbatch report timeouts throughput --format json
-  llmbatch report jobs --state failed --format ids")]
+  llmbatch report jobs --state failed --format ids
+
+Streamed HTTP attempts also give, in `latency` (vLLM's definitions):
+  ttft          request sent → first chunk carrying generated text (answer or reasoning)
+  tpot          (e2e − ttft) / (output tokens − 1); never includes the first token
+                (llmperf's inter-token latency does; guidellm swaps the names)
+  tokens_per_s  output tokens (server usage / eval_count) / e2e, mean per attempt
+`timeouts` advises a --stall-timeout from the longest silences between chunks.")]
     Report(ReportArgs),
     /// Outputs and grades as JSONL, CSV or a GNU parallel joblog.
     #[command(after_help = "Examples:

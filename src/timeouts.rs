@@ -93,3 +93,17 @@ pub fn advise_stall(n: i64, p99_ms: Option<f64>) -> Option<f64> {
     let p99 = p99_ms.filter(|_| n >= ADVICE_MIN_SAMPLES)? / 1000.0;
     Some(((2.0 * p99).clamp(STALL_MIN_S, STALL_MAX_S) * 10.0).ceil() / 10.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_advice_is_twice_the_p99_gap_within_bounds() {
+        assert_eq!(advise_stall(19, Some(10_000.0)), None, "too few samples");
+        assert_eq!(advise_stall(20, Some(10_000.0)), Some(20.0));
+        assert_eq!(advise_stall(20, Some(1_000.0)), Some(STALL_MIN_S));
+        assert_eq!(advise_stall(500, Some(4_000_000.0)), Some(STALL_MAX_S));
+        assert_eq!(advise_stall(20, Some(12_345.0)), Some(24.7));
+    }
+}

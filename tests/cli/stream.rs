@@ -437,3 +437,45 @@ fn stall_flags_are_checked_and_shown() {
     ]);
     assert!(out.ends_with(", first-token timeout 120s\n"), "{out}");
 }
+
+#[test]
+fn report_timeouts_advises_a_stall_timeout_from_the_gaps_seen() {
+    // Three tokens 0.2 s apart: every success has a longest gap of about 0.2 s.
+    let server = Server::start(|req, _| {
+        Reply::Stream(ollama_stream(
+            req.model(),
+            &["a", "b", "c"],
+            Duration::ZERO,
+            Duration::from_millis(200),
+        ))
+    });
+    let env = Env::new();
+    http_model(
+        &env,
+        "gappy",
+        "ollama",
+        &server.url,
+        &[
+            "--timeout",
+            "60",
+            "--concurrency",
+            "4",
+            "--stall-timeout",
+            "45s",
+        ],
+    );
+    let input = env.prompts("p.csv", 20);
+    env.cmd(&["enqueue", "--model", "gappy", &input])
+        .assert()
+        .success();
+    env.cmd(&["run"]).assert().code(0);
+    let doc = env.report_json(&["timeouts"]);
+    let row = &doc["timeouts"][0];
+    assert_eq!(row["model"], json!("gappy"));
+    assert_eq!(row["stall_timeout_s"], json!(45.0));
+    let gap = num(row, "gap_p99_s");
+    assert!((0.19..2.0).contains(&gap), "gap p99 {gap}: {row}");
+    // 2 × p99 is under the floor: the advice is the floor.
+    assert_eq!(row["stall_advice_s"], json!(5.0), "{row}");
+    assert_eq!(row["stalls"], json!(0));
+}
