@@ -66,6 +66,9 @@ struct Record {
     last_outcome: Option<String>,
     error: Option<String>,
     latency_ms: Option<i64>,
+    /// Streamed answers: time to first token and per output token (ms).
+    ttft_ms: Option<f64>,
+    tpot_ms: Option<f64>,
     finished_at: Option<i64>,
     prompt_tokens: Option<i64>,
     output_tokens: Option<i64>,
@@ -81,7 +84,7 @@ fn each_record(
     let sql = format!(
         "SELECT j.id, j.batch, j.item_id, j.model, i.vars, i.prompt, j.state, j.attempts,
                 j.last_outcome, j.last_error, a.output, a.reasoning, a.duration_ms, a.finished_at,
-                {PROMPT_TOKENS}, {OUTPUT_TOKENS}
+                {PROMPT_TOKENS}, {OUTPUT_TOKENS}, a.ttft_ms, a.tpot_ms
          FROM jobs j JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
               LEFT JOIN attempts a ON a.id = j.attempt_id AND j.state = 'done'
          WHERE j.kind = 'generate'{cond} ORDER BY j.id"
@@ -108,6 +111,8 @@ fn each_record(
             finished_at: r.get(13)?,
             prompt_tokens: r.get(14)?,
             output_tokens: r.get(15)?,
+            ttft_ms: r.get(16)?,
+            tpot_ms: r.get(17)?,
         })?;
         n += 1;
     }
@@ -173,6 +178,8 @@ fn jsonl(
             "last_outcome": rec.last_outcome,
             "error": rec.error,
             "latency_s": rec.latency_ms.map(|ms| ms as f64 / 1000.0),
+            "ttft_s": rec.ttft_ms.map(|ms| ms / 1000.0),
+            "tpot_s": rec.tpot_ms.map(|ms| ms / 1000.0),
             "finished_at": rec.finished_at.map(super::iso_time),
             "prompt_tokens": rec.prompt_tokens,
             "output_tokens": rec.output_tokens,
@@ -215,6 +222,8 @@ fn csv_records(
         "attempts",
         "last_outcome",
         "latency_s",
+        "ttft_s",
+        "tpot_s",
         "prompt_tokens",
         "output_tokens",
         "prompt",
@@ -241,6 +250,10 @@ fn csv_records(
     let mut grades = grades_stmt(conn)?;
     let n = each_record(conn, filter, &mut |rec| {
         let num = |v: Option<i64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let secs = |v: Option<f64>| {
+            v.map(|ms| format!("{:.6}", ms / 1000.0))
+                .unwrap_or_default()
+        };
         let mut row = vec![
             rec.job_id.to_string(),
             rec.batch,
@@ -252,6 +265,8 @@ fn csv_records(
             rec.latency_ms
                 .map(|ms| format!("{:.3}", ms as f64 / 1000.0))
                 .unwrap_or_default(),
+            secs(rec.ttft_ms),
+            secs(rec.tpot_ms),
             num(rec.prompt_tokens),
             num(rec.output_tokens),
             rec.prompt,

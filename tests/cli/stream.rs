@@ -88,6 +88,11 @@ fn known_timing_gives_ttft_and_tpot_on_both_backends() {
             &format!("SELECT output FROM attempts WHERE model = '{model}' LIMIT 1"),
         );
         assert_eq!(out.as_deref(), Some(TEN.concat().as_str()));
+        // Exported with the answer too.
+        let export = env.stdout(&["export", "--model", model]);
+        let rec: Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
+        let ttft_s = num(&rec, "ttft_s");
+        assert!((0.5..1.5).contains(&ttft_s), "{rec}");
     }
     for model in ["whole", "cmd"] {
         let row = latency_row(&env, model);
