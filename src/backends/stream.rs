@@ -217,7 +217,7 @@ impl Exchange {
                 "stall",
                 Some(self.status),
                 format!(
-                    "the stream from {} went silent for {} (--stall-timeout) after {} of answer: stopped",
+                    "the stream from {} went silent for {} (--stall-timeout), {} into the answer: stopped",
                     self.url,
                     human_secs(self.stall.unwrap_or_default().as_secs_f64()),
                     human_secs(

@@ -822,6 +822,7 @@ impl Coordinator<'_> {
             return;
         }
         self.summary.attempts += 1;
+        lane.count_tokens(&finish);
         if finish.outcome.charged() && finish.outcome != Outcome::Ok {
             self.summary.failed_attempts += 1;
         }
