@@ -62,7 +62,10 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
     }
     let finish = end.finish.as_deref();
     let tokens = end.usage["completion_tokens"].as_i64();
-    let timings = timings(&json!({ "usage": end.usage }), finish);
+    let timings = timings(
+        &json!({ "usage": end.usage, "timings": end.server }),
+        finish,
+    );
     acc.done(&ex, finish, timings, tokens)
 }
 
@@ -72,6 +75,8 @@ struct End {
     finish: Option<String>,
     usage: Value,
     done: bool,
+    /// llama.cpp's server sends its own `timings` (prompt_ms, predicted_per_second, …).
+    server: Value,
 }
 
 /// One SSE event: a chunk of the answer, the usage, `[DONE]`, or an error the server sent.
@@ -120,6 +125,9 @@ fn chunk(
     }
     if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
         end.usage = u.clone();
+    }
+    if let Some(t) = v.get("timings").filter(|t| !t.is_null()) {
+        end.server = t.clone();
     }
     Ok(())
 }
@@ -235,7 +243,8 @@ fn body(r: &WorkerRequest) -> Value {
 }
 
 /// Token usage as the server reported it (null when it did not), and why it stopped.
-/// `done_reason` mirrors `finish_reason` so truncated answers count like Ollama's.
+/// `done_reason` mirrors `finish_reason` so truncated answers count like Ollama's; llama.cpp's
+/// server adds its own `timings`, kept as `server_timings`.
 fn timings(v: &Value, finish: Option<&str>) -> Value {
     let usage = v.get("usage").unwrap_or(&Value::Null);
     let num = |f: &str| {
@@ -249,14 +258,18 @@ fn timings(v: &Value, finish: Option<&str>) -> Value {
         .and_then(|d| d.get("reasoning_tokens"))
         .and_then(Value::as_i64)
         .map_or(Value::Null, |n| json!(n));
-    json!({
+    let mut t = json!({
         "prompt_tokens": num("prompt_tokens"),
         "completion_tokens": num("completion_tokens"),
         "total_tokens": num("total_tokens"),
         "reasoning_tokens": reasoning_tokens,
         "finish_reason": finish,
         "done_reason": finish,
-    })
+    });
+    if let Some(server) = v.get("timings").filter(|t| t.is_object()) {
+        t["server_timings"] = server.clone();
+    }
+    t
 }
 
 /// A status that is not 2xx, with what it usually means on these servers.
@@ -308,5 +321,11 @@ mod tests {
         assert_eq!(t["prompt_tokens"], json!(5));
         assert_eq!(t["completion_tokens"], Value::Null);
         assert_eq!(t["done_reason"], json!("length"));
+        assert!(t.get("server_timings").is_none());
+        let t = timings(
+            &json!({"usage": null, "timings": {"prompt_ms": 1.5, "predicted_per_second": 90.0}}),
+            Some("stop"),
+        );
+        assert_eq!(t["server_timings"]["predicted_per_second"], json!(90.0));
     }
 }
