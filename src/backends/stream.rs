@@ -285,10 +285,13 @@ pub struct Lines {
 
 impl Lines {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.buf.extend_from_slice(bytes);
-        let Some(cut) = self.buf.iter().rposition(|b| *b == b'\n') else {
+        // Only the new bytes are searched: a long line arriving in many pieces costs linear time.
+        let Some(i) = bytes.iter().rposition(|b| *b == b'\n') else {
+            self.buf.extend_from_slice(bytes);
             return Vec::new();
         };
+        let cut = self.buf.len() + i;
+        self.buf.extend_from_slice(bytes);
         let rest = self.buf.split_off(cut + 1);
         let done = std::mem::replace(&mut self.buf, rest);
         // `done` ends with the newline: split what comes before it.
