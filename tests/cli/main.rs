@@ -13,4 +13,5 @@ mod promises;
 mod recovery;
 mod reports;
 mod store;
+mod stream;
 mod throttle;
