@@ -4,6 +4,8 @@
 pub mod catalog;
 mod cost;
 mod failures;
+mod flow;
+mod grades;
 mod jobs;
 mod latency;
 mod queue;
