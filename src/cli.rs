@@ -116,9 +116,36 @@ only adds what is missing. Grade jobs run with `llmbatch run`.")]
   llmbatch export --batch jokes --with-grades > jokes.jsonl
   llmbatch export --format joblog > joblog.tsv")]
     Export(ExportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Install (pick your shell):
+  llmbatch completions bash > ~/.local/share/bash-completion/completions/llmbatch
+  llmbatch completions zsh > ~/.zfunc/_llmbatch     # with fpath+=(~/.zfunc) before compinit
+  llmbatch completions fish > ~/.config/fish/completions/llmbatch.fish")]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per subcommand with --out-dir.
+    #[command(after_help = "Install:
+  llmbatch man --out-dir ~/.local/share/man/man1   # llmbatch.1, llmbatch-enqueue.1, ...
+  man llmbatch-enqueue
+  llmbatch man | man -l -                          # read it without installing")]
+    Man(ManArgs),
     /// One HTTP call for an attempt: request JSON on stdin, result JSON on stdout (internal).
     #[command(hide = true)]
     Worker,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write llmbatch.1 and llmbatch-SUBCOMMAND.1 into this directory instead of printing
+    /// llmbatch.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to write a completion script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Subcommand, Debug)]

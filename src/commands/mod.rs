@@ -9,6 +9,7 @@ pub mod reap;
 pub mod report;
 pub mod resume;
 pub mod run;
+pub mod shell;
 pub mod worker;
 
 use anyhow::Result;
@@ -20,8 +21,12 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
     // Commands that record new work may create the database; the others need it to exist
     // (grade too: there is nothing to grade in a new database).
     let creates = matches!(cli.command, Command::Models(_) | Command::Enqueue(_));
-    if let Command::Worker = cli.command {
-        return worker::run();
+    // These touch no database.
+    match &cli.command {
+        Command::Worker => return worker::run(),
+        Command::Completions(a) => return shell::completions(a),
+        Command::Man(a) => return shell::man(a),
+        _ => {}
     }
     let fresh = creates && !cli.db.exists();
     let mut conn = db::open(&cli.db, creates)?;
@@ -34,7 +39,9 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Grade(a) => grade::run(a, &mut conn),
         Command::Report(a) => report::run(a, &mut conn),
         Command::Export(a) => export::run(a, &mut conn),
-        Command::Worker => unreachable!("handled above"),
+        Command::Worker | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled above")
+        }
     };
     // A reader that went away (`| true`) is no failure of the command: its work is committed.
     let failed = result
