@@ -111,10 +111,18 @@ only adds what is missing. Grade jobs run with `llmbatch run`.")]
   llmbatch report models --since 24h    # the leaderboard: which model is best, and why
   llmbatch report --format html > /srv/www/night.html   # one page, charts, works offline")]
     Report(ReportArgs),
-    /// Outputs and grades as JSONL, CSV or a GNU parallel joblog.
+    /// Outputs and grades as JSONL, CSV, a GNU parallel joblog or a Batch API output file.
     #[command(after_help = "Examples:
   llmbatch export --batch jokes --with-grades > jokes.jsonl
-  llmbatch export --format joblog > joblog.tsv")]
+  llmbatch export --format joblog > joblog.tsv
+  llmbatch export --batch requests --format openai-batch > results.jsonl
+
+openai-batch writes what the OpenAI Batch API returns, one line per done or failed job:
+  {\"id\": \"llmbatch-42\", \"custom_id\": ITEM, \"response\": {\"status_code\": 200,
+   \"request_id\": \"llmbatch-attempt-57\", \"body\": {chat.completion}}, \"error\": null}
+A failed job has error: {code: its last outcome, message}, and a response only when the server
+answered with an HTTP status. `created` is the attempt's finish time; jobs not finished yet are
+left out (their count goes to stderr).")]
     Export(ExportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Install (pick your shell):
@@ -389,7 +397,8 @@ pub enum GroupKey {
 pub struct ExportArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
-    /// jsonl or csv: one record per output; joblog: GNU parallel's joblog, one row per attempt.
+    /// jsonl or csv: one record per output; joblog: GNU parallel's joblog, one row per attempt;
+    /// openai-batch: the OpenAI Batch API's output file, one line per finished job.
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: ExportFormat,
     /// Include each output's grades.
@@ -402,6 +411,8 @@ pub enum ExportFormat {
     Jsonl,
     Csv,
     Joblog,
+    /// The OpenAI Batch API's output: `id`, `custom_id` (the item id), `response`, `error`.
+    OpenaiBatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
