@@ -66,11 +66,23 @@ pub enum Command {
     /// Set or list per-model settings (backend, command or endpoints, timeout, concurrency).
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Read prompts (CSV or JSONL, file or stdin) × models into jobs; idempotent.
+    /// Read prompts (CSV, JSONL or an OpenAI Batch API file; file or stdin) × models into
+    /// jobs; idempotent.
     #[command(after_help = "Examples:
   llmbatch enqueue --model qwen2.5:7b --model llama3.2 prompts.csv
   llmbatch enqueue --model echo --template joke.txt --batch jokes topics.jsonl
-  cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -")]
+  cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -
+  llmbatch enqueue requests.jsonl            # an OpenAI Batch API file: each line names its model
+
+Formats:
+  csv, jsonl    one item per record: `id` (default: the record number), and `prompt`, or
+                `messages` (a JSON array of {role, content}: sent as chat), or the fields a
+                --template uses. For a messages item the template fills the last user message.
+  openai-batch  {\"custom_id\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", \"body\"} per
+                line: custom_id is the item id, body.model the job's model, body.messages the
+                chat, every other body field (max_tokens, temperature, seed, response_format,
+                …) a request option over the model's. url /v1/completions takes body.prompt.
+                Results: llmbatch export --format openai-batch.")]
     Enqueue(EnqueueArgs),
     /// Claim jobs and run each attempt as a killable child process with a hard timeout.
     #[command(after_help = "Examples:
@@ -228,8 +240,9 @@ pub struct ModelSetArgs {
 
 #[derive(Args, Debug)]
 pub struct EnqueueArgs {
-    /// Model to run each prompt on (repeat for several).
-    #[arg(long = "model", value_name = "M", required = true)]
+    /// Model to run each prompt on (repeat for several). Required but for openai-batch input,
+    /// whose lines name their model (--model then overrides it).
+    #[arg(long = "model", value_name = "M")]
     pub models: Vec<String>,
     /// Batch name (default: the input file's stem, `stdin` for -).
     #[arg(long)]
@@ -237,7 +250,8 @@ pub struct EnqueueArgs {
     /// Prompt template with {column} placeholders (default: the `prompt` field).
     #[arg(long, value_name = "FILE")]
     pub template: Option<PathBuf>,
-    /// Input format (default: from the file extension; csv for stdin).
+    /// Input format (default: openai-batch when the lines carry custom_id and body, else from
+    /// the file extension; for stdin, jsonl when it starts with `{`, else csv).
     #[arg(long, value_enum)]
     pub input_format: Option<InputFormat>,
     #[command(flatten)]
@@ -248,8 +262,12 @@ pub struct EnqueueArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
+    /// A header row, then one record per row; `id`, `prompt` or `messages` columns.
     Csv,
+    /// One JSON object per line; `id`, `prompt` or `messages` fields.
     Jsonl,
+    /// The OpenAI Batch API's input file: {custom_id, method, url, body} per line.
+    OpenaiBatch,
 }
 
 #[derive(Args, Debug, Clone, Default)]

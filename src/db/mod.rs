@@ -17,6 +17,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "003_report_indexes",
         include_str!("../../sql/003_report_indexes.sql"),
     ),
+    (
+        "009_item_messages",
+        include_str!("../../sql/009_item_messages.sql"),
+    ),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
