@@ -231,6 +231,11 @@ pub struct ModelSetArgs {
     /// Structured output: `json` or a JSON schema (Ollama `format`; openai `response_format`).
     #[arg(long, value_name = "json|SCHEMA")]
     pub format_output: Option<String>,
+    /// What a command model reads on stdin: text (the prompt; a chat item's conversation as
+    /// `role: content` blocks) or json (the messages as a JSON array of {role, content}, the
+    /// model's --system first unless the messages have one).
+    #[arg(long, value_enum, value_name = "text|json")]
+    pub stdin: Option<crate::models::StdinFormat>,
     /// Name of the environment variable holding the API key, sent as a Bearer token. The key
     /// itself is never stored or logged (one given here instead is refused): set the variable
     /// where `llmbatch run` runs.

@@ -53,6 +53,18 @@ pub struct Settings {
     /// Ollama `format`: `json` or a JSON schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Value>,
+    /// What a command model reads on stdin (default: text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<StdinFormat>,
+}
+
+/// A command model's stdin: the prompt as text (a chat item's conversation rendered), or the
+/// chat messages as a JSON array of {role, content}.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StdinFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
