@@ -192,7 +192,7 @@ pub struct ModelSetArgs {
     /// The name jobs use with --model (for Ollama, the model tag, e.g. qwen2.5:7b).
     pub name: String,
     /// How the model is called (default: ollama; --command alone means command). ollama: POST
-    /// {endpoint}/api/generate; openai: POST {endpoint}/v1/chat/completions; command: run a
+    /// {endpoint}/api/generate (/api/chat for chat items); openai: POST {endpoint}/v1/chat/completions; command: run a
     /// command with the prompt on stdin.
     #[arg(long, value_enum)]
     pub backend: Option<crate::models::Backend>,

@@ -1,4 +1,5 @@
-//! Ollama: `POST {endpoint}/api/generate` with `stream: false`; its own timings recorded.
+//! Ollama: `POST {endpoint}/api/generate` with `stream: false` for a prompt, `/api/chat` for a
+//! chat item's messages; its own timings recorded.
 
 use serde_json::{json, Map, Value};
 
@@ -17,7 +18,11 @@ const TIMING_FIELDS: [&str; 6] = [
 
 pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
     let base = r.endpoint.trim_end_matches('/');
-    let url = format!("{base}/api/generate");
+    let chat = r.messages.is_some();
+    let url = match chat {
+        true => format!("{base}/api/chat"),
+        false => format!("{base}/api/generate"),
+    };
     let hint = format!("is Ollama running at {base}?");
     let reply = match post(r, &url, &body(r), key, &hint) {
         Ok(reply) => reply,
@@ -34,7 +39,21 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
             "the JSON Ollama answers with",
         );
     };
-    let Some(text) = v.get("response").and_then(Value::as_str) else {
+    // /api/chat answers in `message`, /api/generate in `response` (thinking likewise).
+    let (text, thinking) = match chat {
+        true => {
+            let m = v.get("message");
+            (
+                m.and_then(|m| m.get("content")).and_then(Value::as_str),
+                m.and_then(|m| m.get("thinking")).and_then(Value::as_str),
+            )
+        }
+        false => (
+            v.get("response").and_then(Value::as_str),
+            v.get("thinking").and_then(Value::as_str),
+        ),
+    };
+    let Some(text) = text else {
         if v.get("error").is_some() {
             return failure(
                 "http",
@@ -49,23 +68,42 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
             reply.status,
             &url,
             &reply.body,
-            "an Ollama answer (no `response` field)",
+            if chat {
+                "an Ollama chat answer (no `message.content`)"
+            } else {
+                "an Ollama answer (no `response` field)"
+            },
         );
     };
-    let thinking = v.get("thinking").and_then(Value::as_str);
     let done_reason = v.get("done_reason").and_then(Value::as_str);
     answer(reply.status, text, thinking, done_reason, timings(&v))
 }
 
-/// The request body: only what the model's settings set, so Ollama's defaults hold otherwise.
+/// The request body: only what the model's settings and the item set, so Ollama's defaults
+/// hold otherwise. A chat item's messages go as they are (the model's system prompt first
+/// unless they have one); a prompt goes with the model's `system`.
 fn body(r: &WorkerRequest) -> Value {
     let s = &r.settings;
     let mut b = Map::new();
     b.insert("model".into(), json!(r.model));
-    b.insert("prompt".into(), json!(r.prompt));
+    match &r.messages {
+        Some(messages) => {
+            let sent = crate::chat::request_messages(Some(messages), "", s.system.as_deref());
+            b.insert("messages".into(), json!(crate::chat::text_only(sent)));
+        }
+        None => {
+            b.insert("prompt".into(), json!(r.prompt));
+            if let Some(system) = &s.system {
+                b.insert("system".into(), json!(system));
+            }
+        }
+    }
     b.insert("stream".into(), json!(false));
-    if !s.options.is_empty() {
-        b.insert("options".into(), Value::Object(s.options.clone()));
+    let (item_options, item_format) = crate::chat::ollama_options(&r.item_options);
+    let mut options = s.options.clone();
+    options.extend(item_options);
+    if !options.is_empty() {
+        b.insert("options".into(), Value::Object(options));
     }
     if let Some(k) = &s.keep_alive {
         // Ollama reads a bare number as seconds (-1 = forever) and a string as a Go duration.
@@ -75,10 +113,7 @@ fn body(r: &WorkerRequest) -> Value {
         };
         b.insert("keep_alive".into(), v);
     }
-    if let Some(system) = &s.system {
-        b.insert("system".into(), json!(system));
-    }
-    if let Some(format) = &s.format {
+    if let Some(format) = item_format.as_ref().or(s.format.as_ref()) {
         b.insert("format".into(), format.clone());
     }
     // Thinking-capable models think when `think` is absent, so a setting is always sent.
@@ -152,6 +187,8 @@ mod tests {
             endpoint: "http://127.0.0.1:1".into(),
             model: "m".into(),
             prompt: "p".into(),
+            messages: None,
+            item_options: Map::new(),
             settings,
             api_key_env: None,
             timeout_s: 1.0,

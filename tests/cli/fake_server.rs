@@ -1,4 +1,4 @@
-//! A small HTTP/1.1 test server on 127.0.0.1 that answers like Ollama's `/api/generate` and
+//! A small HTTP/1.1 test server on 127.0.0.1 that answers like Ollama's `/api/generate`, `/api/chat` and
 //! OpenAI's `/v1/chat/completions`, recording every request; shared by the `http` and grading
 //! tests.
 
@@ -264,5 +264,22 @@ pub fn openai_answer(model: &str, content: &str, reasoning: Option<&str>) -> Val
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+    })
+}
+
+/// Ollama's non-streaming `/api/chat` answer: the text in `message`, timings as for generate.
+pub fn ollama_chat_answer(model: &str, content: &str) -> Value {
+    json!({
+        "model": model,
+        "created_at": "2026-11-23T03:00:00.000000Z",
+        "message": {"role": "assistant", "content": content},
+        "done": true,
+        "done_reason": "stop",
+        "total_duration": 1_043_500_667u64,
+        "load_duration": 5_025_959u64,
+        "prompt_eval_count": 21,
+        "prompt_eval_duration": 125_953_000u64,
+        "eval_count": 9,
+        "eval_duration": 409_213_000u64
     })
 }
