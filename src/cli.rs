@@ -66,23 +66,27 @@ pub enum Command {
     /// Set or list per-model settings (backend, command or endpoints, timeout, concurrency).
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Read prompts (CSV, JSONL or an OpenAI Batch API file; file or stdin) × models into
-    /// jobs; idempotent.
+    /// Read prompts (CSV, TSV, JSONL or an OpenAI Batch API file; file or stdin) × models
+    /// into jobs; idempotent.
     #[command(after_help = "Examples:
   llmbatch enqueue --model qwen2.5:7b --model llama3.2 prompts.csv
   llmbatch enqueue --model echo --template joke.txt --batch jokes topics.jsonl
   cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -
+  llmbatch enqueue --model m new.csv --format ids | llmbatch run --ids-file -
   llmbatch enqueue requests.jsonl            # an OpenAI Batch API file: each line names its model
 
 Formats:
-  csv, jsonl    one item per record: `id` (default: the record number), and `prompt`, or
+  csv, tsv, jsonl  one item per record: `id` (default: the record number), and `prompt`, or
                 `messages` (a JSON array of {role, content}: sent as chat), or the fields a
                 --template uses. For a messages item the template fills the last user message.
   openai-batch  {\"custom_id\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", \"body\"} per
                 line: custom_id is the item id, body.model the job's model, body.messages the
                 chat, every other body field (max_tokens, temperature, seed, response_format,
                 …) a request option over the model's. url /v1/completions takes body.prompt.
-                Results: llmbatch export --format openai-batch.")]
+                Results: llmbatch export --format openai-batch.
+
+An input with no records exits 2. An item already queued (same batch and id) never changes:
+one with a different prompt or field exits 2; enqueue changed input under another --batch.")]
     Enqueue(EnqueueArgs),
     /// Claim jobs and run each attempt as a killable child process with a hard timeout.
     #[command(after_help = "Examples:
@@ -255,24 +259,45 @@ pub struct EnqueueArgs {
     /// Prompt template with {column} placeholders (default: the `prompt` field).
     #[arg(long, value_name = "FILE")]
     pub template: Option<PathBuf>,
-    /// Input format (default: openai-batch when the lines carry custom_id and body, else from
-    /// the file extension; for stdin, jsonl when it starts with `{`, else csv).
+    /// Input format (default: openai-batch when the first line has custom_id and body; else
+    /// from the file extension, .tsv is tab-separated; for stdin or another extension, jsonl
+    /// when the input starts with `{`, else csv).
     #[arg(long, value_enum)]
     pub input_format: Option<InputFormat>,
     #[command(flatten)]
     pub format: FormatArgs,
-    /// CSV or JSONL file, or - for stdin.
+    /// CSV, TSV or JSONL file, or - for stdin.
     pub input: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
-    /// A header row, then one record per row; `id`, `prompt` or `messages` columns.
+    /// Comma-separated with a header row; `id`, `prompt` or `messages` columns.
     Csv,
+    /// Tab-separated with a header row (the default for .tsv files).
+    Tsv,
     /// One JSON object per line; `id`, `prompt` or `messages` fields.
     Jsonl,
     /// The OpenAI Batch API's input file: {custom_id, method, url, body} per line.
     OpenaiBatch,
+}
+
+impl InputFormat {
+    /// What a record looks like, for error messages.
+    pub fn expected(self) -> &'static str {
+        match self {
+            InputFormat::Csv => "a header row such as id,prompt, then one row per prompt",
+            InputFormat::Tsv => {
+                "a tab-separated header row such as id<TAB>prompt, then one row per prompt"
+            }
+            InputFormat::Jsonl => {
+                "one JSON object per line, such as {\"id\": 1, \"prompt\": \"...\"}"
+            }
+            InputFormat::OpenaiBatch => {
+                "one Batch API request per line: {\"custom_id\", \"method\", \"url\", \"body\"}"
+            }
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -1,16 +1,18 @@
-//! `enqueue`: prompts (CSV, JSONL or an OpenAI Batch API file; file or stdin) × models into
-//! jobs, in one transaction. Idempotent: a (batch, item, model) already queued is counted, not
-//! added again.
+//! `enqueue`: prompts (CSV, TSV, JSONL or an OpenAI Batch API file; file or stdin) × models
+//! into jobs, in one transaction. Idempotent: a (batch, item, model) already queued is counted,
+//! not added again.
 
 use anyhow::{Context, Result};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, TransactionBehavior};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::cli::{EnqueueArgs, Format, InputFormat};
+use crate::db::Db;
 use crate::exec::template;
+use crate::report::render::{render, Table};
 use crate::usage;
 use crate::util::now_ms;
 
@@ -36,7 +38,7 @@ struct Counts {
     existing: u64,
 }
 
-pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
+pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
     let template = match &a.template {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             crate::error::UsageError(format!("cannot read template {}: {e}", path.display()))
@@ -60,30 +62,50 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
     // Each job's item is written just before it in this same transaction, so the foreign key
     // holds by construction: checking it row by row cost a tenth of a large enqueue. (On an
     // error the transaction rolls back and the command ends; nothing else uses the connection.)
+    let conn = &mut db.conn;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // This transaction is the only writer, and ids only grow: the new jobs are the ids
+    // between the highest before and the highest after.
+    let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
+        Ok(tx.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?)
+    };
+    let mut first_new = max_id(&tx)? + 1;
     let mut counts = Counts::default();
     let models = {
         let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
+        sink.first_new = first_new;
+        sink.format = format;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
-            match format {
-                InputFormat::Csv => read_csv(reader, &name, &mut each)?,
-                InputFormat::Jsonl => read_jsonl(reader, &name, &mut each)?,
-                InputFormat::OpenaiBatch => read_openai_batch(reader, &name, &mut each)?,
-            }
+            read_records(reader, format, &name, &mut each)?;
         }
         sink.flush(&mut counts)?;
         std::mem::take(&mut sink.models_seen)
     };
+    if counts.items == 0 {
+        // One rule for every input: no records is a mistake upstream, never "0 new".
+        usage!(
+            "{name}: no records in the input (expected {})",
+            format.expected()
+        );
+    }
+    let mut last_new = max_id(&tx)?;
     tx.commit().context("cannot commit the enqueued jobs")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    if let Some(merged) = db.publish()? {
+        // Another enqueue created the database meanwhile: ours was merged into it.
+        let jobs = counts.new + counts.existing;
+        (first_new, last_new) = (merged.first, merged.last);
+        counts.new = (last_new - first_new + 1).max(0) as u64;
+        counts.existing = jobs - counts.new;
+    }
 
     // A model the file names but nobody configured runs on Ollama at $OLLAMA_HOST: say which,
     // so a typo or a missing `models set` shows now rather than as failed jobs.
     let mut unconfigured = Vec::new();
     for m in &models {
-        if !crate::models::load(conn, m)?.configured {
+        if !crate::models::load(&db.conn, m)?.configured {
             unconfigured.push(m.clone());
         }
     }
@@ -95,25 +117,44 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
         );
     }
     let models: Vec<String> = models.into_iter().collect();
+    let mut out = std::io::stdout().lock();
     match a.format.format {
-        Format::Json => crate::outln!(
-            "{}",
-            json!({"batch": batch, "new": counts.new, "existing": counts.existing, "items": counts.items, "models": models, "unconfigured": unconfigured})
-        )?,
-        _ if format == InputFormat::OpenaiBatch => crate::outln!(
+        Format::Table if format == InputFormat::OpenaiBatch => writeln!(
+            out,
             "batch {batch}: {} new, {} already queued ({} requests; models: {})",
             counts.new,
             counts.existing,
             counts.items,
             models.join(", ")
         )?,
-        _ => crate::outln!(
+        Format::Table => writeln!(
+            out,
             "batch {batch}: {} new, {} already queued ({} items × {} models)",
             counts.new,
             counts.existing,
             counts.items,
             models.len()
         )?,
+        Format::Ids => {
+            for id in first_new..=last_new {
+                writeln!(out, "{id}")?;
+            }
+        }
+        f => {
+            let mut t = Table::new(
+                "enqueue",
+                "Enqueued",
+                &["batch", "new", "existing", "items", "models"],
+            );
+            t.push(vec![
+                json!(batch),
+                json!(counts.new),
+                json!(counts.existing),
+                json!(counts.items),
+                json!(models.join(",")),
+            ]);
+            render(&[t], f, &mut out)?;
+        }
     }
     Ok(0)
 }
@@ -121,6 +162,9 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
 fn open_input(input: &str) -> Result<(String, Box<dyn Read>)> {
     if input == "-" {
         return Ok(("stdin".into(), Box::new(std::io::stdin())));
+    }
+    if Path::new(input).is_dir() {
+        usage!("cannot read {input}: it is a directory (give a CSV or JSONL file, or - for stdin)");
     }
     let file = std::fs::File::open(input)
         .map_err(|e| crate::error::UsageError(format!("cannot read {input}: {e}")))?;
@@ -131,6 +175,7 @@ fn open_input(input: &str) -> Result<(String, Box<dyn Read>)> {
 /// extension; for stdin or an unknown extension, by the first character (`{` = JSONL).
 fn detect_format(input: &str, reader: &mut BufReader<Box<dyn Read>>) -> Result<InputFormat> {
     let head = reader.fill_buf()?;
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     let first_line = head
         .split(|b| *b == b'\n')
         .find(|l| !l.trim_ascii().is_empty());
@@ -144,9 +189,12 @@ fn detect_format(input: &str, reader: &mut BufReader<Box<dyn Read>>) -> Result<I
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     match ext.as_deref() {
         Some("jsonl" | "ndjson" | "json") => return Ok(InputFormat::Jsonl),
-        Some("csv" | "tsv") => return Ok(InputFormat::Csv),
+        Some("csv") => return Ok(InputFormat::Csv),
+        Some("tsv" | "tab") => return Ok(InputFormat::Tsv),
         _ => {}
     }
+    let head = reader.fill_buf()?;
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     let first = head.iter().find(|b| !b.is_ascii_whitespace());
     Ok(if first == Some(&b'{') {
         InputFormat::Jsonl
@@ -165,13 +213,48 @@ fn default_batch(input: &str) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
+fn read_records(
+    reader: impl BufRead,
+    format: InputFormat,
+    name: &str,
+    each: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    match format {
+        InputFormat::Csv => read_csv(reader, b',', name, each),
+        InputFormat::Tsv => read_csv(reader, b'\t', name, each),
+        InputFormat::Jsonl => read_jsonl(reader, name, each),
+        InputFormat::OpenaiBatch => read_openai_batch(reader, name, each),
+    }
+}
+
+/// The line of the first record with `id` in the input file `name`, read again from the
+/// start: only on the error path, so an enqueue needs no memory per item. None for stdin and
+/// pipes, which cannot be read twice.
+fn first_line_of(name: &str, format: InputFormat, id: &str) -> Option<u64> {
+    if name == "stdin" || !std::fs::metadata(name).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let file = BufReader::new(std::fs::File::open(name).ok()?);
+    let mut found = None;
+    let _ = read_records(file, format, name, &mut |rec: Record| {
+        if rec.id == id {
+            found = Some(rec.line);
+            anyhow::bail!("found");
+        }
+        Ok(())
+    });
+    found
+}
+
 fn read_csv(
     reader: impl Read,
+    delimiter: u8,
     name: &str,
     each: &mut dyn FnMut(Record) -> Result<()>,
 ) -> Result<()> {
     let mut csv = csv::ReaderBuilder::new()
         .flexible(false)
+        .delimiter(delimiter)
         .from_reader(reader);
     let headers: Vec<String> = csv
         .headers()
@@ -180,7 +263,10 @@ fn read_csv(
         .map(|h| h.trim().to_string())
         .collect();
     if headers.iter().all(|h| h.is_empty()) {
-        usage!("{name}: the CSV has no header row (expected columns such as id,prompt)");
+        usage!("{name}: no records in the input (expected a header row such as id,prompt, then one row per prompt)");
+    }
+    if headers[0].starts_with('{') {
+        usage!("{name} line 1: this looks like JSONL, not CSV: use --input-format jsonl");
     }
     if let Some(dup) = headers
         .iter()
@@ -240,8 +326,12 @@ fn read_jsonl(
     let mut number = 0u64;
     for (i, line) in reader.lines().enumerate() {
         let line_no = i as u64 + 1;
-        let text =
+        let mut text =
             line.map_err(|e| crate::error::UsageError(format!("{name} line {line_no}: {e}")))?;
+        if i == 0 && text.starts_with('\u{feff}') {
+            // A byte-order mark, as some Windows tools write: not part of the JSON.
+            text.drain(..3);
+        }
         if text.trim().is_empty() {
             continue;
         }
@@ -268,7 +358,6 @@ fn read_jsonl(
     }
     Ok(())
 }
-
 /// The OpenAI Batch API's input: `{custom_id, method, url, body}` per line. Every line is
 /// checked before anything is stored (the transaction rolls back on the first bad one), so a
 /// bad file enqueues nothing, as the Batch API rejects it whole.
@@ -392,6 +481,9 @@ struct Sink<'a> {
     now: i64,
     /// Records waiting for the next chunk, with their rendered prompt and stored columns.
     pending: Vec<(Record, Stored)>,
+    /// The first job id of this enqueue: an item with an older job was queued before it.
+    first_new: i64,
+    format: InputFormat,
     /// Every model a job was queued for (or found queued).
     models_seen: BTreeSet<String>,
 }
@@ -424,6 +516,8 @@ impl<'a> Sink<'a> {
             name,
             now: now_ms(),
             pending: Vec::with_capacity(CHUNK),
+            first_new: 0,
+            format: InputFormat::Csv,
             models_seen: BTreeSet::new(),
         })
     }
@@ -491,27 +585,46 @@ impl<'a> Sink<'a> {
             ]);
         }
         if items.execute(args.as_slice())? < n {
-            // Some ids were there already (or twice in this chunk): each must have its prompt,
-            // and for a chat or Batch API item its messages and options.
+            // Some ids were there already (or twice in this input): an item never changes
+            // once queued, so each must come again exactly as stored.
             let mut stored = self.tx.prepare_cached(
-                "SELECT prompt, messages, options FROM items WHERE batch = ?1 AND item_id = ?2",
+                "SELECT prompt, vars, messages, options FROM items WHERE batch = ?1 AND item_id = ?2",
+            )?;
+            // Every queued item has jobs; those of an earlier enqueue have older ids.
+            let mut earlier = self.tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = ?1 AND item_id = ?2
+                                AND kind = 'generate' AND id < ?3)",
             )?;
             for (rec, st) in &self.pending {
-                type Old = (String, Option<String>, Option<String>);
-                let old: Option<Old> = stored
-                    .query_row(params![self.batch, rec.id], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                let old: Stored = stored.query_row(params![self.batch, rec.id], |r| {
+                    Ok(Stored {
+                        prompt: r.get(0)?,
+                        vars: r.get(1)?,
+                        messages: r.get(2)?,
+                        options: r.get(3)?,
                     })
-                    .optional()?;
-                let same = old.is_some_and(|(prompt, messages, options)| {
-                    prompt == st.prompt && messages == st.messages && options == st.options
-                });
-                if !same {
+                })?;
+                let differs = differences(&old, st, &rec.vars);
+                if differs.is_empty() {
+                    continue;
+                }
+                let what = differs.join(", ");
+                let queued_before: bool =
+                    earlier.query_row(params![self.batch, rec.id, self.first_new], |r| r.get(0))?;
+                if queued_before {
                     usage!(
-                        "{} line {}: item {:?} is already in batch {:?} with a different prompt (a duplicate id, or the input changed: use another --batch)",
+                        "{} line {}: item {:?} is already in batch {:?} with a different {what}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
                         self.name, rec.line, rec.id, self.batch
                     );
                 }
+                let first = match first_line_of(self.name, self.format, &rec.id) {
+                    Some(line) => format!("line {line}"),
+                    None => "an earlier record".to_string(),
+                };
+                usage!(
+                    "{} line {}: item {:?} repeats {first} with a different {what}: ids must be unique within an input",
+                    self.name, rec.line, rec.id
+                );
             }
         }
         counts.items += n as u64;
@@ -609,4 +722,34 @@ impl<'a> Sink<'a> {
             },
         }
     }
+}
+
+/// What differs between a stored item and a record: `prompt`, `messages`, `options` and the
+/// names of changed fields.
+fn differences(old: &Stored, new: &Stored, vars: &Map<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.prompt != new.prompt {
+        out.push("prompt".to_string());
+    }
+    if old.messages != new.messages {
+        out.push("messages".to_string());
+    }
+    if old.options != new.options {
+        out.push("request options".to_string());
+    }
+    if old.vars != new.vars {
+        let old: Map<String, Value> = serde_json::from_str(&old.vars).unwrap_or_default();
+        let mut keys: Vec<&String> = old.keys().chain(vars.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if k != "prompt" && old.get(k) != vars.get(k) {
+                out.push(format!("field `{k}`"));
+            }
+        }
+        if out.is_empty() && old != *vars {
+            out.push("fields".to_string());
+        }
+    }
+    out
 }

@@ -13,3 +13,4 @@ mod page;
 mod promises;
 mod recovery;
 mod reports;
+mod store;
