@@ -458,3 +458,43 @@ fn command_models_read_messages_as_json_when_asked() {
     );
     assert_eq!(out("text-in"), "user: hi");
 }
+
+#[test]
+fn templates_fill_the_last_user_message_and_graders_see_the_conversation() {
+    let env = Env::new();
+    env.model_cmd("echo", "sh -c cat", &[]);
+    let capture = env.dir.path().join("grader-stdin.txt");
+    let grader = format!(
+        "sh -c 'cat > \"$0\"; printf \"IS_JOKE: YES\\nQUALITY: 8\\nREASON: fine\\n\"' {}",
+        shell_words::quote(capture.to_str().unwrap())
+    );
+    env.model_cmd("judge", &grader, &[]);
+    let template = env.write("t.txt", "Tell a joke about {topic}.");
+    let file = env.write(
+        "topics.jsonl",
+        &format!(
+            "{}\n",
+            json!({"id": "t1", "topic": "cats", "messages": [
+                {"role": "system", "content": "Be funny."},
+                {"role": "user", "content": "replaced by the template"}
+            ]})
+        ),
+    );
+    env.cmd(&["enqueue", "--model", "echo", "--template", &template, &file])
+        .assert()
+        .success();
+    env.cmd(&["run", "-q"]).assert().success();
+    let conversation = "system: Be funny.\n\nuser: Tell a joke about cats.";
+    assert_eq!(env.job_output(1).as_deref(), Some(conversation));
+    env.cmd(&["grade", "--grader", "judge"]).assert().success();
+    env.cmd(&["run", "-q"]).assert().success();
+    let seen = std::fs::read_to_string(&capture).unwrap();
+    assert!(
+        seen.contains(&format!(
+            "The request was:\n{conversation}\n\nThe answer to grade:\n"
+        )),
+        "{seen}"
+    );
+    let grades = env.report_json(&["grades"]);
+    assert_eq!(grades["grades"][0]["pass_rate"], json!(1.0), "{grades}");
+}
