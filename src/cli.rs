@@ -77,13 +77,14 @@ pub enum Command {
 
 Formats:
   csv, tsv, jsonl  one item per record: `id` (default: the record number), and `prompt`, or
-                `messages` (a JSON array of {role, content}: sent as chat), or the fields a
-                --template uses. For a messages item the template fills the last user message.
-  openai-batch  {\"custom_id\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", \"body\"} per
-                line: custom_id is the item id, body.model the job's model, body.messages the
-                chat, every other body field (max_tokens, temperature, seed, response_format,
-                …) a request option over the model's. url /v1/completions takes body.prompt.
-                Results: llmbatch export --format openai-batch.
+                   `messages` (a JSON array of {role, content}, sent as chat), or the fields
+                   a --template uses; for a messages item the template fills the last user
+                   message.
+  openai-batch     {\"custom_id\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\",
+                   \"body\"} per line: custom_id is the item id, body.model the job's model,
+                   body.messages the chat, every other body field (max_tokens, temperature,
+                   seed, response_format, …) a request option over the model's; url
+                   /v1/completions takes body.prompt. Results: export --format openai-batch.
 
 An input with no records exits 2. An item already queued (same batch and id) never changes:
 one with a different prompt or field exits 2; enqueue changed input under another --batch.")]
