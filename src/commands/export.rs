@@ -44,6 +44,8 @@ struct Record {
     model: String,
     vars: Value,
     prompt: String,
+    /// A chat item's messages (its prompt is then their rendered text).
+    messages: Option<Value>,
     output: Option<String>,
     reasoning: Option<String>,
     state: String,
@@ -70,7 +72,8 @@ fn each_record(
                 j.last_outcome, COALESCE(j.last_error, a.error), a.output, a.reasoning,
                 a.duration_ms, a.finished_at, {PROMPT_TOKENS}, {OUTPUT_TOKENS},
                 CASE WHEN json_valid(a.timings)
-                     THEN json_extract(a.timings, '$.done_reason') = 'length' ELSE 0 END
+                     THEN json_extract(a.timings, '$.done_reason') = 'length' ELSE 0 END,
+                i.messages
          FROM jobs j JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
               LEFT JOIN attempts a ON a.id = j.attempt_id AND j.state = 'done'
          WHERE j.kind = 'generate'{cond} ORDER BY j.id"
@@ -98,6 +101,9 @@ fn each_record(
             prompt_tokens: r.get(14)?,
             output_tokens: r.get(15)?,
             truncated: r.get::<_, Option<bool>>(16)?.unwrap_or(false),
+            messages: r
+                .get::<_, Option<String>>(17)?
+                .and_then(|m| serde_json::from_str(&m).ok()),
         })?;
         n += 1;
     }
@@ -168,6 +174,9 @@ fn jsonl(
             "output_tokens": rec.output_tokens,
             "truncated": rec.truncated,
         });
+        if let Some(messages) = rec.messages {
+            obj["messages"] = messages;
+        }
         if with_grades {
             let list: Vec<Value> = grades_of(&mut grades, rec.job_id)?
                 .into_iter()

@@ -421,6 +421,11 @@ fn messages_items_to_ollama_use_api_chat() {
         row("m1")["prompt"],
         json!("system: Be brief.\n\nuser: hello there")
     );
+    assert_eq!(row("m1")["messages"], convo);
+    assert!(
+        row("p1").get("messages").is_none(),
+        "plain items keep their shape"
+    );
     assert_eq!(row("m2")["output"], json!("answer to <from csv>"));
     assert_eq!(row("p1")["output"], json!("plain answer"));
 }
