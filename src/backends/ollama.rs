@@ -19,9 +19,10 @@ const TIMING_FIELDS: [&str; 6] = [
 pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
     let base = r.endpoint.trim_end_matches('/');
     let chat = r.messages.is_some();
-    let url = match chat {
-        true => format!("{base}/api/chat"),
-        false => format!("{base}/api/generate"),
+    let url = if chat {
+        format!("{base}/api/chat")
+    } else {
+        format!("{base}/api/generate")
     };
     let hint = format!("is Ollama running at {base}?");
     let reply = match post(r, &url, &body(r), key, &hint) {
@@ -40,18 +41,12 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
         );
     };
     // /api/chat answers in `message`, /api/generate in `response` (thinking likewise).
-    let (text, thinking) = match chat {
-        true => {
-            let m = v.get("message");
-            (
-                m.and_then(|m| m.get("content")).and_then(Value::as_str),
-                m.and_then(|m| m.get("thinking")).and_then(Value::as_str),
-            )
-        }
-        false => (
-            v.get("response").and_then(Value::as_str),
-            v.get("thinking").and_then(Value::as_str),
-        ),
+    let answered = if chat { v.get("message") } else { Some(&v) };
+    let field = |name: &str| answered.and_then(|a| a.get(name)).and_then(Value::as_str);
+    let (text, thinking) = if chat {
+        (field("content"), field("thinking"))
+    } else {
+        (field("response"), field("thinking"))
     };
     let Some(text) = text else {
         if v.get("error").is_some() {
