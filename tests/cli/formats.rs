@@ -503,3 +503,43 @@ fn templates_fill_the_last_user_message_and_graders_see_the_conversation() {
     let grades = env.report_json(&["grades"]);
     assert_eq!(grades["grades"][0]["pass_rate"], json!(1.0), "{grades}");
 }
+
+#[test]
+fn a_batch_file_on_stdin_is_recognised_and_model_overrides_its_lines() {
+    let env = Env::new();
+    env.model_cmd("echo", "sh -c cat", &[]);
+    let lines = [
+        batch_line(
+            "x",
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "one"}]}),
+        ),
+        batch_line(
+            "y",
+            "/v1/completions",
+            json!({"model": "gpt-4o", "prompt": "two"}),
+        ),
+    ];
+    let out = env
+        .cmd(&["enqueue", "--model", "echo", "--batch", "piped", "-"])
+        .write_stdin(lines.join("\n"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "batch piped: 2 new, 0 already queued (2 requests; models: echo)"
+    );
+    assert!(out.stderr.is_empty(), "echo is configured: nothing to list");
+    assert_eq!(
+        env.rows("SELECT item_id, model FROM jobs ORDER BY id"),
+        [["x", "echo"], ["y", "echo"]]
+    );
+    env.cmd(&["run", "-q"]).assert().success();
+    assert_eq!(env.job_output(1).as_deref(), Some("user: one"));
+    assert_eq!(env.job_output(2).as_deref(), Some("two"));
+}
