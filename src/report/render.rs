@@ -21,6 +21,8 @@ pub struct Table {
     pub warnings: Vec<String>,
     /// What a table with no rows says.
     pub empty: String,
+    /// Columns whose floats need more than 3 decimals as text (USD: fractions of a cent).
+    pub decimals: Vec<(String, usize)>,
 }
 
 impl Table {
@@ -33,7 +35,17 @@ impl Table {
             notes: Vec::new(),
             warnings: Vec::new(),
             empty: "(nothing yet)".to_string(),
+            decimals: Vec::new(),
         }
+    }
+
+    /// Decimals of a float column as table or CSV text (default 3).
+    fn places(&self, col: usize) -> usize {
+        let name = &self.columns[col];
+        self.decimals
+            .iter()
+            .find(|(c, _)| c == name)
+            .map_or(3, |(_, n)| *n)
     }
 
     pub fn push(&mut self, row: Vec<Value>) {
@@ -68,8 +80,8 @@ fn render_tables(tables: &[Table], out: &mut dyn Write) -> Result<()> {
             grid.load_preset(UTF8_FULL_CONDENSED);
             grid.set_header(t.columns.iter().map(Cell::new));
             for row in &t.rows {
-                grid.add_row(row.iter().map(|v| {
-                    let cell = Cell::new(cell_text(v));
+                grid.add_row(row.iter().enumerate().map(|(i, v)| {
+                    let cell = Cell::new(cell_text_to(v, t.places(i)));
                     if v.is_number() {
                         cell.set_alignment(CellAlignment::Right)
                     } else {
@@ -88,12 +100,16 @@ fn render_tables(tables: &[Table], out: &mut dyn Write) -> Result<()> {
 
 /// A value as table or CSV text: floats to 3 decimals, null as empty.
 pub fn cell_text(v: &Value) -> String {
+    cell_text_to(v, 3)
+}
+
+fn cell_text_to(v: &Value, places: usize) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         Value::Number(n) if n.is_f64() => {
             let f = n.as_f64().unwrap_or(0.0);
-            format!("{f:.3}")
+            format!("{f:.places$}")
         }
         other => other.to_string(),
     }
@@ -111,7 +127,11 @@ fn render_csv(tables: &[Table], out: &mut dyn Write) -> Result<()> {
         let mut w = csv::Writer::from_writer(&mut *out);
         w.write_record(&t.columns)?;
         for row in &t.rows {
-            w.write_record(row.iter().map(cell_text))?;
+            w.write_record(
+                row.iter()
+                    .enumerate()
+                    .map(|(i, v)| cell_text_to(v, t.places(i))),
+            )?;
         }
         w.flush()?;
     }

@@ -14,3 +14,4 @@ mod promises;
 mod recovery;
 mod reports;
 mod store;
+mod throttle;
