@@ -35,10 +35,12 @@ pub enum Outcome {
     Interrupted,
     /// The server pushed back (429, 503, "server busy") or the quota ran out; not charged
     Throttled,
+    /// A streamed answer went silent past the model's `--stall-timeout`.
+    Stall,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Ok,
         Outcome::Timeout,
         Outcome::Exit,
@@ -51,6 +53,7 @@ impl Outcome {
         Outcome::Lost,
         Outcome::Interrupted,
         Outcome::Throttled,
+        Outcome::Stall,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Outcome {
             Outcome::Lost => "lost",
             Outcome::Interrupted => "interrupted",
             Outcome::Throttled => "throttled",
+            Outcome::Stall => "stall",
         }
     }
 
@@ -372,6 +376,23 @@ pub struct Finish {
     pub retry_after_ms: Option<i64>,
     /// `throttled`: the account's quota or credit is exhausted; retrying cannot help.
     pub quota_exhausted: bool,
+    /// Streaming metrics measured by the HTTP worker.
+    pub metrics: Option<Metrics>,
+}
+
+/// Per-attempt latency of a streamed answer, as vLLM's benchmark defines it (milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Metrics {
+    /// Request sent → first chunk carrying generated text (answer or reasoning).
+    pub ttft_ms: Option<f64>,
+    /// (e2e − ttft) / (output tokens − 1), when more than one token came.
+    pub tpot_ms: Option<f64>,
+    /// Request sent → last byte of the answer.
+    pub e2e_ms: Option<f64>,
+    /// From the server's usage (`completion_tokens`) or Ollama's `eval_count`.
+    pub output_tokens: Option<i64>,
+    /// The longest silence between two chunks once the stream had started.
+    pub max_gap_ms: Option<f64>,
 }
 
 impl Finish {
@@ -390,6 +411,7 @@ impl Finish {
             timings: None,
             retry_after_ms: None,
             quota_exhausted: false,
+            metrics: None,
         }
     }
 
@@ -486,10 +508,12 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
     }
     // finished_at can never precede started_at, whatever the wall clock did meanwhile.
     let finished_at = now.max(claim.started_at);
+    let m = f.metrics.clone().unwrap_or_default();
     tx.prepare_cached(
         "UPDATE attempts SET finished_at = ?1, duration_ms = ?2, outcome = ?3, charged = ?4,
                 exit_code = ?5, signal = ?6, http_status = ?7, output = ?8, reasoning = ?9,
-                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13
+                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13, ttft_ms = ?15,
+                tpot_ms = ?16, e2e_ms = ?17, output_tokens = ?18, max_gap_ms = ?19
          WHERE id = ?14 AND outcome IS NULL",
     )?
     .execute(params![
@@ -506,7 +530,12 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
         f.stderr,
         f.error,
         f.timings.as_ref().map(Value::to_string),
-        claim.attempt_id
+        claim.attempt_id,
+        m.ttft_ms,
+        m.tpot_ms,
+        m.e2e_ms,
+        m.output_tokens,
+        m.max_gap_ms,
     ])?;
     Ok(true)
 }

@@ -4,6 +4,7 @@
 use crate::common::*;
 use crate::fake_server::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 #[test]
 fn bash_sources_the_completion_script() {
@@ -57,14 +58,29 @@ fn answer_for(messages: &Value) -> String {
     format!("answer to <{last}>")
 }
 
-/// An OpenAI-compatible server serving `served` (and no other model), and Ollama's `/api/chat`
-/// and `/api/generate` that have no model at all, as a fresh Ollama would.
+/// The answer as the tokens a server streams.
+fn tokens_of(text: &str) -> Vec<&str> {
+    text.split_inclusive(' ').collect()
+}
+
+/// An OpenAI-compatible server serving `served` (and no other model), streaming as vLLM does
+/// when asked to, and Ollama's `/api/chat` and `/api/generate` that have no model at all, as a
+/// fresh Ollama would.
 fn batch_server() -> Server {
     Server::start(|req, _| match req.path.as_str() {
-        "/v1/chat/completions" if req.model() == "served" => now_json(
-            200,
-            openai_answer("served", &answer_for(&req.body["messages"]), None),
-        ),
+        "/v1/chat/completions" if req.model() == "served" => {
+            let text = answer_for(&req.body["messages"]);
+            if req.body["stream"] == json!(true) {
+                Reply::Stream(openai_stream(
+                    "served",
+                    &tokens_of(&text),
+                    Duration::ZERO,
+                    Duration::ZERO,
+                ))
+            } else {
+                now_json(200, openai_answer("served", &text, None))
+            }
+        }
         "/v1/chat/completions" => now_json(
             404,
             json!({"object": "error", "message": format!("The model `{}` does not exist.", req.model()), "type": "NotFoundError", "code": 404}),
@@ -267,9 +283,11 @@ fn openai_batch_file_round_trip() {
             body["choices"][0]["message"]["content"],
             json!(format!("answer to <{last}>"))
         );
+        // The tokens as streamed, counted by the server's usage chunk.
+        let n = tokens_of(&format!("answer to <{last}>")).len();
         assert_eq!(
             body["usage"],
-            json!({"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19})
+            json!({"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n})
         );
     }
     let missing = &lines[5];
@@ -335,11 +353,24 @@ fn bad_openai_batch_files_enqueue_nothing() {
 
 #[test]
 fn messages_items_to_ollama_use_api_chat() {
+    // Streams when asked to, as `ollama serve` does; one body otherwise.
     let server = Server::start(|req, _| match req.path.as_str() {
+        "/api/chat" if req.body["stream"] == json!(true) => Reply::Stream(ollama_chat_stream(
+            req.model(),
+            &tokens_of(&answer_for(&req.body["messages"])),
+            Duration::ZERO,
+            Duration::ZERO,
+        )),
         "/api/chat" => now_json(
             200,
             ollama_chat_answer(req.model(), &answer_for(&req.body["messages"])),
         ),
+        "/api/generate" if req.body["stream"] == json!(true) => Reply::Stream(ollama_stream(
+            req.model(),
+            &["plain ", "answer"],
+            Duration::ZERO,
+            Duration::ZERO,
+        )),
         "/api/generate" => now_json(
             200,
             ollama_answer(req.model(), "plain answer", None, "stop"),
@@ -403,7 +434,7 @@ fn messages_items_to_ollama_use_api_chat() {
     );
     assert!(chats
         .iter()
-        .all(|r| r.body["stream"] == json!(false) && r.body.get("prompt").is_none()));
+        .all(|r| r.body["stream"] == json!(true) && r.body.get("prompt").is_none()));
     let generate = by_path("/api/generate");
     assert_eq!(generate.len(), 1, "plain prompts keep /api/generate");
     assert_eq!(generate[0].body["prompt"], json!("just a prompt"));
@@ -428,6 +459,34 @@ fn messages_items_to_ollama_use_api_chat() {
     );
     assert_eq!(row("m2")["output"], json!("answer to <from csv>"));
     assert_eq!(row("p1")["output"], json!("plain answer"));
+    assert!(
+        row("m1")["ttft_s"].is_number(),
+        "the chat answer was streamed"
+    );
+
+    // With streaming off, the one-body chat answer is read the same way.
+    env.cmd(&["models", "set", "llama3.2", "--stream", "false"])
+        .assert()
+        .success();
+    let one = env.write(
+        "one.jsonl",
+        &format!(
+            "{}\n",
+            json!({"id": "w1", "messages": [{"role": "user", "content": "whole"}]})
+        ),
+    );
+    env.cmd(&["enqueue", "--model", "llama3.2", "--batch", "whole", &one])
+        .assert()
+        .success();
+    env.cmd(&["run", "-q"]).assert().success();
+    let export = env.stdout(&["export", "--batch", "whole"]);
+    let row: Value = serde_json::from_str(export.trim()).unwrap();
+    assert_eq!(row["output"], json!("answer to <whole>"));
+    let last = server.requests().pop().unwrap();
+    assert_eq!(
+        (last.path.as_str(), last.body["stream"].clone()),
+        ("/api/chat", json!(false))
+    );
 }
 
 #[test]
