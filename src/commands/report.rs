@@ -4,12 +4,12 @@
 use anyhow::Result;
 
 use crate::cli::{Format, ReportArgs, Section};
-use crate::db::{Db, ReportSource};
+use crate::db::{ReportSource, Store};
 use crate::report::data::Sections;
 use crate::report::{breakdown, cost, models, page, render, sections, throughput, Query};
 use crate::util::now_ms;
 
-pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
+pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
     let filter = super::scope_filter(&a.scope, db)?;
     let q = Query {
         filter,

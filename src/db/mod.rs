@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 pub mod conformance;
+pub mod export;
 pub mod report;
 pub mod sqlite;
 pub mod store;
@@ -10,6 +11,7 @@ pub mod store;
 use anyhow::Result;
 use std::path::Path;
 
+pub use export::*;
 pub use sqlite::{busy_timeout, explain_busy, is_busy, Db};
 pub use store::*;
 

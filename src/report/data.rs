@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::render::Table;
 use super::{cost, grades, sections, speed, timeouts, Query};
-use crate::db::{Db, GroupKey, Store};
+use crate::db::{GroupKey, Store};
 
 pub struct Sections<'a> {
     pub store: &'a dyn Store,
@@ -36,9 +36,9 @@ fn once<T>(cell: &OnceCell<T>, make: impl FnOnce() -> Result<T>) -> Result<&T> {
 }
 
 impl<'a> Sections<'a> {
-    pub fn new(db: &'a Db, q: &'a Query) -> Sections<'a> {
+    pub fn new(store: &'a dyn Store, q: &'a Query) -> Sections<'a> {
         Sections {
-            store: db,
+            store,
             q,
             by_model: Query {
                 filter: q.filter.clone(),

@@ -256,7 +256,7 @@ pub fn runners(src: &dyn ReportSource, q: &Query) -> Result<Table> {
             json!(r.record.id),
             json!(r.record.host),
             json!(r.record.pid),
-            json!(crate::commands::iso_time(r.started_at)),
+            json!(crate::timefmt::iso_time(r.started_at)),
             secs(Some(age.max(0) as f64)),
             json!(r.jobs_held),
             json!(runner_state(&r.record, age)),
