@@ -373,21 +373,10 @@ fn tail_note(stderr: Option<&str>) -> String {
 }
 
 pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGTERM => "SIGTERM",
-        _ => return format!("{sig}"),
-    };
-    format!("{sig} ({name})")
+    match exec::signal_abbrev(sig) {
+        Some(name) => format!("{sig} ({name})"),
+        None => format!("{sig}"),
+    }
 }
 
 #[cfg(test)]

@@ -452,7 +452,7 @@ fn batch_request(text: &str) -> std::result::Result<Record, String> {
     Ok(rec)
 }
 
-/// Records written per statement: one multi-row INSERT per chunk keeps SQLite's cursors open
+/// Records written per statement: one multi-row insert per chunk keeps the database cursors open
 /// across rows (a row per statement cost half the time of a million-prompt enqueue).
 const CHUNK: usize = 128;
 
