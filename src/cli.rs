@@ -133,6 +133,8 @@ pub enum ModelsCommand {
   llmbatch models set gpt-4o-mini --backend openai --endpoint https://api.openai.com/v1 \\
       --api-key-env OPENAI_API_KEY
   llmbatch models set echo --backend command --command 'sh -c cat' --timeout 10
+  llmbatch models set qwen-t0 --remote-model qwen2.5:7b --option temperature=0
+  llmbatch models set qwen-t9 --remote-model qwen2.5:7b --option temperature=0.9
 
 A name never configured runs on Ollama at $OLLAMA_HOST (default http://127.0.0.1:11434).")]
     Set(Box<ModelSetArgs>),
@@ -181,6 +183,11 @@ pub struct ModelSetArgs {
     /// System prompt (Ollama `system`; a system message for openai).
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
+    /// Make NAME a variant: the backend is sent this model (and `{model}` in a command template
+    /// is it), with NAME's own options, think, system prompt and format. Each variant is its
+    /// own lane, report row and grade set.
+    #[arg(long, value_name = "SERVED")]
+    pub remote_model: Option<String>,
     /// Structured output: `json` or a JSON schema (Ollama `format`; openai `response_format`).
     #[arg(long, value_name = "json|SCHEMA")]
     pub format_output: Option<String>,
@@ -205,6 +212,11 @@ pub struct EnqueueArgs {
     /// Input format (default: from the file extension; csv for stdin).
     #[arg(long, value_enum)]
     pub input_format: Option<InputFormat>,
+    /// Samples per prompt and model: N jobs numbered 1..N (`{repeat}`, LLMBATCH_REPEAT). A
+    /// larger N later adds only the missing repeats.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(i64).range(1..=10000))]
+    pub repeat: i64,
     #[command(flatten)]
     pub format: FormatArgs,
     /// CSV or JSONL file, or - for stdin.
@@ -259,6 +271,11 @@ pub struct RunArgs {
     /// Stop a model's lane when all its endpoints stay unreachable this long (jobs stay pending).
     #[arg(long, value_parser = duration_arg, default_value = "2m", value_name = "DUR")]
     pub unavailable_limit: Duration,
+    /// Answer a job from an earlier `done` attempt of the identical request (same backend,
+    /// served model, answer-changing settings, prompt and repeat), from any batch, without
+    /// calling the model. Recorded as outcome `cached`.
+    #[arg(long)]
+    pub cache: bool,
     /// Keep polling for new work instead of exiting (for a daemon).
     #[arg(long)]
     pub watch: bool,

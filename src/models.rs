@@ -53,6 +53,10 @@ pub struct Settings {
     /// Ollama `format`: `json` or a JSON schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Value>,
+    /// The model name the backend is sent, when it differs from ours: a variant
+    /// (`qwen-t0`, `qwen-t9`) is one served model (`qwen2.5:7b`) with its own settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +92,11 @@ impl ModelConfig {
             api_key_env: None,
             configured: false,
         }
+    }
+
+    /// The model name the backend is sent: `--remote-model`, or our own name.
+    pub fn served(&self) -> &str {
+        self.settings.remote_model.as_deref().unwrap_or(&self.name)
     }
 
     pub fn timeout(&self) -> f64 {

@@ -52,6 +52,7 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
     let mut counts = Counts::default();
     {
         let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
+        sink.repeats = a.repeat;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
             match format {
@@ -67,14 +68,19 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
     match a.format.format {
         Format::Json => crate::outln!(
             "{}",
-            json!({"batch": batch, "new": counts.new, "existing": counts.existing, "items": counts.items, "models": a.models})
+            json!({"batch": batch, "new": counts.new, "existing": counts.existing, "items": counts.items, "models": a.models, "repeat": a.repeat})
         )?,
         _ => crate::outln!(
-            "batch {batch}: {} new, {} already queued ({} items × {} models)",
+            "batch {batch}: {} new, {} already queued ({} items × {} models{})",
             counts.new,
             counts.existing,
             counts.items,
-            a.models.len()
+            a.models.len(),
+            if a.repeat > 1 {
+                format!(" × {} repeats", a.repeat)
+            } else {
+                String::new()
+            }
         )?,
     }
     Ok(0)
@@ -219,6 +225,8 @@ fn read_jsonl(
 /// Records written per statement: one multi-row INSERT per chunk keeps SQLite's cursors open
 /// across rows (a row per statement cost half the time of a million-prompt enqueue).
 const CHUNK: usize = 128;
+/// Job rows per INSERT: many models or repeats per record make more than one statement.
+const JOB_ROWS: usize = 1024;
 
 /// Writes items and jobs in chunks, counting new and existing ones.
 struct Sink<'a> {
@@ -228,6 +236,8 @@ struct Sink<'a> {
     template: Option<&'a str>,
     name: &'a str,
     now: i64,
+    /// Jobs per item and model (`--repeat`), numbered 1..repeats.
+    repeats: i64,
     /// Records waiting for the next chunk, with their rendered prompt and variables JSON.
     pending: Vec<(Record, String, String)>,
 }
@@ -250,6 +260,7 @@ impl<'a> Sink<'a> {
             template,
             name,
             now: now_ms(),
+            repeats: 1,
             pending: Vec::with_capacity(CHUNK),
         })
     }
@@ -297,24 +308,37 @@ impl<'a> Sink<'a> {
             }
         }
         counts.items += n as u64;
-        let jobs = n * self.models.len();
-        let rows = vec!["(?, ?, ?, 'generate', ?, ?)"; jobs].join(", ");
-        let mut insert = self.tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at) VALUES {rows}"
-        ))?;
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(jobs * 5);
+        // Repeats of one item and model are adjacent, so a sweep runs item by item.
+        let repeats: Vec<i64> = (1..=self.repeats).collect();
+        let mut keys: Vec<(&String, &String, &i64)> = Vec::new();
         for (rec, _, _) in &self.pending {
             for model in self.models {
-                args.extend([
-                    &self.batch as &dyn rusqlite::ToSql,
-                    &rec.id,
-                    model,
-                    &self.now,
-                    &self.now,
-                ]);
+                for repeat in &repeats {
+                    keys.push((&rec.id, model, repeat));
+                }
             }
         }
-        let new = insert.execute(args.as_slice())? as u64;
+        let jobs = keys.len();
+        let mut new = 0u64;
+        // Rows per statement stay well under SQLite's limit of bound variables.
+        for part in keys.chunks(JOB_ROWS) {
+            let rows = vec!["(?, ?, ?, 'generate', ?, ?, ?)"; part.len()].join(", ");
+            let mut insert = self.tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at, repeat) VALUES {rows}"
+            ))?;
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(part.len() * 6);
+            for (id, model, repeat) in part {
+                args.extend([
+                    &self.batch as &dyn rusqlite::ToSql,
+                    *id,
+                    *model,
+                    &self.now,
+                    &self.now,
+                    *repeat,
+                ]);
+            }
+            new += insert.execute(args.as_slice())? as u64;
+        }
         counts.new += new;
         counts.existing += jobs as u64 - new;
         self.pending.clear();

@@ -22,10 +22,12 @@ pub enum Outcome {
     Parse,
     Lost,
     Interrupted,
+    /// Answered from an earlier identical request (`run --cache`): no model was called.
+    Cached,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Ok,
         Outcome::Timeout,
         Outcome::Exit,
@@ -37,6 +39,7 @@ impl Outcome {
         Outcome::Parse,
         Outcome::Lost,
         Outcome::Interrupted,
+        Outcome::Cached,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Outcome {
             Outcome::Parse => "parse",
             Outcome::Lost => "lost",
             Outcome::Interrupted => "interrupted",
+            Outcome::Cached => "cached",
         }
     }
 
@@ -62,14 +66,19 @@ impl Outcome {
     pub fn charged(self) -> bool {
         !matches!(
             self,
-            Outcome::Unavailable | Outcome::Interrupted | Outcome::Lost
+            Outcome::Unavailable | Outcome::Interrupted | Outcome::Lost | Outcome::Cached
         )
+    }
+
+    /// Whether the attempt gave the job its answer: `ok`, or `cached` (an earlier `ok`'s).
+    pub fn answered(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::Cached)
     }
 
     /// Whether another attempt may help. HTTP: 408, 429 and 5xx may; other 4xx never.
     pub fn retryable(self, http_status: Option<i64>) -> bool {
         match self {
-            Outcome::Ok | Outcome::Spawn => false,
+            Outcome::Ok | Outcome::Cached | Outcome::Spawn => false,
             Outcome::Http => match http_status {
                 Some(s) => s == 408 || s == 429 || s >= 500,
                 None => true,
@@ -187,6 +196,8 @@ pub struct Claim {
     pub kind: String,
     pub batch: String,
     pub item_id: String,
+    /// The sample number, 1..N of `enqueue --repeat N` (a grade job: its graded job's).
+    pub repeat: i64,
     pub model: String,
     pub endpoint: String,
     pub prompt: String,
@@ -218,7 +229,7 @@ pub fn claim(
     let (cond, mut args) = filter.sql("j");
     let sql = format!(
         "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
-                j.parent_id, j.rubric_id, pa.output
+                j.parent_id, j.rubric_id, pa.output, j.repeat
          FROM jobs j
          JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
          LEFT JOIN jobs p ON p.id = j.parent_id
@@ -245,6 +256,7 @@ pub fn claim(
                 r.get::<_, Option<i64>>(8)?,
                 r.get::<_, Option<i64>>(9)?,
                 r.get::<_, Option<String>>(10)?,
+                r.get::<_, i64>(11)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -272,6 +284,7 @@ pub fn claim(
             parent_id,
             rubric_id,
             parent_output,
+            repeat,
         ) = row;
         let token = fastrand::i64(1..i64::MAX);
         let number: Option<i64> = take
@@ -303,6 +316,7 @@ pub fn claim(
             kind,
             batch,
             item_id,
+            repeat,
             model: model.to_string(),
             endpoint: endpoint.clone(),
             prompt,
@@ -331,6 +345,11 @@ pub struct Finish {
     pub stderr: Option<String>,
     pub error: Option<String>,
     pub timings: Option<Value>,
+    /// The hash of the exact request (see `crate::cache`), kept so a later `run --cache` can
+    /// reuse an `ok` answer, and a miss can be explained.
+    pub cache_key: Option<String>,
+    /// For `cached`: the attempt whose answer this is.
+    pub cached_from: Option<i64>,
 }
 
 impl Finish {
@@ -347,6 +366,8 @@ impl Finish {
             stderr: None,
             error: None,
             timings: None,
+            cache_key: None,
+            cached_from: None,
         }
     }
 
@@ -378,7 +399,7 @@ impl Next {
 /// Decides what follows an attempt: done, a retry after a backoff, or failed.
 /// Backoff: `retry_base × 2^(n-1)` with ±25 % jitter, at most 10 minutes.
 pub fn decide(claim: &Claim, f: &Finish, budget: i64, retry_base_ms: i64) -> Next {
-    if f.outcome == Outcome::Ok {
+    if f.outcome.answered() {
         return Next::Done;
     }
     if !f.outcome.charged() {
@@ -435,7 +456,8 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
     tx.prepare_cached(
         "UPDATE attempts SET finished_at = ?1, duration_ms = ?2, outcome = ?3, charged = ?4,
                 exit_code = ?5, signal = ?6, http_status = ?7, output = ?8, reasoning = ?9,
-                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13
+                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13, cache_key = ?15,
+                cached_from = ?16
          WHERE id = ?14 AND outcome IS NULL",
     )?
     .execute(params![
@@ -452,9 +474,131 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
         f.stderr,
         f.error,
         f.timings.as_ref().map(Value::to_string),
-        claim.attempt_id
+        claim.attempt_id,
+        f.cache_key,
+        f.cached_from,
     ])?;
     Ok(true)
+}
+
+/// Pending jobs of `model` in scope that could run now, after job id `after`, in id order:
+/// what `run --cache` looks up before anything is claimed.
+pub fn runnable(
+    conn: &Connection,
+    model: &str,
+    filter: &Filter,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<Claim>> {
+    let (cond, args) = filter.sql("j");
+    let sql = format!(
+        "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
+                j.parent_id, j.rubric_id, pa.output, j.repeat
+         FROM jobs j
+         JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
+         LEFT JOIN jobs p ON p.id = j.parent_id
+         LEFT JOIN attempts pa ON pa.id = p.attempt_id
+         WHERE j.state = 'pending' AND j.model = ? AND j.id > ?
+           AND (j.parent_id IS NULL OR p.state = 'done'){cond}
+         ORDER BY j.id LIMIT ?"
+    );
+    let mut all = vec![SqlValue::Text(model.to_string()), SqlValue::Integer(after)];
+    all.extend(args);
+    all.push(SqlValue::Integer(limit as i64));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(all), |r| {
+        Ok(Claim {
+            job_id: r.get(0)?,
+            attempt_id: 0,
+            number: 0,
+            token: 0,
+            started_at: 0,
+            kind: r.get(1)?,
+            batch: r.get(2)?,
+            item_id: r.get(3)?,
+            repeat: r.get(11)?,
+            model: model.to_string(),
+            endpoint: String::new(),
+            prompt: r.get(4)?,
+            vars: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+            charged: r.get(6)?,
+            max_attempts: r.get(7)?,
+            parent_id: r.get(8)?,
+            rubric_id: r.get(9)?,
+            parent_output: r.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The newest `ok` attempt answered under `key`: (attempt id, its answer as a `cached` finish).
+pub fn cached_answer(conn: &Connection, key: &str) -> Result<Option<Finish>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, output, reasoning, raw_output, timings FROM attempts
+             WHERE cache_key = ?1 AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([key], |r| {
+            let mut f = Finish::new(Outcome::Cached, 0);
+            f.cached_from = Some(r.get(0)?);
+            f.output = r.get(1)?;
+            f.reasoning = r.get(2)?;
+            f.raw_output = r.get(3)?;
+            f.timings = r
+                .get::<_, Option<String>>(4)?
+                .and_then(|t| serde_json::from_str(&t).ok());
+            f.cache_key = Some(key.to_string());
+            Ok(f)
+        })
+        .optional()?;
+    Ok(row)
+}
+
+/// Gives a pending job its answer from the cache: a `cached` attempt (not charged, no
+/// duration, no endpoint) and the job `done`, fenced by its still being pending. Returns the
+/// attempt's id and number, or None when the job was taken meanwhile.
+pub fn answer_cached(
+    tx: &Transaction,
+    runner_id: i64,
+    claim: &Claim,
+    f: &Finish,
+) -> Result<Option<(i64, i64)>> {
+    let now = now_ms();
+    let number: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = 'done', attempts = attempts + 1, not_before = 0,
+                    last_outcome = 'cached', last_error = NULL, updated_at = ?1
+             WHERE id = ?2 AND state = 'pending' RETURNING attempts",
+        )?
+        .query_row(params![now, claim.job_id], |r| r.get(0))
+        .optional()?;
+    let Some(number) = number else {
+        return Ok(None);
+    };
+    tx.prepare_cached(
+        "INSERT INTO attempts (job_id, number, model, batch, runner_id, started_at, finished_at,
+                duration_ms, outcome, charged, output, reasoning, raw_output, timings, cache_key,
+                cached_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 0, 'cached', 0, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        claim.job_id,
+        number,
+        claim.model,
+        claim.batch,
+        runner_id,
+        now,
+        f.output,
+        f.reasoning,
+        f.raw_output,
+        f.timings.as_ref().map(Value::to_string),
+        f.cache_key,
+        f.cached_from,
+    ])?;
+    let attempt_id = tx.last_insert_rowid();
+    tx.prepare_cached("UPDATE jobs SET attempt_id = ?1 WHERE id = ?2")?
+        .execute(params![attempt_id, claim.job_id])?;
+    Ok(Some((attempt_id, number)))
 }
 
 /// A running job whose runner is gone or whose lease ran out.
@@ -706,6 +850,7 @@ mod tests {
             kind: "generate".into(),
             batch: "b".into(),
             item_id: "1".into(),
+            repeat: 1,
             model: "m".into(),
             endpoint: String::new(),
             prompt: "p".into(),

@@ -3,7 +3,7 @@
 pub mod jobs;
 
 use anyhow::{Context, Result};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "003_report_indexes",
         include_str!("../../sql/003_report_indexes.sql"),
     ),
+    ("008_sweeps", include_str!("../../sql/008_sweeps.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -90,13 +91,23 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
+    // A migration may rebuild a table (SQLite changes a CHECK no other way): foreign keys are
+    // off meanwhile, as SQLite's own procedure says, and checked as a whole before the commit.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     for (name, sql) in &MIGRATIONS[version as usize..] {
         tx.execute_batch(sql)
             .with_context(|| format!("migration {name} failed"))?;
     }
+    let broken: Option<String> = tx
+        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+        .optional()?;
+    if let Some(table) = broken {
+        anyhow::bail!("the migrated schema breaks a foreign key of table {table}");
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
 

@@ -21,6 +21,8 @@ pub struct Table {
     pub warnings: Vec<String>,
     /// What a table with no rows says.
     pub empty: String,
+    /// Columns for pipes only (CSV, JSON), left out of the table people read: long hashes.
+    pub pipe_only: Vec<String>,
 }
 
 impl Table {
@@ -33,6 +35,7 @@ impl Table {
             notes: Vec::new(),
             warnings: Vec::new(),
             empty: "(nothing yet)".to_string(),
+            pipe_only: Vec::new(),
         }
     }
 
@@ -64,11 +67,18 @@ fn render_tables(tables: &[Table], out: &mut dyn Write) -> Result<()> {
         if t.rows.is_empty() {
             writeln!(out, "  {}", t.empty)?;
         } else {
+            let shown: Vec<bool> = t.columns.iter().map(|c| !t.pipe_only.contains(c)).collect();
             let mut grid = Grid::new();
             grid.load_preset(UTF8_FULL_CONDENSED);
-            grid.set_header(t.columns.iter().map(Cell::new));
+            grid.set_header(
+                t.columns
+                    .iter()
+                    .zip(&shown)
+                    .filter(|(_, s)| **s)
+                    .map(|(c, _)| Cell::new(c)),
+            );
             for row in &t.rows {
-                grid.add_row(row.iter().map(|v| {
+                grid.add_row(row.iter().zip(&shown).filter(|(_, s)| **s).map(|(v, _)| {
                     let cell = Cell::new(cell_text(v));
                     if v.is_number() {
                         cell.set_alignment(CellAlignment::Right)

@@ -1,0 +1,53 @@
+//! The answer cache of `run --cache`: a key per exact request. Everything that can change the
+//! answer is in it — backend, served model (not the endpoint: any server of one model gives
+//! the same kind of answer), the command line for the command backend, options, system
+//! prompt, think, format, the exact prompt, and the repeat number, so two samples never share
+//! an answer. `keep_alive` is not: it changes how long a model stays loaded, not what it says.
+//! A grade job's key has no repeat: the same grader, rubric and output give the same verdict.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::db::jobs::Claim;
+use crate::grading::Rubric;
+use crate::models::{Backend, ModelConfig};
+
+/// Bumped when what goes into a key changes, so old keys stop matching.
+const KEY_VERSION: i64 = 1;
+
+/// The key of the request `claim` makes with `prompt` (as rendered for it) on `model`.
+pub fn key(
+    model: &ModelConfig,
+    rubric: Option<&Rubric>,
+    claim: &Claim,
+    prompt: &str,
+) -> Result<String> {
+    let settings = crate::attempt::request_settings(model, rubric);
+    let command = match model.backend {
+        Backend::Command => Some(crate::attempt::command_argv(model, claim, prompt)?),
+        _ => None,
+    };
+    let repeat = (claim.kind != "grade").then_some(claim.repeat);
+    // serde_json keeps object keys sorted, so equal requests serialize equally.
+    let material = json!({
+        "v": KEY_VERSION,
+        "backend": model.backend.as_str(),
+        "model": model.served(),
+        "command": command,
+        "options": Value::Object(settings.options),
+        "think": settings.think,
+        "system": settings.system,
+        "format": settings.format,
+        "prompt": prompt,
+        "repeat": repeat,
+    });
+    let digest = Sha256::digest(material.to_string().as_bytes());
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The key of a pending job, computed the way its attempt would.
+pub fn key_of(model: &ModelConfig, rubric: Option<&Rubric>, claim: &Claim) -> Result<String> {
+    let prompt = crate::attempt::prompt_text(rubric, claim)?;
+    key(model, rubric, claim, &prompt)
+}
