@@ -336,6 +336,9 @@ pub enum Section {
     Grades,
     /// The leaderboard: one row per model, best first.
     Models,
+    /// Agreement across the repeats of one prompt (`enqueue --repeat`), per model and grader:
+    /// all passed, all agreed, pass@k, score mean and spread.
+    Consistency,
 }
 
 #[derive(Args, Debug)]

@@ -12,3 +12,4 @@ mod page;
 mod promises;
 mod recovery;
 mod reports;
+mod sweeps;
