@@ -66,11 +66,15 @@ pub enum Command {
     /// Set or list per-model settings (backend, command or endpoints, timeout, concurrency).
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Read prompts (CSV or JSONL, file or stdin) × models into jobs; idempotent.
+    /// Read prompts (CSV, TSV or JSONL, file or stdin) × models into jobs; idempotent.
     #[command(after_help = "Examples:
   llmbatch enqueue --model qwen2.5:7b --model llama3.2 prompts.csv
   llmbatch enqueue --model echo --template joke.txt --batch jokes topics.jsonl
-  cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -")]
+  cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -
+  llmbatch enqueue --model m new.csv --format ids | llmbatch run --ids-file -
+
+An input with no records exits 2. An item already queued (same batch and id) never changes:
+one with a different prompt or field exits 2; enqueue changed input under another --batch.")]
     Enqueue(EnqueueArgs),
     /// Claim jobs and run each attempt as a killable child process with a hard timeout.
     #[command(after_help = "Examples:
@@ -209,7 +213,8 @@ pub struct EnqueueArgs {
     /// Prompt template with {column} placeholders (default: the `prompt` field).
     #[arg(long, value_name = "FILE")]
     pub template: Option<PathBuf>,
-    /// Input format (default: from the file extension; csv for stdin).
+    /// Input format (default: from the file extension, .tsv is tab-separated; for stdin or
+    /// another extension, jsonl when the input starts with `{`, else csv).
     #[arg(long, value_enum)]
     pub input_format: Option<InputFormat>,
     /// Samples per prompt and model: N jobs numbered 1..N (`{repeat}`, LLMBATCH_REPEAT). A
@@ -219,14 +224,33 @@ pub struct EnqueueArgs {
     pub repeat: i64,
     #[command(flatten)]
     pub format: FormatArgs,
-    /// CSV or JSONL file, or - for stdin.
+    /// CSV, TSV or JSONL file, or - for stdin.
     pub input: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
+    /// Comma-separated with a header row.
     Csv,
+    /// Tab-separated with a header row (the default for .tsv files).
+    Tsv,
+    /// One JSON object per line.
     Jsonl,
+}
+
+impl InputFormat {
+    /// What a record looks like, for error messages.
+    pub fn expected(self) -> &'static str {
+        match self {
+            InputFormat::Csv => "a header row such as id,prompt, then one row per prompt",
+            InputFormat::Tsv => {
+                "a tab-separated header row such as id<TAB>prompt, then one row per prompt"
+            }
+            InputFormat::Jsonl => {
+                "one JSON object per line, such as {\"id\": 1, \"prompt\": \"...\"}"
+            }
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -2,13 +2,15 @@
 //! Idempotent: a (batch, item, model) already queued is counted, not added again.
 
 use anyhow::{Context, Result};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, TransactionBehavior};
 use serde_json::{json, Map, Value};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::cli::{EnqueueArgs, Format, InputFormat};
+use crate::db::Db;
 use crate::exec::template;
+use crate::report::render::{render, Table};
 use crate::usage;
 use crate::util::now_ms;
 
@@ -26,7 +28,7 @@ struct Counts {
     existing: u64,
 }
 
-pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
+pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
     let template = match &a.template {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             crate::error::UsageError(format!("cannot read template {}: {e}", path.display()))
@@ -47,30 +49,49 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
     // Each job's item is written just before it in this same transaction, so the foreign key
     // holds by construction: checking it row by row cost a tenth of a large enqueue. (On an
     // error the transaction rolls back and the command ends; nothing else uses the connection.)
+    let conn = &mut db.conn;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // This transaction is the only writer, and ids only grow: the new jobs are the ids
+    // between the highest before and the highest after.
+    let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
+        Ok(tx.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?)
+    };
+    let mut first_new = max_id(&tx)? + 1;
     let mut counts = Counts::default();
     {
         let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
         sink.repeats = a.repeat;
+        sink.first_new = first_new;
+        sink.format = format;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
-            match format {
-                InputFormat::Csv => read_csv(reader, &name, &mut each)?,
-                InputFormat::Jsonl => read_jsonl(reader, &name, &mut each)?,
-            }
+            read_records(reader, format, &name, &mut each)?;
         }
         sink.flush(&mut counts)?;
     }
+    if counts.items == 0 {
+        // One rule for every input: no records is a mistake upstream, never "0 new".
+        usage!(
+            "{name}: no records in the input (expected {})",
+            format.expected()
+        );
+    }
+    let mut last_new = max_id(&tx)?;
     tx.commit().context("cannot commit the enqueued jobs")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    if let Some(merged) = db.publish()? {
+        // Another enqueue created the database meanwhile: ours was merged into it.
+        let jobs = counts.new + counts.existing;
+        (first_new, last_new) = (merged.first, merged.last);
+        counts.new = (last_new - first_new + 1).max(0) as u64;
+        counts.existing = jobs - counts.new;
+    }
 
+    let mut out = std::io::stdout().lock();
     match a.format.format {
-        Format::Json => crate::outln!(
-            "{}",
-            json!({"batch": batch, "new": counts.new, "existing": counts.existing, "items": counts.items, "models": a.models, "repeat": a.repeat})
-        )?,
-        _ => crate::outln!(
+        Format::Table => writeln!(
+            out,
             "batch {batch}: {} new, {} already queued ({} items × {} models{})",
             counts.new,
             counts.existing,
@@ -82,6 +103,27 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
                 String::new()
             }
         )?,
+        Format::Ids => {
+            for id in first_new..=last_new {
+                writeln!(out, "{id}")?;
+            }
+        }
+        f => {
+            let mut t = Table::new(
+                "enqueue",
+                "Enqueued",
+                &["batch", "new", "existing", "items", "models", "repeat"],
+            );
+            t.push(vec![
+                json!(batch),
+                json!(counts.new),
+                json!(counts.existing),
+                json!(counts.items),
+                json!(a.models.join(",")),
+                json!(a.repeat),
+            ]);
+            render(&[t], f, &mut out)?;
+        }
     }
     Ok(0)
 }
@@ -89,6 +131,9 @@ pub fn run(a: &EnqueueArgs, conn: &mut Connection) -> Result<u8> {
 fn open_input(input: &str) -> Result<(String, Box<dyn Read>)> {
     if input == "-" {
         return Ok(("stdin".into(), Box::new(std::io::stdin())));
+    }
+    if Path::new(input).is_dir() {
+        usage!("cannot read {input}: it is a directory (give a CSV or JSONL file, or - for stdin)");
     }
     let file = std::fs::File::open(input)
         .map_err(|e| crate::error::UsageError(format!("cannot read {input}: {e}")))?;
@@ -102,10 +147,12 @@ fn detect_format(input: &str, reader: &mut BufReader<Box<dyn Read>>) -> Result<I
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     match ext.as_deref() {
         Some("jsonl" | "ndjson" | "json") => return Ok(InputFormat::Jsonl),
-        Some("csv" | "tsv") => return Ok(InputFormat::Csv),
+        Some("csv") => return Ok(InputFormat::Csv),
+        Some("tsv" | "tab") => return Ok(InputFormat::Tsv),
         _ => {}
     }
     let head = reader.fill_buf()?;
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     let first = head.iter().find(|b| !b.is_ascii_whitespace());
     Ok(if first == Some(&b'{') {
         InputFormat::Jsonl
@@ -124,13 +171,47 @@ fn default_batch(input: &str) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
+fn read_records(
+    reader: impl BufRead,
+    format: InputFormat,
+    name: &str,
+    each: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    match format {
+        InputFormat::Csv => read_csv(reader, b',', name, each),
+        InputFormat::Tsv => read_csv(reader, b'\t', name, each),
+        InputFormat::Jsonl => read_jsonl(reader, name, each),
+    }
+}
+
+/// The line of the first record with `id` in the input file `name`, read again from the
+/// start: only on the error path, so an enqueue needs no memory per item. None for stdin and
+/// pipes, which cannot be read twice.
+fn first_line_of(name: &str, format: InputFormat, id: &str) -> Option<u64> {
+    if name == "stdin" || !std::fs::metadata(name).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let file = BufReader::new(std::fs::File::open(name).ok()?);
+    let mut found = None;
+    let _ = read_records(file, format, name, &mut |rec: Record| {
+        if rec.id == id {
+            found = Some(rec.line);
+            anyhow::bail!("found");
+        }
+        Ok(())
+    });
+    found
+}
+
 fn read_csv(
     reader: impl Read,
+    delimiter: u8,
     name: &str,
     each: &mut dyn FnMut(Record) -> Result<()>,
 ) -> Result<()> {
     let mut csv = csv::ReaderBuilder::new()
         .flexible(false)
+        .delimiter(delimiter)
         .from_reader(reader);
     let headers: Vec<String> = csv
         .headers()
@@ -139,7 +220,10 @@ fn read_csv(
         .map(|h| h.trim().to_string())
         .collect();
     if headers.iter().all(|h| h.is_empty()) {
-        usage!("{name}: the CSV has no header row (expected columns such as id,prompt)");
+        usage!("{name}: no records in the input (expected a header row such as id,prompt, then one row per prompt)");
+    }
+    if headers[0].starts_with('{') {
+        usage!("{name} line 1: this looks like JSONL, not CSV: use --input-format jsonl");
     }
     if let Some(dup) = headers
         .iter()
@@ -194,8 +278,12 @@ fn read_jsonl(
     let mut number = 0u64;
     for (i, line) in reader.lines().enumerate() {
         let line_no = i as u64 + 1;
-        let text =
+        let mut text =
             line.map_err(|e| crate::error::UsageError(format!("{name} line {line_no}: {e}")))?;
+        if i == 0 && text.starts_with('\u{feff}') {
+            // A byte-order mark, as some Windows tools write: not part of the JSON.
+            text.drain(..3);
+        }
         if text.trim().is_empty() {
             continue;
         }
@@ -240,6 +328,9 @@ struct Sink<'a> {
     repeats: i64,
     /// Records waiting for the next chunk, with their rendered prompt and variables JSON.
     pending: Vec<(Record, String, String)>,
+    /// The first job id of this enqueue: an item with an older job was queued before it.
+    first_new: i64,
+    format: InputFormat,
 }
 
 impl<'a> Sink<'a> {
@@ -262,6 +353,8 @@ impl<'a> Sink<'a> {
             now: now_ms(),
             repeats: 1,
             pending: Vec::with_capacity(CHUNK),
+            first_new: 0,
+            format: InputFormat::Csv,
         })
     }
 
@@ -291,20 +384,40 @@ impl<'a> Sink<'a> {
             args.extend([&self.batch as &dyn rusqlite::ToSql, &rec.id, prompt, vars]);
         }
         if items.execute(args.as_slice())? < n {
-            // Some ids were there already (or twice in this chunk): each must have its prompt.
-            let mut stored = self
-                .tx
-                .prepare_cached("SELECT prompt FROM items WHERE batch = ?1 AND item_id = ?2")?;
-            for (rec, prompt, _) in &self.pending {
-                let old: Option<String> = stored
-                    .query_row(params![self.batch, rec.id], |r| r.get(0))
-                    .optional()?;
-                if old.as_deref() != Some(prompt.as_str()) {
+            // Some ids were there already (or twice in this input): an item never changes
+            // once queued, so each must come again exactly as stored.
+            let mut stored = self.tx.prepare_cached(
+                "SELECT prompt, vars FROM items WHERE batch = ?1 AND item_id = ?2",
+            )?;
+            // Every queued item has jobs; those of an earlier enqueue have older ids.
+            let mut earlier = self.tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = ?1 AND item_id = ?2
+                                AND kind = 'generate' AND id < ?3)",
+            )?;
+            for (rec, prompt, vars) in &self.pending {
+                let (old_prompt, old_vars): (String, String) = stored
+                    .query_row(params![self.batch, rec.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let differs = differences(&old_prompt, &old_vars, prompt, vars, &rec.vars);
+                if differs.is_empty() {
+                    continue;
+                }
+                let what = differs.join(", ");
+                let queued_before: bool =
+                    earlier.query_row(params![self.batch, rec.id, self.first_new], |r| r.get(0))?;
+                if queued_before {
                     usage!(
-                        "{} line {}: item {:?} is already in batch {:?} with a different prompt (a duplicate id, or the input changed: use another --batch)",
+                        "{} line {}: item {:?} is already in batch {:?} with a different {what}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
                         self.name, rec.line, rec.id, self.batch
                     );
                 }
+                let first = match first_line_of(self.name, self.format, &rec.id) {
+                    Some(line) => format!("line {line}"),
+                    None => "an earlier record".to_string(),
+                };
+                usage!(
+                    "{} line {}: item {:?} repeats {first} with a different {what}: ids must be unique within an input",
+                    self.name, rec.line, rec.id
+                );
             }
         }
         counts.items += n as u64;
@@ -375,4 +488,33 @@ impl<'a> Sink<'a> {
             },
         }
     }
+}
+
+/// What differs between a stored item and a record: `prompt` and the names of changed fields.
+fn differences(
+    old_prompt: &str,
+    old_vars: &str,
+    prompt: &str,
+    vars_text: &str,
+    vars: &Map<String, Value>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if old_prompt != prompt {
+        out.push("prompt".to_string());
+    }
+    if old_vars != vars_text {
+        let old: Map<String, Value> = serde_json::from_str(old_vars).unwrap_or_default();
+        let mut keys: Vec<&String> = old.keys().chain(vars.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if k != "prompt" && old.get(k) != vars.get(k) {
+                out.push(format!("field `{k}`"));
+            }
+        }
+        if out.is_empty() && old != *vars {
+            out.push("fields".to_string());
+        }
+    }
+    out
 }

@@ -1,5 +1,6 @@
-//! One file per subcommand, each `run(args, &mut Connection) -> Result<u8>` (the exit code).
-//! The database is opened once here and handed in.
+//! One file per subcommand, each `run(args, &mut Connection) -> Result<u8>` (the exit code);
+//! those that may create the database take the `Db` instead, to publish it when committed.
+//! The database is opened once here, as each command needs it, and handed in.
 
 pub mod enqueue;
 pub mod export;
@@ -13,43 +14,43 @@ pub mod worker;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, ScopeArgs};
-use crate::db::{self, jobs::Filter};
+use crate::cli::{Cli, Command, ModelsCommand, ScopeArgs};
+use crate::db::{self, jobs::Filter, Access, Db};
 
 pub fn dispatch(cli: &Cli) -> Result<u8> {
-    // Commands that record new work may create the database; the others need it to exist
-    // (grade too: there is nothing to grade in a new database).
-    let creates = matches!(cli.command, Command::Models(_) | Command::Enqueue(_));
     if let Command::Worker = cli.command {
         return worker::run();
     }
-    let fresh = creates && !cli.db.exists();
-    let mut conn = db::open(&cli.db, creates)?;
-    let result = match &cli.command {
-        Command::Models(a) => models::run(a, &mut conn),
-        Command::Enqueue(a) => enqueue::run(a, &mut conn),
-        Command::Run(a) => run::run(a, &mut conn, cli),
-        Command::Reap(a) => reap::run(a, cli.quiet, &mut conn),
-        Command::Resume(a) => resume::run(a, &mut conn),
-        Command::Grade(a) => grade::run(a, &mut conn),
-        Command::Report(a) => report::run(a, &mut conn),
-        Command::Export(a) => export::run(a, &mut conn),
-        Command::Worker => unreachable!("handled above"),
-    };
-    // A reader that went away (`| true`) is no failure of the command: its work is committed.
-    let failed = result
-        .as_ref()
-        .is_err_and(|e| !crate::error::is_broken_pipe(e));
-    if failed && fresh {
-        // The first command failed on bad input: leave no empty database behind.
-        drop(conn);
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = cli.db.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
+    let result = run_command(cli);
     result.map_err(|e| db::explain_busy(e, &cli.db))
+}
+
+fn run_command(cli: &Cli) -> Result<u8> {
+    // Commands that record new work may create the database (on a draft published when they
+    // commit); reports never write; the others need it to exist (grade too: there is nothing
+    // to grade in a new database).
+    let access = match &cli.command {
+        Command::Models(ModelsCommand::Set(_)) | Command::Enqueue(_) => Access::Create,
+        Command::Models(ModelsCommand::List(_)) | Command::Report(_) | Command::Export(_) => {
+            Access::Read
+        }
+        _ => Access::Write,
+    };
+    let mut db = Db::open(&cli.db, access)?;
+    let code = match &cli.command {
+        Command::Models(a) => models::run(a, &mut db)?,
+        Command::Enqueue(a) => enqueue::run(a, &mut db)?,
+        Command::Run(a) => run::run(a, &mut db.conn, cli)?,
+        Command::Reap(a) => reap::run(a, cli.quiet, &mut db.conn)?,
+        Command::Resume(a) => resume::run(a, &mut db.conn)?,
+        Command::Grade(a) => grade::run(a, &mut db.conn)?,
+        Command::Report(a) => report::run(a, &mut db.conn)?,
+        Command::Export(a) => export::run(a, &mut db.conn)?,
+        Command::Worker => unreachable!("handled in dispatch"),
+    };
+    // Creating commands publish before they print; this only catches one that did not.
+    db.publish()?;
+    Ok(code)
 }
 
 /// Turns `--batch/--model/--ids-file` into a filter, loading the ids into the connection.

@@ -5,22 +5,23 @@ use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::cli::{ModelSetArgs, ModelsCommand};
+use crate::db::Db;
 use crate::models::{self, Backend, ModelConfig};
 use crate::report::render::{render, Table};
 use crate::usage;
 
-pub fn run(cmd: &ModelsCommand, conn: &mut Connection) -> Result<u8> {
+pub fn run(cmd: &ModelsCommand, db: &mut Db) -> Result<u8> {
     match cmd {
-        ModelsCommand::Set(a) => set(a, conn),
+        ModelsCommand::Set(a) => set(a, db),
         ModelsCommand::List(f) => {
-            let tables = [list_table(conn)?];
+            let tables = [list_table(&db.conn)?];
             render(&tables, f.format, &mut std::io::stdout().lock())?;
             Ok(0)
         }
     }
 }
 
-fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
+fn set(a: &ModelSetArgs, db: &mut Db) -> Result<u8> {
     if a.name.trim().is_empty() {
         usage!("models set: the model name cannot be empty");
     }
@@ -38,7 +39,7 @@ fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
             usage!("model {}: --endpoint {e:?} is not a server URL: {why} (e.g. http://gpu1:11434 or https://api.openai.com/v1)", a.name);
         }
     }
-    let mut m = models::load(conn, &a.name)?;
+    let mut m = models::load(&db.conn, &a.name)?;
     let was_configured = m.configured;
     if let Some(b) = a.backend {
         m.backend = b;
@@ -130,7 +131,8 @@ fn set(a: &ModelSetArgs, conn: &mut Connection) -> Result<u8> {
         m.api_key_env = Some(k.clone());
     }
     validate(&m)?;
-    models::save(conn, &m)?;
+    models::save(&db.conn, &m)?;
+    db.publish()?;
     let verb = if was_configured { "updated" } else { "added" };
     crate::outln!("{verb} model {}: {}", m.name, describe(&m))?;
     Ok(0)

@@ -154,6 +154,16 @@ pub fn items_missing_var(
 
 /// Loads job ids into `temp.scope_ids`; an id with no job is a usage error listing them all.
 pub fn install_ids(conn: &Connection, ids: &[i64]) -> Result<()> {
+    // Read commands run under `query_only`, which guards the database file; the ids go to
+    // this connection's private temp schema, so lift it for that and put it back.
+    let query_only: bool = conn.pragma_query_value(None, "query_only", |r| r.get(0))?;
+    conn.pragma_update(None, "query_only", false)?;
+    let loaded = load_ids(conn, ids);
+    conn.pragma_update(None, "query_only", query_only)?;
+    loaded
+}
+
+fn load_ids(conn: &Connection, ids: &[i64]) -> Result<()> {
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS scope_ids (id INTEGER PRIMARY KEY); DELETE FROM temp.scope_ids;",
     )?;

@@ -175,7 +175,7 @@ fn flaky_is_done_after_two_attempts_with_no_error_left() {
     env.cmd(&["run", "--retry-base", "0.05"])
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("2 done, 0 failed, 2 retried"));
+        .stderr(summary("2 done, 0 failed, 2 retried"));
     assert_eq!(env.state_count("done"), 2);
     for job in env.rows("SELECT id, last_error IS NULL, last_outcome, attempts, charged FROM jobs")
     {
@@ -214,12 +214,12 @@ fn enqueue_twice_adds_nothing_and_says_so() {
     env.cmd(&["enqueue", "--model", "a", "--model", "b", &input])
         .assert()
         .success()
-        .stdout(predicate::str::contains("10 new, 0 already queued"));
+        .stdout("batch p: 10 new, 0 already queued (5 items × 2 models)\n");
     let before = env.dump();
     env.cmd(&["enqueue", "--model", "a", "--model", "b", &input])
         .assert()
         .success()
-        .stdout(predicate::str::contains("0 new, 10 already queued"));
+        .stdout("batch p: 0 new, 10 already queued (5 items × 2 models)\n");
     assert_eq!(env.int("SELECT COUNT(*) FROM jobs"), 10);
     assert_eq!(env.dump(), before);
     // A new model on the same input adds only its own jobs.
@@ -231,9 +231,11 @@ fn enqueue_twice_adds_nothing_and_says_so() {
         .unwrap();
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["batch"], "p");
-    assert_eq!(doc["new"], 5);
-    assert_eq!(doc["existing"], 5);
+    let row = &doc["enqueue"][0];
+    assert_eq!(row["batch"], "p");
+    assert_eq!(row["new"], 5);
+    assert_eq!(row["existing"], 5);
+    assert_eq!(row["items"], 5);
     assert_eq!(env.int("SELECT COUNT(*) FROM jobs"), 15);
 }
 
@@ -256,8 +258,9 @@ fn broken_csv_line_changes_nothing() {
     env.cmd(&["enqueue", "--model", "m", "--model", "m2", &bad])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("bad.csv line 4"))
-        .stderr(predicate::str::contains("expected 2 fields"));
+        .stderr(error_line(
+            "bad.csv line 4: expected 2 fields like the header, found 3",
+        ));
     assert_eq!(env.dump(), before, "rows changed");
     assert_eq!(
         std::fs::read(&env.db).unwrap(),
@@ -273,7 +276,7 @@ fn broken_csv_line_changes_nothing() {
     env.cmd(&["enqueue", "--model", "m", &bad])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("bad.jsonl line 2"));
+        .stderr(error_line("bad.jsonl line 2: invalid JSON"));
     assert_eq!(env.dump(), before, "rows changed");
 }
 
@@ -284,7 +287,7 @@ fn jsonl_input_and_templates_with_variables() {
     env.cmd(&["enqueue", "--model", "m", jsonl.to_str().unwrap()])
         .assert()
         .success()
-        .stdout(predicate::str::contains("batch prompts: 4 new"));
+        .stdout("batch prompts: 4 new, 0 already queued (4 items × 1 models)\n");
     let prompt: String = env
         .conn()
         .query_row(
@@ -361,8 +364,9 @@ fn unknown_template_variable_is_named_and_nothing_is_enqueued() {
     ])
     .assert()
     .code(2)
-    .stderr(predicate::str::contains("{narrator}"))
-    .stderr(predicate::str::contains("line 2"));
+    .stderr(error_line(
+        "jokes.csv line 2: unknown variable {narrator} in template",
+    ));
     // Nothing was enqueued: not even the database the first enqueue would have created.
     assert!(!env.db.exists());
 }
@@ -402,7 +406,7 @@ fn exit_codes_zero_when_all_done_three_when_some_failed() {
     env.cmd(&["run"])
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("2 done, 0 failed"));
+        .stderr(summary("2 done, 0 failed, 0 retried"));
     // Nothing left to do is success too.
     env.cmd(&["run"]).assert().code(0);
     env.cmd(&["enqueue", "--model", "exit1", &input])
@@ -411,7 +415,7 @@ fn exit_codes_zero_when_all_done_three_when_some_failed() {
     env.cmd(&["run", "--retry-base", "0.05"])
         .assert()
         .code(3)
-        .stderr(predicate::str::contains("0 done, 2 failed, 2 retried"));
+        .stderr(summary("0 done, 2 failed, 2 retried"));
     assert_eq!(
         env.int("SELECT COUNT(*) FROM attempts WHERE model = 'exit1'"),
         4
@@ -819,4 +823,22 @@ fn a_system_limit_at_spawn_fails_no_job() {
         2,
         "a later run with enough files finishes"
     );
+}
+
+/// `run`'s summary line, anchored: "2 done" must not match "12 done" (counts are plain text).
+fn summary(counts: &str) -> impl predicates::Predicate<str> {
+    predicate::str::is_match(format!("(?m)^llmbatch: {counts} in ")).unwrap()
+}
+
+/// The error line names a path ending in `text`, anchored at both ends of the path and
+/// message start ("line 4" must not match "line 40").
+fn error_line(text: &str) -> impl predicates::Predicate<str> {
+    let text = text.to_string();
+    predicate::function(move |s: &str| {
+        s.lines().any(|l| {
+            l.strip_prefix("llmbatch: error: ")
+                .and_then(|rest| rest.split_once(&text))
+                .is_some_and(|(path, _)| path.is_empty() || path.ends_with('/'))
+        })
+    })
 }

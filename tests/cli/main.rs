@@ -12,4 +12,5 @@ mod page;
 mod promises;
 mod recovery;
 mod reports;
+mod store;
 mod sweeps;
