@@ -59,6 +59,8 @@ pub struct Lane {
     /// Moving average of attempt durations (ms) and how many were seen.
     pub avg_ms: f64,
     pub seen: u64,
+    /// When this lane last started an attempt: lanes that share an endpoint take turns.
+    pub last_claim: Option<Instant>,
 }
 
 impl Lane {
@@ -90,6 +92,7 @@ impl Lane {
             lookahead: false,
             avg_ms: 0.0,
             seen: 0,
+            last_claim: None,
         }
     }
 
@@ -113,19 +116,26 @@ impl Lane {
         self.timeout = timeout;
     }
 
-    /// One endpoint per free slot, the least busy first, so work spreads evenly.
-    pub fn free_slots(&self, now: Instant, cap: usize) -> Vec<String> {
+    /// One endpoint per free slot, the least busy first, so work spreads evenly. `busy` gives
+    /// the attempts in flight on an endpoint counted against this lane's concurrency: its own,
+    /// plus those of the variants that send the same served model there.
+    pub fn free_slots(
+        &self,
+        now: Instant,
+        cap: usize,
+        busy: &dyn Fn(&Endpoint) -> usize,
+    ) -> Vec<String> {
         if self.stopped.is_some() || now < self.idle_until {
             return Vec::new();
         }
-        let per = self.model.concurrency.max(1) as usize + self.lookahead();
+        let per = self.per_endpoint();
         // An endpoint back from a rest gets one probe, not its full concurrency.
         let mut load: Vec<(usize, usize, usize)> = self
             .endpoints
             .iter()
             .enumerate()
             .filter(|(_, e)| e.rest_until.is_none_or(|t| now >= t))
-            .map(|(i, e)| (e.in_flight, i, if e.down_since.is_some() { 1 } else { per }))
+            .map(|(i, e)| (busy(e), i, if e.down_since.is_some() { 1 } else { per }))
             .collect();
         let mut slots = Vec::new();
         while slots.len() < cap {
@@ -138,6 +148,11 @@ impl Lane {
             *n += 1;
         }
         slots
+    }
+
+    /// Attempts at once per endpoint: the concurrency, and the jobs kept ready.
+    pub fn per_endpoint(&self) -> usize {
+        self.model.concurrency.max(1) as usize + self.lookahead()
     }
 
     /// Records a successful attempt's duration.

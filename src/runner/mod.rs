@@ -719,15 +719,41 @@ impl Coordinator<'_> {
         if let Some(limit) = self.opts.limit {
             room = room.min(limit.saturating_sub(self.claimed) as usize);
         }
-        // One slot per lane per round, the lanes with the fewest attempts in flight first, so no
-        // lane can take the whole cap from the others.
-        let mut free: Vec<(&String, Vec<String>, usize)> = self
+        // Variants of one served model on one server share its concurrency there: attempts
+        // in flight per (endpoint, backend, served model), over every lane.
+        let shared_key = |lane: &Lane, url: &str| {
+            (
+                url.to_string(),
+                lane.model.backend.as_str(),
+                lane.model.served().to_string(),
+            )
+        };
+        let mut shared: HashMap<(String, &str, String), usize> = HashMap::new();
+        for lane in self.lanes.values() {
+            for e in lane.endpoints.iter().filter(|e| !e.url.is_empty()) {
+                *shared.entry(shared_key(lane, &e.url)).or_default() += e.in_flight;
+            }
+        }
+        let mut free: Vec<(&String, Vec<String>, (usize, Option<Instant>))> = self
             .lanes
             .iter()
-            .map(|(name, lane)| (name, lane.free_slots(now, room), lane.in_flight))
+            .map(|(name, lane)| {
+                let busy = |e: &lane::Endpoint| {
+                    if e.url.is_empty() {
+                        e.in_flight
+                    } else {
+                        shared.get(&shared_key(lane, &e.url)).copied().unwrap_or(0)
+                    }
+                };
+                let order = (lane.in_flight, lane.last_claim);
+                (name, lane.free_slots(now, room, &busy), order)
+            })
             .filter(|(_, slots, _)| !slots.is_empty())
             .collect();
-        free.sort_by_key(|(_, _, busy)| *busy);
+        // One slot per lane per round, the lanes with the fewest attempts in flight first, so no
+        // lane can take the whole cap from the others; among those, the one served longest ago,
+        // so variants competing for a shared endpoint take turns.
+        free.sort_by_key(|(_, _, order)| *order);
         let free: Vec<(&String, Vec<String>)> = free.into_iter().map(|(n, s, _)| (n, s)).collect();
         let mut plan: Vec<(String, Vec<String>)> = free
             .iter()
@@ -736,9 +762,19 @@ impl Coordinator<'_> {
         let mut round = 0;
         while room > 0 {
             let mut gave = false;
-            for ((_, slots), (_, taken)) in free.iter().zip(plan.iter_mut()) {
+            for ((name, slots), (_, taken)) in free.iter().zip(plan.iter_mut()) {
                 if room > 0 && round < slots.len() {
-                    taken.push(slots[round].clone());
+                    let lane = &self.lanes[*name];
+                    let url = &slots[round];
+                    // A slot another variant took this round is no longer free.
+                    if !url.is_empty() {
+                        let n = shared.entry(shared_key(lane, url)).or_default();
+                        if *n >= lane.per_endpoint() {
+                            continue;
+                        }
+                        *n += 1;
+                    }
+                    taken.push(url.clone());
                     room -= 1;
                     gave = true;
                 }
@@ -769,6 +805,8 @@ impl Coordinator<'_> {
         };
         if let Some(lane) = self.lanes.get_mut(model) {
             lane.idle_until = Instant::now() + wait;
+            // Its turn at a shared endpoint is used up: the others go first next time.
+            lane.last_claim = Some(Instant::now());
         }
         Ok(())
     }
@@ -783,6 +821,7 @@ impl Coordinator<'_> {
             .get_mut(&claim.model)
             .expect("lane of a claimed job");
         lane.started(claim.job_id, &claim.endpoint);
+        lane.last_claim = Some(Instant::now());
         log::debug!(
             "job {} ({}) attempt {} started",
             claim.job_id,

@@ -410,3 +410,51 @@ fn consistency_report_gives_shares_scores_and_pass_at_k_over_repeats() {
     close(&harsh["pass_at_k"], 0.0);
     close(&harsh["score_sd"], 0.0);
 }
+
+#[test]
+fn variants_on_one_server_share_its_concurrency() {
+    let server = Server::start(|req, _| {
+        crate::fake_server::Reply::Body(
+            200,
+            ollama_answer(req.model(), "slow answer", None, "stop").to_string(),
+            std::time::Duration::from_millis(150),
+        )
+    });
+    let env = Env::new();
+    for (name, t) in [("v-a", "temperature=0"), ("v-b", "temperature=1")] {
+        ollama_model(
+            &env,
+            name,
+            &server.url,
+            &[
+                "--remote-model",
+                "served",
+                "--option",
+                t,
+                "--concurrency",
+                "2",
+            ],
+        );
+    }
+    let input = env.prompts("p.csv", 4);
+    env.cmd(&["enqueue", "--model", "v-a", "--model", "v-b", &input])
+        .assert()
+        .success();
+    env.cmd(&["run"]).assert().code(0);
+    assert_eq!(server.count(), 8);
+    // Attempts in flight at once, over both variants: never more than the 2 of the endpoint.
+    // (A replacement is claimed in the transaction that records the end it follows, so a
+    // start never precedes the finish it replaces; ends sort first on a tie.)
+    let mut events: Vec<(i64, i64)> = env
+        .rows("SELECT started_at, finished_at FROM attempts")
+        .iter()
+        .flat_map(|r| [(r[0].parse().unwrap(), 1), (r[1].parse().unwrap(), -1)])
+        .collect();
+    events.sort();
+    let (mut now, mut most) = (0i64, 0i64);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    assert_eq!(most, 2);
+}
