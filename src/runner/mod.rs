@@ -26,6 +26,9 @@ use lane::{Lane, Reach};
 /// Attempts at once over all lanes when `--jobs` is not given.
 const DEFAULT_JOBS: usize = 64;
 
+/// Which lane plans a claim first: fewest attempts in flight, then the one served longest ago.
+type TurnOrder = (usize, Option<Instant>);
+
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
 /// How long results of a fast lane may gather before they are committed together.
@@ -734,7 +737,7 @@ impl Coordinator<'_> {
                 *shared.entry(shared_key(lane, &e.url)).or_default() += e.in_flight;
             }
         }
-        let mut free: Vec<(&String, Vec<String>, (usize, Option<Instant>))> = self
+        let mut free: Vec<(&String, Vec<String>, TurnOrder)> = self
             .lanes
             .iter()
             .map(|(name, lane)| {
