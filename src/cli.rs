@@ -166,7 +166,9 @@ pub struct ModelSetArgs {
     /// Seconds (or a duration like 10m) per attempt, or `auto` (2 × p99 of recent successes).
     #[arg(long, value_name = "SECS|auto")]
     pub timeout: Option<String>,
-    /// Attempts at once (per endpoint for HTTP models). Default 1.
+    /// Attempts at once (per endpoint for HTTP models). Default 1. Variants that send one
+    /// served model (--remote-model) to one endpoint share their slots there: together they
+    /// never have more in flight on it than this.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub concurrency: Option<i64>,
     /// Attempt budget per job (retries included). Default 3.
