@@ -492,7 +492,9 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
 }
 
 /// Pending jobs of `model` in scope that could run now, after job id `after`, in id order:
-/// what `run --cache` looks up before anything is claimed.
+/// what `run --cache` looks up before anything is claimed. The walk goes by job id (the `+`
+/// keeps SQLite off the claim index, which would read and sort every pending job per page),
+/// so the pages of one pass read each job once.
 pub fn runnable(
     conn: &Connection,
     model: &str,
@@ -508,7 +510,7 @@ pub fn runnable(
          JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
          LEFT JOIN jobs p ON p.id = j.parent_id
          LEFT JOIN attempts pa ON pa.id = p.attempt_id
-         WHERE j.state = 'pending' AND j.model = ? AND j.id > ?
+         WHERE +j.state = 'pending' AND +j.model = ? AND j.id > ?
            AND (j.parent_id IS NULL OR p.state = 'done'){cond}
          ORDER BY j.id LIMIT ?"
     );
