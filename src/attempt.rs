@@ -52,6 +52,12 @@ pub struct WorkerResponse {
     pub error: Option<String>,
     #[serde(default)]
     pub timings: Option<Value>,
+    /// `throttled`: the server's Retry-After, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<i64>,
+    /// `throttled`: the account's quota or credit is exhausted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quota_exhausted: bool,
 }
 
 pub fn execute(job: &AttemptJob, stop: &StopSignal) -> Finish {
@@ -347,6 +353,8 @@ fn from_response(r: WorkerResponse, ms: i64) -> Finish {
     f.raw_output = r.raw_output;
     f.error = r.error;
     f.timings = r.timings;
+    f.retry_after_ms = r.retry_after_ms;
+    f.quota_exhausted = r.quota_exhausted;
     f
 }
 

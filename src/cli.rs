@@ -11,7 +11,8 @@ use crate::util::duration_arg;
 const EXIT_CODES: &str = "\
 Exit codes:
   0    all requested work done
-  1    operational error (database, I/O, an endpoint unreachable past --unavailable-limit)
+  1    operational error (database, I/O, an endpoint unreachable or throttling past
+       --unavailable-limit, an exhausted API quota)
   2    usage or bad input (bad flag, malformed input line, unknown job id, missing database)
   3    some jobs ended failed
   129  interrupted by SIGHUP, e.g. a closed terminal (not under nohup)
@@ -81,6 +82,7 @@ one with a different prompt or field exits 2; enqueue changed input under anothe
   llmbatch run                          # everything pending, then exit
   llmbatch run --model qwen2.5:7b --jobs 4
   llmbatch run --max-runtime 9m         # a cron tick that never overlaps the next
+  llmbatch run --batch sweep --max-cost 5   # stop claiming once the batch has cost $5
   llmbatch report jobs --state pending --batch jokes --format ids | llmbatch run --ids-file -
 
 Exit codes: 0 all done, 1 operational error, 2 bad input, 3 some jobs failed, 130/143 interrupted.")]
@@ -105,7 +107,7 @@ to the job's budget; a job lost more times than its budget fails.")]
 --batch, --model (the graded model) and --ids-file choose the outputs to grade; grading again
 only adds what is missing. Grade jobs run with `llmbatch run`.")]
     Grade(GradeArgs),
-    /// Status, latency, failures, the leaderboard, timeouts, grades, runners; or one HTML page.
+    /// Status, latency, failures, the leaderboard, timeouts, grades, runners, cost; or one HTML page.
     #[command(after_help = "Examples:
   llmbatch report                       # status, latency, failures, the leaderboard
   llmbatch report latency --by batch,model --since 24h
@@ -113,6 +115,7 @@ only adds what is missing. Grade jobs run with `llmbatch run`.")]
   llmbatch report timeouts throughput --format json
   llmbatch report jobs --state failed --format ids
   llmbatch report models --since 24h    # the leaderboard: which model is best, and why
+  llmbatch report cost --by batch       # tokens and USD per batch and model
   llmbatch report --format html > /srv/www/night.html   # one page, charts, works offline")]
     Report(ReportArgs),
     /// Outputs and grades as JSONL, CSV or a GNU parallel joblog.
@@ -139,6 +142,7 @@ pub enum ModelsCommand {
   llmbatch models set echo --backend command --command 'sh -c cat' --timeout 10
   llmbatch models set qwen-t0 --remote-model qwen2.5:7b --option temperature=0
   llmbatch models set qwen-t9 --remote-model qwen2.5:7b --option temperature=0.9
+  llmbatch models set gpt-4o-mini --rpm 500 --tpm 200000 --price-in 0.15 --price-out 0.60
 
 A name never configured runs on Ollama at $OLLAMA_HOST (default http://127.0.0.1:11434).")]
     Set(Box<ModelSetArgs>),
@@ -202,6 +206,30 @@ pub struct ModelSetArgs {
     /// where `llmbatch run` runs.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+    /// Requests per minute this runner sends the model, evenly spaced (no burst, also at
+    /// start). Each runner paces itself: with several runners, divide the limit. 0 = unpaced.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+    pub rpm: Option<i64>,
+    /// Tokens per minute, paced like --rpm: each request counts its prompt (about 4 characters
+    /// a token) plus its max tokens option, corrected by the usage the server reports. 0 = unpaced.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+    pub tpm: Option<i64>,
+    /// Price in USD per million input (prompt) tokens, for `report cost` and `run --max-cost`.
+    #[arg(long, value_name = "USD", value_parser = price_arg)]
+    pub price_in: Option<f64>,
+    /// Price in USD per million output tokens.
+    #[arg(long, value_name = "USD", value_parser = price_arg)]
+    pub price_out: Option<f64>,
+}
+
+/// A price or cap in USD: a finite number, zero or more.
+pub fn price_arg(text: &str) -> Result<f64, String> {
+    match text.trim().trim_start_matches('$').parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "expected an amount in USD, zero or more (e.g. 0.15), not {text:?}"
+        )),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -302,6 +330,11 @@ pub struct RunArgs {
     /// calling the model. Recorded as outcome `cached`.
     #[arg(long)]
     pub cache: bool,
+    /// Stop claiming once the recorded cost of this run's scope (--batch / --model, counted
+    /// over all runs, so cron ticks share one budget) reaches USD; attempts in flight finish,
+    /// the rest stay pending, exit 0. Needs prices (`models set --price-in/--price-out`).
+    #[arg(long, value_name = "USD", value_parser = price_arg)]
+    pub max_cost: Option<f64>,
     /// Keep polling for new work instead of exiting (for a daemon).
     #[arg(long)]
     pub watch: bool,
@@ -365,11 +398,13 @@ pub enum Section {
     /// Agreement across the repeats of one prompt (`enqueue --repeat`), per model and grader:
     /// all passed, all agreed, pass@k, score mean and spread.
     Consistency,
+    /// Tokens and USD per model (and --by batch), from the models' prices.
+    Cost,
 }
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// Sections to show (default: status latency failures models).
+    /// Sections to show (default: status latency failures models, and cost once a model has prices).
     #[arg(value_enum)]
     pub sections: Vec<Section>,
     #[command(flatten)]

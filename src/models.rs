@@ -72,6 +72,12 @@ pub struct ModelConfig {
     pub max_attempts: i64,
     pub settings: Settings,
     pub api_key_env: Option<String>,
+    /// Pacing: requests and tokens per minute, per runner (None = unpaced).
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    /// USD per million input / output tokens (None = unpriced).
+    pub price_in: Option<f64>,
+    pub price_out: Option<f64>,
     /// False for a name never configured (zero-config Ollama).
     pub configured: bool,
 }
@@ -90,6 +96,10 @@ impl ModelConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             settings: Settings::default(),
             api_key_env: None,
+            rpm: None,
+            tpm: None,
+            price_in: None,
+            price_out: None,
             configured: false,
         }
     }
@@ -97,6 +107,11 @@ impl ModelConfig {
     /// The model name the backend is sent: `--remote-model`, or our own name.
     pub fn served(&self) -> &str {
         self.settings.remote_model.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whether this model has a price for its tokens.
+    pub fn priced(&self) -> bool {
+        self.price_in.is_some() || self.price_out.is_some()
     }
 
     pub fn timeout(&self) -> f64 {
@@ -199,7 +214,8 @@ pub fn load(conn: &Connection, name: &str) -> Result<ModelConfig> {
     let row = conn
         .query_row(
             "SELECT name, backend, command, endpoints, timeout_s, timeout_auto, concurrency,
-                    max_attempts, settings, api_key_env FROM models WHERE name = ?1",
+                    max_attempts, settings, api_key_env, rpm, tpm, price_in, price_out
+             FROM models WHERE name = ?1",
             [name],
             from_row,
         )
@@ -211,7 +227,8 @@ pub fn load(conn: &Connection, name: &str) -> Result<ModelConfig> {
 pub fn list(conn: &Connection) -> Result<Vec<ModelConfig>> {
     let mut stmt = conn.prepare(
         "SELECT name, backend, command, endpoints, timeout_s, timeout_auto, concurrency,
-                max_attempts, settings, api_key_env FROM models ORDER BY name",
+                max_attempts, settings, api_key_env, rpm, tpm, price_in, price_out
+         FROM models ORDER BY name",
     )?;
     let rows = stmt.query_map([], from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -231,6 +248,10 @@ fn from_row(r: &rusqlite::Row) -> rusqlite::Result<ModelConfig> {
         max_attempts: r.get(7)?,
         settings: serde_json::from_str(&settings).unwrap_or_default(),
         api_key_env: r.get(9)?,
+        rpm: r.get(10)?,
+        tpm: r.get(11)?,
+        price_in: r.get(12)?,
+        price_out: r.get(13)?,
         configured: true,
     })
 }
@@ -238,13 +259,16 @@ fn from_row(r: &rusqlite::Row) -> rusqlite::Result<ModelConfig> {
 pub fn save(conn: &Connection, m: &ModelConfig) -> Result<()> {
     conn.execute(
         "INSERT INTO models (name, backend, command, endpoints, timeout_s, timeout_auto,
-                             concurrency, max_attempts, settings, api_key_env, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                             concurrency, max_attempts, settings, api_key_env, updated_at,
+                             rpm, tpm, price_in, price_out)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (name) DO UPDATE SET backend = excluded.backend, command = excluded.command,
              endpoints = excluded.endpoints, timeout_s = excluded.timeout_s,
              timeout_auto = excluded.timeout_auto, concurrency = excluded.concurrency,
              max_attempts = excluded.max_attempts, settings = excluded.settings,
-             api_key_env = excluded.api_key_env, updated_at = excluded.updated_at",
+             api_key_env = excluded.api_key_env, updated_at = excluded.updated_at,
+             rpm = excluded.rpm, tpm = excluded.tpm, price_in = excluded.price_in,
+             price_out = excluded.price_out",
         params![
             m.name,
             m.backend.as_str(),
@@ -257,6 +281,10 @@ pub fn save(conn: &Connection, m: &ModelConfig) -> Result<()> {
             serde_json::to_string(&m.settings)?,
             m.api_key_env,
             crate::util::now_ms(),
+            m.rpm,
+            m.tpm,
+            m.price_in,
+            m.price_out,
         ],
     )?;
     Ok(())

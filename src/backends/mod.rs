@@ -70,10 +70,11 @@ fn api_key(r: &WorkerRequest) -> std::result::Result<Option<String>, Box<WorkerR
     }
 }
 
-/// What came back from the server: its status and body text.
+/// What came back from the server: its status, body text and the wait it asked for.
 struct Reply {
     status: u16,
     body: String,
+    retry_after_ms: Option<i64>,
 }
 
 /// POSTs JSON and returns any HTTP answer (2xx or not); a failure to get one is already
@@ -102,11 +103,17 @@ fn post(
         }
     };
     let status = resp.status();
+    let retry_after_ms = retry_after(
+        resp.header("retry-after-ms"),
+        resp.header("retry-after"),
+        std::time::SystemTime::now(),
+    );
     let mut bytes = Vec::new();
     match resp.into_reader().take(MAX_BODY).read_to_end(&mut bytes) {
         Ok(_) => Ok(Reply {
             status,
             body: lossy(&bytes),
+            retry_after_ms,
         }),
         Err(e) if is_timeout(&e) => Err(Box::new(timed_out(url, timeout))),
         Err(e) => Err(Box::new(failure(
@@ -207,17 +214,104 @@ fn quote(body: &str) -> String {
     format!("{:?}{more}", head)
 }
 
-/// Maps a non-2xx status to an `http` failure (retried by the coordinator for 408, 429, 5xx).
+/// The wait a server asked for, in ms: `retry-after-ms` (OpenAI's, milliseconds), else
+/// `Retry-After` in seconds or as an HTTP date (RFC 9110). Unreadable or past: None.
+fn retry_after(ms: Option<&str>, header: Option<&str>, now: std::time::SystemTime) -> Option<i64> {
+    if let Some(ms) = ms.and_then(|v| v.trim().parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(ms.ceil() as i64);
+        }
+    }
+    let h = header?.trim();
+    if let Ok(s) = h.parse::<f64>() {
+        return (s.is_finite() && s >= 0.0).then(|| (s * 1000.0).ceil() as i64);
+    }
+    let at = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(h)
+        .ok()?;
+    let now = jiff::Timestamp::try_from(now).ok()?;
+    let wait = at.as_millisecond() - now.as_millisecond();
+    (wait > 0).then_some(wait)
+}
+
+/// Backpressure, which is never the job's fault: 429, 503 or a "server busy" answer (Ollama's
+/// 503 when its queue is full) end `throttled` with the server's Retry-After; an exhausted quota
+/// or credit (OpenAI's 429 `insufficient_quota`, a 402) ends `throttled` marked
+/// `quota_exhausted`, which stops the lane. None for any other answer.
+fn backpressure(reply: &Reply, url: &str) -> Option<WorkerResponse> {
+    // A 2xx is an answer, whatever its text says (a model may well write "server busy").
+    if (200..300).contains(&reply.status) {
+        return None;
+    }
+    let text = error_text(&reply.body);
+    let busy = text.to_lowercase().contains("server busy");
+    let quota = quota_exhausted(reply.status, &reply.body);
+    if !(quota || busy || matches!(reply.status, 429 | 503)) {
+        return None;
+    }
+    let status = reply.status;
+    let mut resp = if quota {
+        failure(
+            "throttled",
+            Some(status),
+            format!("HTTP {status} from {url}: quota exhausted: {text}"),
+        )
+    } else {
+        let wait = reply
+            .retry_after_ms
+            .map(|ms| {
+                format!(
+                    ", Retry-After {}",
+                    crate::util::human_secs(ms as f64 / 1000.0)
+                )
+            })
+            .unwrap_or_default();
+        failure(
+            "throttled",
+            Some(status),
+            format!("HTTP {status} (server busy{wait}) from {url}: {text}"),
+        )
+    };
+    resp.retry_after_ms = reply.retry_after_ms;
+    resp.quota_exhausted = quota;
+    Some(resp)
+}
+
+/// Whether an error body says the account is out of quota or credit (retrying cannot help),
+/// as opposed to a rate limit (waiting helps). A bare "quota" is not enough: some APIs call
+/// their per-minute limits quotas.
+fn quota_exhausted(status: u16, body: &str) -> bool {
+    const CODES: [&str; 5] = [
+        "insufficient_quota",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "insufficient_credits",
+        "insufficient_balance",
+    ];
+    if status == 402 {
+        return true;
+    }
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let e = v.get("error").unwrap_or(&v);
+    let coded = ["code", "type"].iter().any(|k| {
+        e.get(*k)
+            .and_then(Value::as_str)
+            .is_some_and(|c| CODES.contains(&c))
+    });
+    let msg = error_text(body).to_lowercase();
+    coded
+        || msg.contains("exceeded your current quota")
+        || msg.contains("credit balance is too low")
+        || msg.contains("check your plan and billing")
+}
+
+/// Maps a non-2xx status to an `http` failure (retried by the coordinator for 408 and 5xx).
 fn status_failure(status: u16, url: &str, body: &str, hint: &str) -> WorkerResponse {
     let text = error_text(body);
-    let what = match status {
-        429 | 503 => " (server busy)",
-        _ => "",
-    };
     failure(
         "http",
         Some(status),
-        format!("HTTP {status}{what} from {url}: {text}{hint}"),
+        format!("HTTP {status} from {url}: {text}{hint}"),
     )
 }
 
@@ -279,6 +373,60 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_ms_seconds_and_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_470);
+        assert_eq!(retry_after(Some("250"), Some("3"), now), Some(250));
+        assert_eq!(retry_after(None, Some("3"), now), Some(3000));
+        assert_eq!(retry_after(None, Some("1.5"), now), Some(1500));
+        // Wed, 21 Oct 2015 07:28:00 GMT is 1445412480: ten seconds after `now`.
+        assert_eq!(
+            retry_after(None, Some("Wed, 21 Oct 2015 07:28:00 GMT"), now),
+            Some(10_000)
+        );
+        assert_eq!(
+            retry_after(None, Some("Wed, 21 Oct 2015 07:27:00 GMT"), now),
+            None
+        );
+        assert_eq!(retry_after(None, Some("soon"), now), None);
+        assert_eq!(retry_after(Some("x"), None, now), None);
+    }
+
+    #[test]
+    fn quota_is_told_from_a_rate_limit() {
+        let openai = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+        assert!(quota_exhausted(429, openai));
+        assert!(quota_exhausted(402, "{}"));
+        let rate = r#"{"error":{"message":"Rate limit reached for gpt-4o-mini","type":"requests","code":"rate_limit_exceeded"}}"#;
+        assert!(!quota_exhausted(429, rate));
+        let gemini = r#"{"error":{"code":429,"message":"Quota exceeded for metric: generate_content_requests per minute","status":"RESOURCE_EXHAUSTED"}}"#;
+        assert!(!quota_exhausted(429, gemini));
+    }
+
+    #[test]
+    fn backpressure_is_throttled() {
+        let reply = |status: u16, body: &str| Reply {
+            status,
+            body: body.to_string(),
+            retry_after_ms: Some(1000),
+        };
+        let busy =
+            r#"{"error":"server busy, please try again.  maximum pending requests exceeded"}"#;
+        let r = backpressure(&reply(503, busy), "u").unwrap();
+        assert_eq!(
+            (r.outcome.as_str(), r.retry_after_ms),
+            ("throttled", Some(1000))
+        );
+        assert!(!r.quota_exhausted);
+        assert!(backpressure(&reply(500, busy), "u").is_some());
+        assert!(backpressure(&reply(500, r#"{"error":"boom"}"#), "u").is_none());
+        assert!(backpressure(&reply(404, "{}"), "u").is_none());
+        let answer = r#"{"response":"The server busy? You exceeded your current quota of jokes."}"#;
+        assert!(backpressure(&reply(200, answer), "u").is_none());
+        let q = r#"{"error":{"message":"out","code":"insufficient_quota"}}"#;
+        assert!(backpressure(&reply(429, q), "u").unwrap().quota_exhausted);
+    }
 
     #[test]
     fn error_text_reads_each_server_shape() {

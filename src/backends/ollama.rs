@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{answer, error_text, failure, not_json, post, status_failure};
+use super::{answer, backpressure, error_text, failure, not_json, post, status_failure};
 use crate::attempt::{WorkerRequest, WorkerResponse};
 
 /// Ollama's timing and token fields (durations in nanoseconds), kept as the server named them.
@@ -23,6 +23,9 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
         Ok(reply) => reply,
         Err(resp) => return *resp,
     };
+    if let Some(throttled) = backpressure(&reply, &url) {
+        return throttled;
+    }
     if !(200..300).contains(&reply.status) {
         return refused(r, base, &url, reply.status, &reply.body);
     }

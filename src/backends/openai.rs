@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{answer, failure, not_json, post, status_failure};
+use super::{answer, backpressure, failure, not_json, post, status_failure};
 use crate::attempt::{WorkerRequest, WorkerResponse};
 
 pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
@@ -14,6 +14,9 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
         Ok(reply) => reply,
         Err(resp) => return *resp,
     };
+    if let Some(throttled) = backpressure(&reply, &url) {
+        return throttled;
+    }
     if !(200..300).contains(&reply.status) {
         return refused(r, base, &url, reply.status, &reply.body);
     }

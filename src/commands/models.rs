@@ -130,6 +130,19 @@ fn set(a: &ModelSetArgs, db: &mut Db) -> Result<u8> {
         check_api_key_env(k)?;
         m.api_key_env = Some(k.clone());
     }
+    // 0 turns pacing off.
+    if let Some(n) = a.rpm {
+        m.rpm = (n > 0).then_some(n);
+    }
+    if let Some(n) = a.tpm {
+        m.tpm = (n > 0).then_some(n);
+    }
+    if let Some(p) = a.price_in {
+        m.price_in = Some(p);
+    }
+    if let Some(p) = a.price_out {
+        m.price_out = Some(p);
+    }
     validate(&m)?;
     models::save(&db.conn, &m)?;
     db.publish()?;
@@ -201,12 +214,26 @@ fn describe(m: &ModelConfig) -> String {
         Some(r) => format!(" (sends model {r:?})"),
         None => String::new(),
     };
-    format!(
+    let mut text = format!(
         "{target}{served}, timeout {}, concurrency {}, max attempts {}",
         timeout_text(m),
         m.concurrency,
         m.max_attempts
-    )
+    );
+    if let Some(n) = m.rpm {
+        text.push_str(&format!(", {n} requests/min"));
+    }
+    if let Some(n) = m.tpm {
+        text.push_str(&format!(", {n} tokens/min"));
+    }
+    if m.priced() {
+        text.push_str(&format!(
+            ", ${} in / ${} out per 1M tokens",
+            m.price_in.unwrap_or(0.0),
+            m.price_out.unwrap_or(0.0)
+        ));
+    }
+    text
 }
 
 fn timeout_text(m: &ModelConfig) -> String {
@@ -232,6 +259,10 @@ fn list_table(conn: &Connection) -> Result<Table> {
             "max_attempts",
             "settings",
             "api_key_env",
+            "rpm",
+            "tpm",
+            "price_in",
+            "price_out",
         ],
     );
     for m in models::list(conn)? {
@@ -250,6 +281,10 @@ fn list_table(conn: &Connection) -> Result<Table> {
             json!(m.max_attempts),
             json!(serde_json::to_string(&m.settings)?),
             json!(m.api_key_env),
+            json!(m.rpm),
+            json!(m.tpm),
+            json!(m.price_in),
+            json!(m.price_out),
         ]);
     }
     t.notes.push(format!(

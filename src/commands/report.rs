@@ -6,7 +6,9 @@ use rusqlite::Connection;
 
 use crate::cli::{Format, ReportArgs, Section};
 use crate::report::data::Sections;
-use crate::report::{breakdown, consistency, models, page, render, sections, throughput, Query};
+use crate::report::{
+    breakdown, consistency, cost, models, page, render, sections, throughput, Query,
+};
 use crate::util::now_ms;
 
 pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
@@ -24,12 +26,16 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
     let wanted = if a.sections.is_empty() && a.format == Format::Ids {
         vec![Section::Jobs]
     } else if a.sections.is_empty() {
-        vec![
+        let mut default = vec![
             Section::Status,
             Section::Latency,
             Section::Failures,
             Section::Models,
-        ]
+        ];
+        if cost::any_priced(conn)? {
+            default.push(Section::Cost);
+        }
+        default
     } else {
         a.sections.clone()
     };
@@ -56,6 +62,7 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
             Section::Grades => tables.extend(s.grades()?.iter().cloned()),
             Section::Models => tables.push(models::leaderboard(&s)?.table()),
             Section::Consistency => tables.push(consistency::consistency(conn, &q)?),
+            Section::Cost => tables.push(cost::cost(conn, &q)?),
         }
     }
     render::render(&tables, a.format, &mut std::io::stdout().lock())?;

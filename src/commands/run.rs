@@ -27,6 +27,7 @@ pub fn run(a: &RunArgs, conn: &mut Connection, cli: &Cli) -> Result<u8> {
         max_runtime: a.max_runtime,
         max_failures,
         unavailable_limit: a.unavailable_limit,
+        max_cost: a.max_cost,
         watch: a.watch,
         poll: a.poll.max(std::time::Duration::from_millis(50)),
         progress: !cli.quiet && std::io::stderr().is_terminal(),
@@ -55,15 +56,25 @@ pub fn run(a: &RunArgs, conn: &mut Connection, cli: &Cli) -> Result<u8> {
         if let Some(sig) = s.signal {
             line.push_str(&format!(" — stopped by {}", signals::name(sig)));
         }
+        if s.throttled > 0 {
+            line.push_str(&format!(", {} throttled (not charged)", s.throttled));
+        }
         if s.halted_on_failures {
             line.push_str(" — stopped at --max-failures");
+        }
+        if s.cost_capped {
+            line.push_str(&format!(
+                " — stopped claiming at --max-cost: ${:.4} of ${} spent in scope, the rest stays pending",
+                s.spent,
+                a.max_cost.unwrap_or(0.0)
+            ));
         }
         eprintln!("{line}");
     }
     if let Some(sig) = s.signal {
         return Ok(signals::exit_code(sig) as u8);
     }
-    if let Some((_, msg)) = s.unreachable.first() {
+    if let Some((_, msg)) = s.stopped_lanes.first() {
         eprintln!("llmbatch: error: {msg}");
         return Ok(EXIT_ERROR);
     }

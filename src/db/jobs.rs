@@ -11,23 +11,36 @@ use crate::util::now_ms;
 /// What happened in one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Outcome {
+    /// An answer
     Ok,
+    /// No answer within the model's timeout: killed
     Timeout,
+    /// The command exited non-zero
     Exit,
+    /// Killed by a signal
     Crash,
+    /// Could not start (bad command, bad URL); not retried
     Spawn,
+    /// An HTTP error (5xx retried, 4xx not)
     Http,
+    /// The server could not be reached; not charged
     Unavailable,
+    /// No output
     Empty,
+    /// A grader's answer could not be read
     Parse,
+    /// The runner died; found by a reap
     Lost,
+    /// The runner was stopped by a signal; not charged
     Interrupted,
-    /// Answered from an earlier identical request (`run --cache`): no model was called.
+    /// The server pushed back (429, 503, "server busy") or the quota ran out; not charged
+    Throttled,
+    /// Answered from an earlier identical request (`run --cache`); not charged
     Cached,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Ok,
         Outcome::Timeout,
         Outcome::Exit,
@@ -39,6 +52,7 @@ impl Outcome {
         Outcome::Parse,
         Outcome::Lost,
         Outcome::Interrupted,
+        Outcome::Throttled,
         Outcome::Cached,
     ];
 
@@ -55,18 +69,23 @@ impl Outcome {
             Outcome::Parse => "parse",
             Outcome::Lost => "lost",
             Outcome::Interrupted => "interrupted",
+            Outcome::Throttled => "throttled",
             Outcome::Cached => "cached",
         }
     }
 
-    /// A server that is down, or a runner that was stopped, is not the job's fault; nor is a
-    /// runner that died (`lost`): its claims ahead never started, and a database it could no
-    /// longer write kept finished work from being recorded. Losses have their own bound
-    /// (see [`reap`]), so a job that kills its runner still fails.
+    /// A server that is down or pushing back, or a runner that was stopped, is not the job's
+    /// fault; nor is a runner that died (`lost`): its claims ahead never started, and a
+    /// database it could no longer write kept finished work from being recorded. Losses have
+    /// their own bound (see [`reap`]), so a job that kills its runner still fails.
     pub fn charged(self) -> bool {
         !matches!(
             self,
-            Outcome::Unavailable | Outcome::Interrupted | Outcome::Lost | Outcome::Cached
+            Outcome::Unavailable
+                | Outcome::Interrupted
+                | Outcome::Lost
+                | Outcome::Throttled
+                | Outcome::Cached
         )
     }
 
@@ -355,6 +374,10 @@ pub struct Finish {
     pub stderr: Option<String>,
     pub error: Option<String>,
     pub timings: Option<Value>,
+    /// `throttled`: how long the server asked to wait (Retry-After), in ms.
+    pub retry_after_ms: Option<i64>,
+    /// `throttled`: the account's quota or credit is exhausted; retrying cannot help.
+    pub quota_exhausted: bool,
     /// The hash of the exact request (see `crate::cache`), kept so a later `run --cache` can
     /// reuse an `ok` answer, and a miss can be explained.
     pub cache_key: Option<String>,
@@ -376,6 +399,8 @@ impl Finish {
             stderr: None,
             error: None,
             timings: None,
+            retry_after_ms: None,
+            quota_exhausted: false,
             cache_key: None,
             cached_from: None,
         }
@@ -407,10 +432,17 @@ impl Next {
 }
 
 /// Decides what follows an attempt: done, a retry after a backoff, or failed.
-/// Backoff: `retry_base × 2^(n-1)` with ±25 % jitter, at most 10 minutes.
+/// Backoff: `retry_base × 2^(n-1)` with ±25 % jitter, at most 10 minutes. A throttled job
+/// waits the later of that backoff (n = its uncharged attempts, so it grows while the server
+/// keeps pushing back) and the server's Retry-After; it is never charged.
 pub fn decide(claim: &Claim, f: &Finish, budget: i64, retry_base_ms: i64) -> Next {
     if f.outcome.answered() {
         return Next::Done;
+    }
+    if f.outcome == Outcome::Throttled && !f.quota_exhausted {
+        let uncharged = claim.number - claim.charged;
+        let wait = backoff_ms(retry_base_ms, uncharged).max(f.retry_after_ms.unwrap_or(0));
+        return Next::Retry(now_ms() + wait);
     }
     if !f.outcome.charged() {
         return Next::Retry(now_ms());
@@ -419,10 +451,14 @@ pub fn decide(claim: &Claim, f: &Finish, budget: i64, retry_base_ms: i64) -> Nex
     if !f.outcome.retryable(f.http_status) || used >= budget {
         return Next::Failed;
     }
-    let exp = 2f64.powi((used - 1).min(20) as i32);
+    Next::Retry(now_ms() + backoff_ms(retry_base_ms, used))
+}
+
+/// `retry_base × 2^(n-1)` with ±25 % jitter, at most 10 minutes.
+fn backoff_ms(retry_base_ms: i64, n: i64) -> i64 {
+    let exp = 2f64.powi((n - 1).clamp(0, 20) as i32);
     let jitter = 0.75 + fastrand::f64() * 0.5;
-    let delay = (retry_base_ms as f64 * exp * jitter).min(600_000.0) as i64;
-    Next::Retry(now_ms() + delay)
+    (retry_base_ms as f64 * exp * jitter).min(600_000.0) as i64
 }
 
 /// Records an attempt's end and moves its job, fenced by the lease token: if the job is no

@@ -1,5 +1,6 @@
 //! Opening the one database file: pragmas on every open, migrations by `PRAGMA user_version`.
 
+pub mod cost;
 pub mod jobs;
 
 use anyhow::{Context, Result};
@@ -18,7 +19,11 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "003_report_indexes",
         include_str!("../../sql/003_report_indexes.sql"),
     ),
-    ("008_sweeps", include_str!("../../sql/008_sweeps.sql")),
+    (
+        "004_backpressure_cost",
+        include_str!("../../sql/004_backpressure_cost.sql"),
+    ),
+    ("005_sweeps", include_str!("../../sql/005_sweeps.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -406,9 +411,16 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
-    // A migration may rebuild a table (SQLite changes a CHECK no other way): foreign keys are
-    // off meanwhile, as SQLite's own procedure says, and checked as a whole before the commit.
+    // A migration that rebuilds a table (SQLite's way to change a constraint) drops it while
+    // other tables still refer to it: foreign keys are off meanwhile (they cannot change inside
+    // a transaction) and checked before the migration commits.
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = apply(conn);
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    result
+}
+
+fn apply(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // Another process may have migrated while we waited for the write lock.
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -416,11 +428,11 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.execute_batch(sql)
             .with_context(|| format!("migration {name} failed"))?;
     }
-    let broken: Option<String> = tx
-        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
-        .optional()?;
-    if let Some(table) = broken {
-        anyhow::bail!("the migrated schema breaks a foreign key of table {table}");
+    let broken: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+        r.get(0)
+    })?;
+    if broken > 0 {
+        anyhow::bail!("{broken} row(s) would break a foreign key after migrating: not applied");
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
@@ -482,6 +494,60 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    /// A database of schema 3 with a graded attempt (grades refer to attempts) upgrades: the
+    /// rebuilt attempts keep every row and the foreign keys hold, and `throttled` is accepted.
+    #[test]
+    fn upgrade_from_3_keeps_attempts_and_grades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (_, sql) in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 3;
+                 INSERT INTO items VALUES ('b', '1', 'p', '{}');
+                 INSERT INTO jobs (id, batch, item_id, model, created_at, updated_at)
+                     VALUES (1, 'b', '1', 'm', 0, 0);
+                 INSERT INTO jobs (id, batch, item_id, model, kind, parent_id, created_at, updated_at)
+                     VALUES (2, 'b', '1', 'judge', 'grade', 1, 0, 0);
+                 INSERT INTO attempts (id, job_id, number, model, batch, started_at, outcome, timings)
+                     VALUES (7, 2, 1, 'judge', 'b', 5, 'ok', '{\"eval_count\": 3}');
+                 INSERT INTO grades (job_id, graded_job_id, attempt_id, grader, pass)
+                     VALUES (2, 1, 7, 'judge', 1);",
+            )
+            .unwrap();
+        }
+        let conn = open_rw(&path, false).unwrap();
+        let (n, timings): (i64, String) = conn
+            .query_row(
+                "SELECT COUNT(*), MAX(timings) FROM attempts JOIN grades ON grades.attempt_id = attempts.id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, timings.as_str()), (1, r#"{"eval_count": 3}"#));
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        conn.execute(
+            "INSERT INTO attempts (job_id, number, model, batch, started_at, outcome)
+             VALUES (1, 1, 'm', 'b', 6, 'throttled')",
+            [],
+        )
+        .unwrap();
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' AND sql IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 4);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use super::render::Table;
-use super::{grades, sections, speed, timeouts, Query};
+use super::{cost, grades, sections, speed, timeouts, Query};
 use crate::cli::GroupKey;
 
 pub struct Sections<'a> {
@@ -24,6 +24,7 @@ pub struct Sections<'a> {
     timeouts: OnceCell<Table>,
     grades: OnceCell<Vec<Table>>,
     tokens: OnceCell<BTreeMap<String, f64>>,
+    model_cost: OnceCell<Table>,
 }
 
 /// `OnceCell::get_or_try_init` is not stable yet: the same, by hand.
@@ -53,6 +54,7 @@ impl<'a> Sections<'a> {
             timeouts: OnceCell::new(),
             grades: OnceCell::new(),
             tokens: OnceCell::new(),
+            model_cost: OnceCell::new(),
         }
     }
 
@@ -110,5 +112,10 @@ impl<'a> Sections<'a> {
 
     pub fn tokens_per_s(&self) -> Result<&BTreeMap<String, f64>> {
         once(&self.tokens, || speed::tokens_per_s(self.conn, self.q))
+    }
+
+    /// Tokens and cost per model (empty cost where a model has no prices).
+    pub fn model_cost(&self) -> Result<&Table> {
+        once(&self.model_cost, || cost::cost(self.conn, &self.by_model))
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod breakdown;
 pub mod consistency;
+pub mod cost;
 pub mod data;
 pub mod distribution;
 pub mod failed;

@@ -21,6 +21,8 @@ pub struct Table {
     pub warnings: Vec<String>,
     /// What a table with no rows says.
     pub empty: String,
+    /// Columns whose floats need more than 3 decimals as text (USD: fractions of a cent).
+    pub decimals: Vec<(String, usize)>,
     /// Columns for pipes only (CSV, JSON), left out of the table people read: long hashes.
     pub pipe_only: Vec<String>,
 }
@@ -35,8 +37,18 @@ impl Table {
             notes: Vec::new(),
             warnings: Vec::new(),
             empty: "(nothing yet)".to_string(),
+            decimals: Vec::new(),
             pipe_only: Vec::new(),
         }
+    }
+
+    /// Decimals of a float column as table or CSV text (default 3).
+    fn places(&self, col: usize) -> usize {
+        let name = &self.columns[col];
+        self.decimals
+            .iter()
+            .find(|(c, _)| c == name)
+            .map_or(3, |(_, n)| *n)
     }
 
     pub fn push(&mut self, row: Vec<Value>) {
@@ -78,8 +90,9 @@ fn render_tables(tables: &[Table], out: &mut dyn Write) -> Result<()> {
                     .map(|(c, _)| Cell::new(c)),
             );
             for row in &t.rows {
-                grid.add_row(row.iter().zip(&shown).filter(|(_, s)| **s).map(|(v, _)| {
-                    let cell = Cell::new(cell_text(v));
+                let cells = row.iter().enumerate().filter(|(i, _)| shown[*i]);
+                grid.add_row(cells.map(|(i, v)| {
+                    let cell = Cell::new(cell_text_to(v, t.places(i)));
                     if v.is_number() {
                         cell.set_alignment(CellAlignment::Right)
                     } else {
@@ -98,12 +111,16 @@ fn render_tables(tables: &[Table], out: &mut dyn Write) -> Result<()> {
 
 /// A value as table or CSV text: floats to 3 decimals, null as empty.
 pub fn cell_text(v: &Value) -> String {
+    cell_text_to(v, 3)
+}
+
+fn cell_text_to(v: &Value, places: usize) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         Value::Number(n) if n.is_f64() => {
             let f = n.as_f64().unwrap_or(0.0);
-            format!("{f:.3}")
+            format!("{f:.places$}")
         }
         other => other.to_string(),
     }
@@ -121,7 +138,11 @@ fn render_csv(tables: &[Table], out: &mut dyn Write) -> Result<()> {
         let mut w = csv::Writer::from_writer(&mut *out);
         w.write_record(&t.columns)?;
         for row in &t.rows {
-            w.write_record(row.iter().map(cell_text))?;
+            w.write_record(
+                row.iter()
+                    .enumerate()
+                    .map(|(i, v)| cell_text_to(v, t.places(i))),
+            )?;
         }
         w.flush()?;
     }

@@ -1,6 +1,7 @@
 //! `report throughput`: per model jobs done per hour over a window, in flight, pending and
 //! the ETA of the pending work at that rate — and a warning when the pipeline has stalled
-//! (work pending, no live runner) or drained (runners live, nothing pending).
+//! (work pending, no live runner) or drained (runners live, nothing pending). A model paced by
+//! `--rpm` / `--tpm` cannot go faster than its pace: the ETA counts with the slower of the two.
 
 use anyhow::Result;
 use rusqlite::types::Value as SqlValue;
@@ -18,6 +19,8 @@ pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
 #[derive(Default)]
 struct Row {
     done: i64,
+    /// Tokens the done jobs used (prompt + output), for the `--tpm` pace.
+    tokens: i64,
     first_start: Option<i64>,
     pending: i64,
     running: i64,
@@ -31,7 +34,10 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
     // Jobs done in the window: their ok attempts, found through the finished_at index.
     let (cond, args) = q.filter.sql_on("a", "job_id");
     let sql = format!(
-        "SELECT a.model, COUNT(*), MIN(a.started_at) FROM attempts a INDEXED BY attempts_finished
+        "SELECT a.model, COUNT(*), MIN(a.started_at),
+                SUM(COALESCE(json_extract(a.timings, '$.prompt_tokens'), json_extract(a.timings, '$.prompt_eval_count'), 0)
+                    + COALESCE(json_extract(a.timings, '$.completion_tokens'), json_extract(a.timings, '$.eval_count'), 0))
+         FROM attempts a INDEXED BY attempts_finished
          WHERE a.finished_at >= ? AND a.outcome = 'ok'{cond} GROUP BY a.model"
     );
     let mut all = vec![SqlValue::Integer(since)];
@@ -42,6 +48,7 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
         let row = rows.entry(r.get(0)?).or_default();
         row.done = r.get(1)?;
         row.first_start = r.get(2)?;
+        row.tokens = r.get::<_, Option<i64>>(3)?.unwrap_or(0);
     }
 
     // Open work now (the claim index leads with state, so this reads only open jobs).
@@ -67,6 +74,7 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
             "window_s",
             "done",
             "per_hour",
+            "paced_per_hour",
             "in_flight",
             "pending",
             "eta_s",
@@ -79,8 +87,10 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
         let start = row.first_start.map_or(since, |s| s.max(since));
         let elapsed_s = ((now - start) as f64 / 1000.0).max(1.0);
         let per_hour = row.done as f64 * 3600.0 / elapsed_s;
-        let eta = (row.pending > 0 && per_hour > 0.0)
-            .then(|| (row.pending as f64 / per_hour * 3600.0).round());
+        let paced = paced_per_hour(&crate::models::load(conn, &model)?, &row);
+        let rate = paced.map_or(per_hour, |p| p.min(per_hour));
+        let eta =
+            (row.pending > 0 && rate > 0.0).then(|| (row.pending as f64 / rate * 3600.0).round());
         if row.pending > 0 && row.done == 0 {
             stalled.push(model.clone());
         }
@@ -91,6 +101,7 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
             json!((elapsed_s * 1000.0).round() / 1000.0),
             json!(row.done),
             json!((per_hour * 10.0).round() / 10.0),
+            paced.map_or(Value::Null, |p| json!((p * 10.0).round() / 10.0)),
             json!(row.running),
             json!(row.pending),
             eta.map_or(Value::Null, |e| json!(e)),
@@ -118,4 +129,18 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
         ));
     }
     Ok(t)
+}
+
+/// The most jobs an hour the model's `--rpm` / `--tpm` allow one runner (the tokens per job
+/// from the done jobs of the window); None when it is not paced (or no job shows its tokens).
+fn paced_per_hour(m: &crate::models::ModelConfig, row: &Row) -> Option<f64> {
+    let by_requests = m.rpm.map(|n| n as f64 * 60.0);
+    let by_tokens = m
+        .tpm
+        .filter(|_| row.done > 0 && row.tokens > 0)
+        .map(|n| n as f64 * 60.0 / (row.tokens as f64 / row.done as f64));
+    match (by_requests, by_tokens) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

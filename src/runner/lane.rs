@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::pace::Pacer;
 use crate::attempt::AttemptJob;
 use crate::models::ModelConfig;
 
@@ -17,13 +18,65 @@ pub const FAST_ATTEMPT_MS: f64 = 100.0;
 /// The first rest after an endpoint was unreachable; it doubles up to `MAX_REST`.
 const FIRST_REST: Duration = Duration::from_secs(2);
 const MAX_REST: Duration = Duration::from_secs(30);
+/// The rest after a throttle that named no Retry-After (Ollama's "server busy"): its queue
+/// drains in seconds; the halved concurrency, not a growing rest, keeps the pressure off.
+const THROTTLE_REST: Duration = Duration::from_secs(1);
+/// The longest an attempt holds its slot after a throttle: one long Retry-After must not slow
+/// the endpoint for minutes after it ended.
+const MAX_HOLD: Duration = Duration::from_secs(10);
 
 pub struct Endpoint {
     pub url: String,
     pub in_flight: usize,
+    /// Attempts allowed at once (AIMD): halved on a throttle (at least 1), one more after a
+    /// run of that many answers without one, up to the model's concurrency.
+    pub limit: usize,
+    /// Answers without a throttle since the limit last changed.
+    ok_run: usize,
     rest: Duration,
     rest_until: Option<Instant>,
     down_since: Option<Instant>,
+    /// Since when every answer of this endpoint was a throttle.
+    throttled_since: Option<Instant>,
+    /// After a throttle, until the limit is back to the model's concurrency, each attempt
+    /// holds its slot for this long from its start even when answered sooner: a rate limit
+    /// counts requests per period, and fast answers would otherwise let a small concurrency
+    /// send far more requests than the period allows (Little's law).
+    hold: Duration,
+    /// Starts of answered attempts still holding their slot.
+    held: VecDeque<Instant>,
+}
+
+impl Endpoint {
+    fn new(url: String, concurrency: usize) -> Endpoint {
+        Endpoint {
+            url,
+            in_flight: 0,
+            limit: concurrency,
+            ok_run: 0,
+            rest: Duration::ZERO,
+            rest_until: None,
+            down_since: None,
+            throttled_since: None,
+            hold: Duration::ZERO,
+            held: VecDeque::new(),
+        }
+    }
+
+    /// Slots in use: attempts in flight and answered attempts still holding theirs.
+    pub fn busy(&self, now: Instant) -> usize {
+        self.in_flight + self.held.iter().filter(|t| **t + self.hold > now).count()
+    }
+}
+
+/// How an attempt ended, for its endpoint's standing.
+pub enum End {
+    /// The server answered (whatever the answer).
+    Answered,
+    /// The server could not be reached.
+    Unreachable,
+    /// The server pushed back, asking to wait this long (Retry-After) if it said.
+    Throttled(Option<Duration>),
 }
 
 /// How an attempt's end changed its endpoint's standing.
@@ -33,6 +86,20 @@ pub enum Reach {
     Down(Duration),
     /// Reachable again after being down.
     Up,
+    /// Throttled: resting this long (`by_server`: as its Retry-After asked), the allowed
+    /// concurrency going from the first number to the second.
+    Throttled {
+        rest: Duration,
+        by_server: bool,
+        limit: (usize, usize),
+    },
+}
+
+/// Endpoints that kept a lane from working past the limit: all of them, down or throttled.
+pub struct Blocked {
+    pub urls: Vec<String>,
+    /// True when at least one was answering, but only with throttles.
+    pub throttled: bool,
 }
 
 pub struct Lane {
@@ -59,25 +126,25 @@ pub struct Lane {
     /// Moving average of attempt durations (ms) and how many were seen.
     pub avg_ms: f64,
     pub seen: u64,
+    /// Throttled attempts in this run.
+    pub throttled: u64,
+    /// `--rpm` / `--tpm` pacing, if the model has either.
+    pub pacer: Option<Pacer>,
+    /// The tokens each paced attempt in flight was estimated at, by job id.
+    pub estimates: BTreeMap<i64, u64>,
     /// When this lane last started an attempt: lanes that share an endpoint take turns.
     pub last_claim: Option<Instant>,
 }
 
 impl Lane {
     pub fn new(model: ModelConfig, timeout: Duration) -> Lane {
+        let concurrency = model.concurrency.max(1) as usize;
         let endpoints = model
             .effective_endpoints()
             .into_iter()
-            .map(|url| Endpoint {
-                url,
-                in_flight: 0,
-                rest: Duration::ZERO,
-                rest_until: None,
-                down_since: None,
-            })
+            .map(|url| Endpoint::new(url, concurrency))
             .collect();
         Lane {
-            model: Arc::new(model),
             timeout,
             endpoints,
             in_flight: 0,
@@ -92,7 +159,11 @@ impl Lane {
             lookahead: false,
             avg_ms: 0.0,
             seen: 0,
+            throttled: 0,
+            pacer: Pacer::for_model(&model),
+            estimates: BTreeMap::new(),
             last_claim: None,
+            model: Arc::new(model),
         }
     }
 
@@ -103,15 +174,29 @@ impl Lane {
             return;
         }
         let fresh = Lane::new(model, timeout);
+        let was = self.model.concurrency.max(1) as usize;
+        let now = fresh.model.concurrency.max(1) as usize;
         let mut old = std::mem::take(&mut self.endpoints);
         self.endpoints = fresh
             .endpoints
             .into_iter()
             .map(|e| match old.iter().position(|o| o.url == e.url) {
-                Some(i) => old.swap_remove(i),
+                Some(i) => {
+                    let mut kept = old.swap_remove(i);
+                    // An endpoint at full speed follows a new --concurrency; a throttled one
+                    // keeps its lower limit and grows back to it.
+                    if kept.limit >= was {
+                        kept.limit = now;
+                    }
+                    kept
+                }
                 None => e,
             })
             .collect();
+        // A pacer keeps its spacing unless the limits changed.
+        if (self.model.rpm, self.model.tpm) != (fresh.model.rpm, fresh.model.tpm) {
+            self.pacer = fresh.pacer;
+        }
         self.model = fresh.model;
         self.timeout = timeout;
     }
@@ -128,14 +213,18 @@ impl Lane {
         if self.stopped.is_some() || now < self.idle_until {
             return Vec::new();
         }
-        let per = self.per_endpoint();
-        // An endpoint back from a rest gets one probe, not its full concurrency.
+        // A paced lane sends one request when its pacer allows, never a group at once.
+        let cap = match &self.pacer {
+            Some(p) if now < p.ready_at() => return Vec::new(),
+            Some(_) => cap.min(1),
+            None => cap,
+        };
         let mut load: Vec<(usize, usize, usize)> = self
             .endpoints
             .iter()
             .enumerate()
             .filter(|(_, e)| e.rest_until.is_none_or(|t| now >= t))
-            .map(|(i, e)| (busy(e), i, if e.down_since.is_some() { 1 } else { per }))
+            .map(|(i, e)| (busy(e), i, self.max_on(e)))
             .collect();
         let mut slots = Vec::new();
         while slots.len() < cap {
@@ -150,9 +239,25 @@ impl Lane {
         slots
     }
 
-    /// Attempts at once per endpoint: the concurrency, and the jobs kept ready.
-    pub fn per_endpoint(&self) -> usize {
-        self.model.concurrency.max(1) as usize + self.lookahead()
+    /// Attempts at once this lane may have on an endpoint: its concurrency and the jobs kept
+    /// ready; one probe for an endpoint back from a rest; the AIMD limit for a throttled one.
+    pub fn max_on(&self, e: &Endpoint) -> usize {
+        if e.down_since.is_some() {
+            return 1;
+        }
+        let concurrency = self.model.concurrency.max(1) as usize;
+        e.limit.clamp(1, concurrency) + self.lookahead()
+    }
+
+    /// Whether a server of this lane is pushing back (or pacing applies): then every start
+    /// must go through `free_slots`, never through a ready queue.
+    pub fn held_back(&self) -> bool {
+        let concurrency = self.model.concurrency.max(1) as usize;
+        self.pacer.is_some()
+            || self
+                .endpoints
+                .iter()
+                .any(|e| e.limit < concurrency || e.throttled_since.is_some())
     }
 
     /// Records a successful attempt's duration.
@@ -187,22 +292,73 @@ impl Lane {
         }
     }
 
-    /// Records an attempt's end; says when its endpoint went down or came back.
-    pub fn ended(&mut self, job_id: i64, url: &str, reachable: bool) -> Reach {
+    /// Records an attempt's end; says when its endpoint went down, came back or was throttled.
+    pub fn ended(&mut self, job_id: i64, url: &str, end: End) -> Reach {
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.started.remove(&job_id);
         let now = Instant::now();
+        let began = self.started.remove(&job_id).unwrap_or(now);
+        let concurrency = self.model.concurrency.max(1) as usize;
         let Some(e) = self.endpoint_mut(url) else {
             return Reach::Same;
         };
         e.in_flight = e.in_flight.saturating_sub(1);
-        if reachable {
-            let was_down = e.down_since.is_some();
-            e.rest = Duration::ZERO;
-            e.rest_until = None;
-            e.down_since = None;
-            return if was_down { Reach::Up } else { Reach::Same };
+        let hold = e.hold;
+        e.held.retain(|t| *t + hold > now);
+        if !e.hold.is_zero() && began + e.hold > now {
+            // Starts arrive nearly in order; an out-of-order one only frees its slot late.
+            e.held.push_back(began);
         }
+        let wait = match end {
+            End::Answered => {
+                let was_down = e.down_since.is_some();
+                e.rest = Duration::ZERO;
+                e.down_since = None;
+                e.throttled_since = None;
+                // A throttle's rest stands even if an answer sent before it arrives after it.
+                if was_down {
+                    e.rest_until = None;
+                }
+                e.ok_run += 1;
+                if e.ok_run >= e.limit && e.limit < concurrency {
+                    e.limit += 1;
+                    e.ok_run = 0;
+                }
+                if e.limit >= concurrency {
+                    e.hold = Duration::ZERO;
+                    e.held.clear();
+                }
+                return if was_down { Reach::Up } else { Reach::Same };
+            }
+            End::Throttled(wait) => wait,
+            End::Unreachable => return Self::down(e, now),
+        };
+        e.down_since = None;
+        e.ok_run = 0;
+        e.throttled_since.get_or_insert(now);
+        let by_server = wait.is_some();
+        let rest = wait.unwrap_or(THROTTLE_REST);
+        e.hold = e.hold.max(rest).min(MAX_HOLD);
+        let until = now + rest;
+        // Attempts sent together are throttled together: one episode halves the limit once;
+        // a later Retry-After can only lengthen the rest.
+        if e.rest_until.is_some_and(|t| now < t) {
+            if e.rest_until.is_some_and(|t| t < until) {
+                e.rest_until = Some(until);
+            }
+            return Reach::Same;
+        }
+        e.rest_until = Some(until);
+        let before = e.limit.min(concurrency);
+        e.limit = (before / 2).max(1);
+        Reach::Throttled {
+            rest,
+            by_server,
+            limit: (before, e.limit),
+        }
+    }
+
+    /// An endpoint found unreachable: it rests, longer each time while the outage lasts.
+    fn down(e: &mut Endpoint, now: Instant) -> Reach {
         // Attempts sent together fail together: one outage doubles the rest once.
         if e.rest_until.is_some_and(|t| now < t) {
             return Reach::Same;
@@ -216,19 +372,35 @@ impl Lane {
         Reach::Same
     }
 
-    /// The endpoints down for longer than `limit`, when every endpoint of the lane is.
-    pub fn unreachable_past(&self, limit: Duration) -> Option<Vec<String>> {
+    /// The endpoints, when every one of them has been down or only throttling for longer
+    /// than `limit`.
+    pub fn blocked_past(&self, limit: Duration) -> Option<Blocked> {
         let now = Instant::now();
-        let all_down = self
+        let since = |e: &Endpoint| e.down_since.or(e.throttled_since);
+        let all = self
             .endpoints
             .iter()
-            .all(|e| e.down_since.is_some_and(|t| now.duration_since(t) >= limit));
-        all_down.then(|| self.endpoints.iter().map(|e| e.url.clone()).collect())
+            .all(|e| since(e).is_some_and(|t| now.duration_since(t) >= limit));
+        all.then(|| Blocked {
+            urls: self.endpoints.iter().map(|e| e.url.clone()).collect(),
+            throttled: self.endpoints.iter().any(|e| e.throttled_since.is_some()),
+        })
     }
 
-    /// When the next resting endpoint may take work again.
-    pub fn next_rest_end(&self) -> Option<Instant> {
-        self.endpoints.iter().filter_map(|e| e.rest_until).min()
+    /// When the lane may next have something to do: a resting endpoint back, or the pacer.
+    pub fn next_wake(&self) -> Option<Instant> {
+        let rest = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.rest_until)
+            .chain(
+                self.endpoints
+                    .iter()
+                    .filter_map(|e| e.held.iter().map(|t| *t + e.hold).min()),
+            )
+            .min();
+        let pace = self.pacer.as_ref().map(Pacer::ready_at);
+        rest.into_iter().chain(pace).min()
     }
 
     pub fn oldest_age(&self) -> Option<Duration> {
@@ -246,8 +418,13 @@ impl Lane {
                 Some(why) => format!(" — stopped: {why}"),
                 None => String::new(),
             };
+            let throttled = if self.throttled > 0 {
+                format!(", {} throttled", self.throttled)
+            } else {
+                String::new()
+            };
             bar.set_message(format!(
-                "{} done, {} failed, {} in flight{oldest}{state}",
+                "{} done, {} failed, {} in flight{throttled}{oldest}{state}",
                 self.done, self.failed, self.in_flight
             ));
         }

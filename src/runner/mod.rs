@@ -4,6 +4,7 @@
 
 mod heartbeat;
 mod lane;
+mod pace;
 mod pool;
 pub mod signals;
 
@@ -21,7 +22,7 @@ use crate::db::jobs::{self, Claim, Filter, Finish, Next, Outcome};
 use crate::exec::StopSignal;
 use crate::models;
 use crate::util::{human_secs, now_ms};
-use lane::{Lane, Reach};
+use lane::{End, Lane, Reach};
 
 /// Attempts at once over all lanes when `--jobs` is not given.
 const DEFAULT_JOBS: usize = 64;
@@ -81,6 +82,7 @@ pub struct RunOptions {
     pub max_runtime: Option<Duration>,
     pub max_failures: Option<FailureLimit>,
     pub unavailable_limit: Duration,
+    pub max_cost: Option<f64>,
     pub watch: bool,
     pub poll: Duration,
     pub progress: bool,
@@ -101,8 +103,15 @@ pub struct Summary {
     pub discarded: u64,
     pub signal: Option<i32>,
     pub halted_on_failures: bool,
-    /// Lanes stopped because every endpoint stayed unreachable: (model, message).
-    pub unreachable: Vec<(String, String)>,
+    /// Lanes stopped because every endpoint stayed unreachable or throttling, or the quota
+    /// ran out: (model, message).
+    pub stopped_lanes: Vec<(String, String)>,
+    /// Attempts the servers throttled (not charged).
+    pub throttled: u64,
+    /// Recorded cost in scope (USD), when `--max-cost` is set.
+    pub spent: f64,
+    /// `--max-cost` was reached: claims stopped.
+    pub cost_capped: bool,
     pub elapsed: Duration,
 }
 
@@ -212,6 +221,9 @@ fn register(conn: &Connection) -> Result<i64> {
 impl Coordinator<'_> {
     /// One line of what was found, then the orphans of dead runners back in the queue.
     fn startup(&mut self) -> Result<()> {
+        if self.opts.max_cost.is_some() {
+            self.summary.spent = crate::report::cost::spent(self.conn, &self.opts.filter)?;
+        }
         let (cond, args) = self.opts.filter.sql("j");
         let sql =
             format!("SELECT j.state, COUNT(*) FROM jobs j WHERE 1 = 1{cond} GROUP BY j.state");
@@ -233,6 +245,11 @@ impl Coordinator<'_> {
         );
         self.reap_now(orphans)?;
         self.refresh_lanes()?;
+        if self.opts.max_cost.is_some() && !self.lanes.values().any(|l| l.model.priced()) {
+            log::warn!(
+                "--max-cost counts nothing here: no model in scope has prices (`llmbatch models set NAME --price-in USD --price-out USD`)"
+            );
+        }
         if self.opts.cache {
             self.answer_from_cache()?;
         }
@@ -569,6 +586,18 @@ impl Coordinator<'_> {
                 return false;
             }
         }
+        if let Some(cap) = self.opts.max_cost {
+            if self.summary.spent >= cap {
+                if !self.summary.cost_capped {
+                    log::warn!(
+                        "recorded cost in scope ${:.4} reached --max-cost ${cap}: no more claims",
+                        self.summary.spent
+                    );
+                }
+                self.summary.cost_capped = true;
+                return false;
+            }
+        }
         self.opts.limit.is_none_or(|l| self.claimed < l)
     }
 
@@ -587,6 +616,22 @@ impl Coordinator<'_> {
         )
     }
 
+    /// Whether --max-cost is reached once these results are counted too.
+    fn cost_reached_with(&self, results: &[Done]) -> bool {
+        let Some(cap) = self.opts.max_cost else {
+            return false;
+        };
+        let more: f64 = results
+            .iter()
+            .filter_map(|d| {
+                let lane = self.lanes.get(&d.claim.model)?;
+                crate::report::cost::Usage::from_timings(d.finish.timings.as_ref())?
+                    .cost(&lane.model)
+            })
+            .sum();
+        self.summary.spent + more >= cap
+    }
+
     /// How long to wait for a result before looking again.
     fn wait_time(&self) -> Duration {
         let now = Instant::now();
@@ -595,7 +640,7 @@ impl Coordinator<'_> {
         let mut wakes: Vec<Instant> = Vec::new();
         for lane in self.lanes.values().filter(|l| l.stopped.is_none()) {
             wakes.push(lane.idle_until);
-            wakes.extend(lane.next_rest_end());
+            wakes.extend(lane.next_wake());
         }
         if claiming {
             wakes.push(self.next_reap);
@@ -615,7 +660,8 @@ impl Coordinator<'_> {
         // replacements are claimed in this same transaction.
         let mut dispatched = self.start_ready()?;
         // Results not yet counted must still stop the claims at --max-failures.
-        let claiming = claiming && !self.failures_reached_with(results);
+        let claiming =
+            claiming && !self.failures_reached_with(results) && !self.cost_reached_with(results);
         let plan = if claiming {
             self.plan_claims()
         } else {
@@ -707,7 +753,9 @@ impl Coordinator<'_> {
         let exact = self.opts.limit.is_some() || self.opts.max_failures.is_some();
         for lane in self.lanes.values_mut() {
             let fast = lane.seen >= 5 && lane.avg_ms < lane::FAST_ATTEMPT_MS;
-            lane.lookahead = single && !exact && fast && lane.endpoints.len() == 1;
+            // A paced or throttled lane starts each job when its pacer and limits allow.
+            lane.lookahead =
+                single && !exact && fast && lane.endpoints.len() == 1 && !lane.held_back();
         }
     }
 
@@ -734,7 +782,7 @@ impl Coordinator<'_> {
         let mut shared: HashMap<(String, &str, String), usize> = HashMap::new();
         for lane in self.lanes.values() {
             for e in lane.endpoints.iter().filter(|e| !e.url.is_empty()) {
-                *shared.entry(shared_key(lane, &e.url)).or_default() += e.in_flight;
+                *shared.entry(shared_key(lane, &e.url)).or_default() += e.busy(now);
             }
         }
         let mut free: Vec<(&String, Vec<String>, TurnOrder)> = self
@@ -743,7 +791,7 @@ impl Coordinator<'_> {
             .map(|(name, lane)| {
                 let busy = |e: &lane::Endpoint| {
                     if e.url.is_empty() {
-                        e.in_flight
+                        e.busy(now)
                     } else {
                         shared.get(&shared_key(lane, &e.url)).copied().unwrap_or(0)
                     }
@@ -770,9 +818,10 @@ impl Coordinator<'_> {
                     let lane = &self.lanes[*name];
                     let url = &slots[round];
                     // A slot another variant took this round is no longer free.
-                    if !url.is_empty() {
+                    let endpoint = lane.endpoints.iter().find(|e| e.url == *url);
+                    if let (false, Some(e)) = (url.is_empty(), endpoint) {
                         let n = shared.entry(shared_key(lane, url)).or_default();
-                        if *n >= lane.per_endpoint() {
+                        if *n >= lane.max_on(e) {
                             continue;
                         }
                         *n += 1;
@@ -825,6 +874,27 @@ impl Coordinator<'_> {
             .expect("lane of a claimed job");
         lane.started(claim.job_id, &claim.endpoint);
         lane.last_claim = Some(Instant::now());
+        if let Some(pacer) = lane.pacer.as_mut() {
+            let chars = claim.prompt.chars().count()
+                + claim
+                    .parent_output
+                    .as_ref()
+                    .map_or(0, |o| o.chars().count());
+            let tokens = pacer.estimate(chars);
+            pacer.take(tokens);
+            lane.estimates.insert(claim.job_id, tokens);
+            log::debug!(
+                "{}: paced at {}; next request not before {}",
+                claim.model,
+                pacer.describe(),
+                human_secs(
+                    pacer
+                        .ready_at()
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64()
+                )
+            );
+        }
         log::debug!(
             "job {} ({}) attempt {} started",
             claim.job_id,
@@ -903,7 +973,15 @@ impl Coordinator<'_> {
     /// Gives back the slot of a finished attempt (global, lane and endpoint).
     fn release(&mut self, done: &Done) {
         self.in_flight -= 1;
-        let reachable = done.finish.outcome != Outcome::Unavailable;
+        let f = &done.finish;
+        let end = match f.outcome {
+            Outcome::Unavailable => End::Unreachable,
+            Outcome::Throttled if !f.quota_exhausted => End::Throttled(
+                f.retry_after_ms
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            ),
+            _ => End::Answered,
+        };
         // Any end may make other work runnable (a graded parent, a freed slot).
         for lane in self.lanes.values_mut() {
             lane.idle_until = Instant::now();
@@ -912,7 +990,50 @@ impl Coordinator<'_> {
             .lanes
             .get_mut(&done.claim.model)
             .expect("lane of a claimed job");
-        match lane.ended(done.claim.job_id, &done.claim.endpoint, reachable) {
+        if let Some(estimated) = lane.estimates.remove(&done.claim.job_id) {
+            if let (Some(pacer), Some(used)) = (
+                lane.pacer.as_mut(),
+                crate::report::cost::Usage::from_timings(f.timings.as_ref()),
+            ) {
+                pacer.correct(estimated, used.total());
+            }
+        }
+        if f.outcome == Outcome::Throttled {
+            lane.throttled += 1;
+            self.summary.throttled += 1;
+        }
+        if f.quota_exhausted && lane.stopped.is_none() {
+            let msg = format!(
+                "model {}: quota exhausted at {} — {}; its jobs stay pending, nothing was charged (add credit or raise the limit, then run again)",
+                done.claim.model,
+                done.claim.endpoint,
+                f.error.as_deref().unwrap_or("no detail")
+            );
+            log::error!("{msg}");
+            lane.stopped = Some("quota exhausted".into());
+            self.summary
+                .stopped_lanes
+                .push((done.claim.model.clone(), msg));
+        }
+        match lane.ended(done.claim.job_id, &done.claim.endpoint, end) {
+            Reach::Throttled {
+                rest,
+                by_server,
+                limit,
+            } => log::info!(
+                "{} throttled ({}): resting it {}{}, concurrency {} → {} (not charged)",
+                done.claim.endpoint,
+                f.http_status
+                    .map_or("busy".to_string(), |s| format!("HTTP {s}")),
+                human_secs(rest.as_secs_f64()),
+                if by_server {
+                    " as its Retry-After asks"
+                } else {
+                    ""
+                },
+                limit.0,
+                limit.1
+            ),
             Reach::Down(rest) => log::warn!(
                 "{} unreachable, resting it {} (its jobs wait, not charged): {}",
                 if done.claim.endpoint.is_empty() {
@@ -963,6 +1084,12 @@ impl Coordinator<'_> {
             return;
         }
         self.summary.attempts += 1;
+        if self.opts.max_cost.is_some() {
+            let usage = crate::report::cost::Usage::from_timings(finish.timings.as_ref());
+            if let Some(cost) = usage.and_then(|u| u.cost(&lane.model)) {
+                self.summary.spent += cost;
+            }
+        }
         if finish.outcome.charged() && finish.outcome != Outcome::Ok {
             self.summary.failed_attempts += 1;
         }
@@ -1002,37 +1129,54 @@ impl Coordinator<'_> {
             if lane.stopped.is_some() {
                 continue;
             }
-            if let Some(urls) = lane.unreachable_past(self.opts.unavailable_limit) {
-                // A command lane has no server: what failed is starting its command.
-                let what = if urls.iter().all(|u| u.is_empty()) {
-                    "its command could not be started".to_string()
-                } else {
-                    format!("{} unreachable", urls.join(", "))
-                };
-                let hint = if urls.iter().all(|u| u.is_empty()) {
-                    "is the machine out of processes or files?"
-                } else {
-                    "is the server running?"
-                };
-                // A daemon outlives the outage: it keeps probing (every 30 s at most).
-                if self.opts.watch {
-                    if !lane.outage_reported {
-                        log::error!(
-                            "model {name}: {what} for {} — {hint} still trying (--watch)",
-                            human_secs(self.opts.unavailable_limit.as_secs_f64())
-                        );
-                        lane.outage_reported = true;
-                    }
-                    continue;
+            let Some(blocked) = lane.blocked_past(self.opts.unavailable_limit) else {
+                // Working again: a later outage is reported again.
+                lane.outage_reported = false;
+                continue;
+            };
+            let urls = &blocked.urls;
+            // A command lane has no server: what failed is starting its command.
+            let (what, hint) = if urls.iter().all(|u| u.is_empty()) {
+                (
+                    "its command could not be started".to_string(),
+                    "is the machine out of processes or files?",
+                )
+            } else if blocked.throttled {
+                (
+                    format!("{} throttled every request (429/503 busy)", urls.join(", ")),
+                    "is the server overloaded, or its rate limit below --rpm/--tpm (or unset)?",
+                )
+            } else {
+                (
+                    format!("{} unreachable", urls.join(", ")),
+                    "is the server running?",
+                )
+            };
+            // A daemon outlives the outage: it keeps probing (every 30 s at most).
+            if self.opts.watch {
+                if !lane.outage_reported {
+                    log::error!(
+                        "model {name}: {what} for {} — {hint} still trying (--watch)",
+                        human_secs(self.opts.unavailable_limit.as_secs_f64())
+                    );
+                    lane.outage_reported = true;
                 }
-                let msg = format!(
-                    "model {name}: {what} for {} — {hint} its jobs stay pending",
-                    human_secs(self.opts.unavailable_limit.as_secs_f64())
-                );
-                log::error!("{msg}");
-                lane.stopped = Some("unreachable".into());
-                self.summary.unreachable.push((name.clone(), msg));
+                continue;
             }
+            let msg = format!(
+                "model {name}: {what} for {} — {hint} its jobs stay pending",
+                human_secs(self.opts.unavailable_limit.as_secs_f64())
+            );
+            log::error!("{msg}");
+            lane.stopped = Some(
+                if blocked.throttled {
+                    "throttled"
+                } else {
+                    "unreachable"
+                }
+                .into(),
+            );
+            self.summary.stopped_lanes.push((name.clone(), msg));
         }
     }
 

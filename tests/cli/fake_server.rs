@@ -16,6 +16,8 @@ pub struct Req {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Value,
+    /// When the server had read the whole request (its own clock, for rate checks).
+    pub at: Instant,
 }
 
 impl Req {
@@ -35,6 +37,8 @@ impl Req {
 pub enum Reply {
     /// Status and JSON (or any) body, after a delay.
     Body(u16, String, Duration),
+    /// Status, extra response headers (Retry-After, retry-after-ms, …) and body, at once.
+    Headers(u16, Vec<(&'static str, String)>, String),
     /// Reads the request, then says nothing until the client goes away (bounded).
     Hang,
 }
@@ -136,23 +140,9 @@ fn serve(mut stream: TcpStream, handler: &Handler, reqs: &Mutex<Vec<Req>>, stop:
     match handler(&req, n) {
         Reply::Body(status, body, delay) => {
             sleep_unless_stopped(delay, stop);
-            let reason = match status {
-                200 => "OK",
-                400 => "Bad Request",
-                401 => "Unauthorized",
-                404 => "Not Found",
-                503 => "Service Unavailable",
-                _ => "Status",
-            };
-            let head = format!(
-                "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body.as_bytes());
-            let _ = stream.flush();
+            respond(&mut stream, status, &[], &body);
         }
+        Reply::Headers(status, headers, body) => respond(&mut stream, status, &headers, &body),
         Reply::Hang => {
             // Say nothing; end when the client closes (it was killed or gave up).
             let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
@@ -172,6 +162,31 @@ fn serve(mut stream: TcpStream, handler: &Handler, reqs: &Mutex<Vec<Req>>, stop:
             }
         }
     }
+}
+
+fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &str) {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n\
+         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
+    let _ = stream.flush();
 }
 
 fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
@@ -221,6 +236,7 @@ fn read_request(stream: &mut TcpStream) -> Option<Req> {
         path,
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        at: Instant::now(),
     })
 }
 
@@ -265,4 +281,125 @@ pub fn openai_answer(model: &str, content: &str, reasoning: Option<&str>) -> Val
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
     })
+}
+
+/// OpenAI's 429 for a rate limit, with its `Retry-After` (seconds) and `retry-after-ms`.
+pub fn openai_rate_limited(retry_after_s: u64) -> Reply {
+    Reply::Headers(
+        429,
+        vec![
+            ("retry-after", retry_after_s.to_string()),
+            ("retry-after-ms", (retry_after_s * 1000).to_string()),
+            ("x-ratelimit-limit-requests", "3".to_string()),
+            ("x-ratelimit-remaining-requests", "0".to_string()),
+        ],
+        json!({"error": {
+            "message": "Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 1s.",
+            "type": "requests",
+            "param": null,
+            "code": "rate_limit_exceeded"
+        }})
+        .to_string(),
+    )
+}
+
+/// OpenAI's 429 when the account has no quota left (retrying cannot help).
+pub fn openai_insufficient_quota() -> Reply {
+    now_json(
+        429,
+        json!({"error": {
+            "message": "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "type": "insufficient_quota",
+            "param": null,
+            "code": "insufficient_quota"
+        }}),
+    )
+}
+
+/// Ollama's answer when its queue is full (OLLAMA_MAX_QUEUE): 503 with no Retry-After.
+pub fn ollama_server_busy() -> Reply {
+    now_json(
+        503,
+        json!({"error": "server busy, please try again.  maximum pending requests exceeded"}),
+    )
+}
+
+/// An OpenAI answer with the given token usage.
+pub fn openai_usage(model: &str, content: &str, prompt: u64, completion: u64) -> Value {
+    let mut v = openai_answer(model, content, None);
+    v["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion,
+                        "total_tokens": prompt + completion});
+    v
+}
+
+/// Seconds between the first and last of `reqs` (server clock), and the most requests seen
+/// in any window of `window` seconds.
+pub fn rate_figures(reqs: &[Req], window: f64) -> (f64, usize) {
+    let mut at: Vec<Instant> = reqs.iter().map(|r| r.at).collect();
+    at.sort();
+    let span = match (at.first(), at.last()) {
+        (Some(a), Some(b)) => (*b - *a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let mut most = 0;
+    for (i, t) in at.iter().enumerate() {
+        let n = at[i..]
+            .iter()
+            .take_while(|u| (**u - *t).as_secs_f64() < window)
+            .count();
+        most = most.max(n);
+    }
+    (span, most)
+}
+
+/// A port on 127.0.0.1 that refuses connections and that nobody else can take while this
+/// lives: a socket bound to it but not listening, without SO_REUSEADDR (Linux lets another
+/// socket share the port only when both set it). Binding, freeing and reusing a port instead
+/// races with every other test. [`ClosedPort::open`] starts listening on the same socket.
+pub struct ClosedPort {
+    fd: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: plain socket calls on a descriptor this function owns, with a sockaddr_in of
+        // the size given.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let ptr = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(
+                libc::bind(fd.as_raw_fd(), ptr, size),
+                0,
+                "bind: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut len = size;
+            assert_eq!(libc::getsockname(fd.as_raw_fd(), ptr, &mut len), 0);
+            ClosedPort {
+                fd,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The server comes up on this very port: no other process can have taken it meanwhile.
+    pub fn open(self) -> TcpListener {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) on the bound socket this value owns.
+        let r = unsafe { libc::listen(self.fd.as_raw_fd(), 128) };
+        assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
+        TcpListener::from(self.fd)
+    }
 }

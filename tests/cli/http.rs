@@ -36,58 +36,6 @@ fn ollama_model(env: &Env, name: &str, url: &str, extra: &[&str]) {
     env.cmd(&args).assert().success();
 }
 
-/// A port on 127.0.0.1 that refuses connections and that nobody else can take while this
-/// lives: a socket bound to it but not listening, without SO_REUSEADDR (Linux lets another
-/// socket share the port only when both set it). Binding, freeing and reusing a port instead
-/// races with every other test. [`ClosedPort::open`] starts listening on the same socket.
-struct ClosedPort {
-    fd: std::os::fd::OwnedFd,
-    port: u16,
-}
-
-impl ClosedPort {
-    fn new() -> ClosedPort {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        // SAFETY: plain socket calls on a descriptor this function owns, with a sockaddr_in of
-        // the size given.
-        unsafe {
-            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
-            let fd = OwnedFd::from_raw_fd(raw);
-            let mut addr: libc::sockaddr_in = std::mem::zeroed();
-            addr.sin_family = libc::AF_INET as libc::sa_family_t;
-            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-            let ptr = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
-            assert_eq!(
-                libc::bind(fd.as_raw_fd(), ptr, size),
-                0,
-                "bind: {}",
-                std::io::Error::last_os_error()
-            );
-            let mut len = size;
-            assert_eq!(libc::getsockname(fd.as_raw_fd(), ptr, &mut len), 0);
-            ClosedPort {
-                fd,
-                port: u16::from_be(addr.sin_port),
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The server comes up on this very port: no other process can have taken it meanwhile.
-    fn open(self) -> TcpListener {
-        use std::os::fd::AsRawFd;
-        // SAFETY: listen(2) on the bound socket this value owns.
-        let r = unsafe { libc::listen(self.fd.as_raw_fd(), 128) };
-        assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
-        TcpListener::from(self.fd)
-    }
-}
-
 #[test]
 fn a_closed_port_refuses_connections() {
     let closed = ClosedPort::new();

@@ -14,3 +14,4 @@ mod recovery;
 mod reports;
 mod store;
 mod sweeps;
+mod throttle;

@@ -715,11 +715,11 @@ fn old_schema_versions_upgrade_and_keep_every_row() {
             "from version {version}"
         );
         let after = env.dump();
-        // Columns added since (jobs.repeat, attempts.cache_key…) come after the old ones.
+        // Every old row keeps its values; columns added later come after them.
         for line in &before {
             let kept = after
                 .iter()
-                .any(|l| l == line || l.starts_with(&format!("{line} | ")));
+                .any(|a| a == line || a.starts_with(&format!("{line} | ")));
             assert!(kept, "from version {version}: lost {line}");
         }
         // New tables are empty; nothing else was added.

@@ -202,7 +202,16 @@ fn run_cache_answers_identical_requests_and_misses_on_any_difference() {
         &env,
         "m",
         &url,
-        &["--option", "temperature=0", "--keep-alive", "5m"],
+        &[
+            "--option",
+            "temperature=0",
+            "--keep-alive",
+            "5m",
+            "--price-in",
+            "1",
+            "--price-out",
+            "2",
+        ],
     );
     let input = env.prompts("p.csv", 3);
     env.cmd(&[
@@ -255,6 +264,18 @@ fn run_cache_answers_identical_requests_and_misses_on_any_difference() {
     // Latency counts the six real calls only; status and failures count the cached ones.
     let latency = env.report_json(&["latency"]);
     assert_eq!(latency["latency"][0]["n"], 6, "{latency}");
+    // Cost counts the six calls made (26 prompt and 290 output tokens each), not the copies.
+    let cost = env.report_json(&["cost"]);
+    let row = &cost["cost"][0];
+    assert_eq!(
+        (
+            &row["attempts"],
+            &row["prompt_tokens"],
+            &row["output_tokens"]
+        ),
+        (&Value::from(6), &Value::from(6 * 26), &Value::from(6 * 290)),
+        "{cost}"
+    );
     let failures = env.failures_row("m");
     assert_eq!(failures["cached"], 6, "{failures}");
     assert_eq!(failures["failed_attempts"], 0, "{failures}");
