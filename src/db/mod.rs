@@ -547,7 +547,8 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(indexes, 4);
+        // latency, finished, truncated, timed (003, rebuilt by 004) and the cache's (005).
+        assert_eq!(indexes, 5);
     }
 
     #[test]
