@@ -579,6 +579,14 @@ pub fn runnable(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// The lowest id of a pending job of `model`, from the claim index: where a walk of
+/// [`runnable`] starts, past the done history of a long-lived database.
+pub fn first_pending(conn: &Connection, model: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT MIN(id) FROM jobs WHERE state = 'pending' AND model = ?1")?
+        .query_row([model], |r| r.get(0))?)
+}
+
 /// The newest `ok` attempt answered under `key`: (attempt id, its answer as a `cached` finish).
 pub fn cached_answer(conn: &Connection, key: &str) -> Result<Option<Finish>> {
     let row = conn

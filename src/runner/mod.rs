@@ -275,7 +275,10 @@ impl Coordinator<'_> {
     fn answer_lane_from_cache(&mut self, model: &str) -> Result<u64> {
         const PAGE: usize = 1000;
         let config = self.lanes[model].model.clone();
-        let mut after = 0;
+        let Some(first) = jobs::first_pending(self.conn, model)? else {
+            return Ok(0);
+        };
+        let mut after = first - 1;
         let mut answered = 0;
         loop {
             let page = jobs::runnable(self.conn, model, &self.opts.filter, after, PAGE)?;
