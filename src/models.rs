@@ -53,10 +53,26 @@ pub struct Settings {
     /// Ollama `format`: `json` or a JSON schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Value>,
+    /// False turns streaming off for servers that mishandle it (default: stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Once a stream has started, an attempt that receives nothing for this long ends `stall`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_timeout_s: Option<f64>,
+    /// The longest wait for the first bytes of the answer (else only the model timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_s: Option<f64>,
     /// The model name the backend is sent, when it differs from ours: a variant
     /// (`qwen-t0`, `qwen-t9`) is one served model (`qwen2.5:7b`) with its own settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_model: Option<String>,
+}
+
+impl Settings {
+    /// Whether HTTP calls stream (the default) or ask for one body.
+    pub fn streams(&self) -> bool {
+        self.stream.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

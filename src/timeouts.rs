@@ -57,3 +57,53 @@ pub fn effective(conn: &Connection, model: &ModelConfig) -> Result<Duration> {
     }
     Ok(Duration::from_secs_f64(model.timeout()))
 }
+
+/// The floor and ceiling of the stall-timeout advice: a few seconds is the least that tells a
+/// hung server from a busy one.
+pub const STALL_MIN_S: f64 = 5.0;
+pub const STALL_MAX_S: f64 = 600.0;
+
+/// Streamed successful attempts of the model in the advice window: count and nearest-rank
+/// p99 of each attempt's longest silence between chunks (ms).
+pub fn gap_samples(conn: &Connection, model: &str) -> Result<(i64, Option<f64>)> {
+    let since = now_ms() - ADVICE_WINDOW_MS;
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM attempts WHERE model = ?1 AND outcome = 'ok'
+             AND max_gap_ms IS NOT NULL AND started_at >= ?2",
+        params![model, since],
+        |r| r.get(0),
+    )?;
+    if n == 0 {
+        return Ok((0, None));
+    }
+    let rank = ((n as f64) * 0.99).ceil() as i64;
+    let p99: f64 = conn.query_row(
+        "SELECT max_gap_ms FROM attempts WHERE model = ?1 AND outcome = 'ok'
+             AND max_gap_ms IS NOT NULL AND started_at >= ?2
+         ORDER BY max_gap_ms DESC LIMIT 1 OFFSET ?3",
+        params![model, since, n - rank],
+        |r| r.get(0),
+    )?;
+    Ok((n, Some(p99)))
+}
+
+/// The advised `--stall-timeout` in seconds: 2 × the p99 of the longest gaps, clamped, when
+/// there are enough streamed successes to judge.
+pub fn advise_stall(n: i64, p99_ms: Option<f64>) -> Option<f64> {
+    let p99 = p99_ms.filter(|_| n >= ADVICE_MIN_SAMPLES)? / 1000.0;
+    Some(((2.0 * p99).clamp(STALL_MIN_S, STALL_MAX_S) * 10.0).ceil() / 10.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_advice_is_twice_the_p99_gap_within_bounds() {
+        assert_eq!(advise_stall(19, Some(10_000.0)), None, "too few samples");
+        assert_eq!(advise_stall(20, Some(10_000.0)), Some(20.0));
+        assert_eq!(advise_stall(20, Some(1_000.0)), Some(STALL_MIN_S));
+        assert_eq!(advise_stall(500, Some(4_000_000.0)), Some(STALL_MAX_S));
+        assert_eq!(advise_stall(20, Some(12_345.0)), Some(24.7));
+    }
+}

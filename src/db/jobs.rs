@@ -35,12 +35,14 @@ pub enum Outcome {
     Interrupted,
     /// The server pushed back (429, 503, "server busy") or the quota ran out; not charged
     Throttled,
+    /// A streamed answer went silent past the model's `--stall-timeout`.
+    Stall,
     /// Answered from an earlier identical request (`run --cache`); not charged
     Cached,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Ok,
         Outcome::Timeout,
         Outcome::Exit,
@@ -53,6 +55,7 @@ impl Outcome {
         Outcome::Lost,
         Outcome::Interrupted,
         Outcome::Throttled,
+        Outcome::Stall,
         Outcome::Cached,
     ];
 
@@ -70,6 +73,7 @@ impl Outcome {
             Outcome::Lost => "lost",
             Outcome::Interrupted => "interrupted",
             Outcome::Throttled => "throttled",
+            Outcome::Stall => "stall",
             Outcome::Cached => "cached",
         }
     }
@@ -378,11 +382,28 @@ pub struct Finish {
     pub retry_after_ms: Option<i64>,
     /// `throttled`: the account's quota or credit is exhausted; retrying cannot help.
     pub quota_exhausted: bool,
+    /// Streaming metrics measured by the HTTP worker.
+    pub metrics: Option<Metrics>,
     /// The hash of the exact request (see `crate::cache`), kept so a later `run --cache` can
     /// reuse an `ok` answer, and a miss can be explained.
     pub cache_key: Option<String>,
     /// For `cached`: the attempt whose answer this is.
     pub cached_from: Option<i64>,
+}
+
+/// Per-attempt latency of a streamed answer, as vLLM's benchmark defines it (milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Metrics {
+    /// Request sent → first chunk carrying generated text (answer or reasoning).
+    pub ttft_ms: Option<f64>,
+    /// (e2e − ttft) / (output tokens − 1), when more than one token came.
+    pub tpot_ms: Option<f64>,
+    /// Request sent → last byte of the answer.
+    pub e2e_ms: Option<f64>,
+    /// From the server's usage (`completion_tokens`) or Ollama's `eval_count`.
+    pub output_tokens: Option<i64>,
+    /// The longest silence between two chunks once the stream had started.
+    pub max_gap_ms: Option<f64>,
 }
 
 impl Finish {
@@ -401,6 +422,7 @@ impl Finish {
             timings: None,
             retry_after_ms: None,
             quota_exhausted: false,
+            metrics: None,
             cache_key: None,
             cached_from: None,
         }
@@ -499,11 +521,13 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
     }
     // finished_at can never precede started_at, whatever the wall clock did meanwhile.
     let finished_at = now.max(claim.started_at);
+    let m = f.metrics.clone().unwrap_or_default();
     tx.prepare_cached(
         "UPDATE attempts SET finished_at = ?1, duration_ms = ?2, outcome = ?3, charged = ?4,
                 exit_code = ?5, signal = ?6, http_status = ?7, output = ?8, reasoning = ?9,
-                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13, cache_key = ?15,
-                cached_from = ?16
+                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13, ttft_ms = ?15,
+                tpot_ms = ?16, e2e_ms = ?17, output_tokens = ?18, max_gap_ms = ?19,
+                cache_key = ?20, cached_from = ?21
          WHERE id = ?14 AND outcome IS NULL",
     )?
     .execute(params![
@@ -521,6 +545,11 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
         f.error,
         f.timings.as_ref().map(Value::to_string),
         claim.attempt_id,
+        m.ttft_ms,
+        m.tpot_ms,
+        m.e2e_ms,
+        m.output_tokens,
+        m.max_gap_ms,
         f.cache_key,
         f.cached_from,
     ])?;
@@ -591,7 +620,7 @@ pub fn first_pending(conn: &Connection, model: &str) -> Result<Option<i64>> {
 pub fn cached_answer(conn: &Connection, key: &str) -> Result<Option<Finish>> {
     let row = conn
         .prepare_cached(
-            "SELECT id, output, reasoning, raw_output, timings FROM attempts
+            "SELECT id, output, reasoning, raw_output, timings, output_tokens FROM attempts
              WHERE cache_key = ?1 AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
         )?
         .query_row([key], |r| {
@@ -604,6 +633,11 @@ pub fn cached_answer(conn: &Connection, key: &str) -> Result<Option<Finish>> {
                 .get::<_, Option<String>>(4)?
                 .and_then(|t| serde_json::from_str(&t).ok());
             f.cache_key = Some(key.to_string());
+            // The same token counts; no latency of its own (no call was made).
+            f.metrics = Some(Metrics {
+                output_tokens: r.get(5)?,
+                ..Metrics::default()
+            });
             Ok(f)
         })
         .optional()?;
@@ -634,8 +668,8 @@ pub fn answer_cached(
     tx.prepare_cached(
         "INSERT INTO attempts (job_id, number, model, batch, runner_id, started_at, finished_at,
                 duration_ms, outcome, charged, output, reasoning, raw_output, timings, cache_key,
-                cached_from)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 0, 'cached', 0, ?7, ?8, ?9, ?10, ?11, ?12)",
+                cached_from, output_tokens)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 0, 'cached', 0, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         claim.job_id,
@@ -650,6 +684,7 @@ pub fn answer_cached(
         f.timings.as_ref().map(Value::to_string),
         f.cache_key,
         f.cached_from,
+        f.metrics.as_ref().and_then(|m| m.output_tokens),
     ])?;
     let attempt_id = tx.last_insert_rowid();
     tx.prepare_cached("UPDATE jobs SET attempt_id = ?1 WHERE id = ?2")?

@@ -247,8 +247,12 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
             }
         }
     }
+    let ttft = metric_percentiles(conn, q, "ttft_ms", &[0.50, 0.95, 0.99])?;
+    let tpot = metric_percentiles(conn, q, "tpot_ms", &[0.50, 0.95])?;
+    let rates = tokens_per_s(conn, q)?;
     let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
     header.extend(["n", "p50_s", "p95_s", "p99_s", "max_s", "mean_s"]);
+    header.extend(STREAM_COLUMNS);
     let mut t = Table::new(
         "latency",
         "Latency of successful attempts (seconds)",
@@ -256,6 +260,9 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
     );
     for (key, (n, mean, max)) in groups {
         let p = picks.get(&key).copied().unwrap_or([0; 3]);
+        let ttft = ttft.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let tpot = tpot.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let rate = rates.get(&key).copied();
         let mut row: Vec<Value> = key.into_iter().map(Value::String).collect();
         row.extend([
             json!(n),
@@ -265,9 +272,107 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
             secs(Some(max as f64)),
             secs(Some(mean)),
         ]);
+        row.extend((0..3).map(|i| secs(ttft.get(i).copied())));
+        row.extend((0..2).map(|i| fine_secs(tpot.get(i).copied())));
+        row.push(rate.map_or(Value::Null, |r| json!((r * 100.0).round() / 100.0)));
         t.push(row);
     }
+    if t.rows.iter().any(|r| !r[header.len() - 1].is_null()) {
+        t.notes.push(STREAM_NOTE.to_string());
+    }
     Ok(t)
+}
+
+/// The streaming columns of `report latency`, empty where no attempt was streamed.
+const STREAM_COLUMNS: [&str; 6] = [
+    "ttft_p50_s",
+    "ttft_p95_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p95_s",
+    "tokens_per_s",
+];
+
+const STREAM_NOTE: &str = "ttft = request sent → first chunk with generated text; \
+tpot = (e2e − ttft) / (output tokens − 1); tokens_per_s = mean of output tokens / e2e; over \
+streamed successful attempts (vLLM's definitions).";
+
+/// Seconds with microsecond precision, for per-token times on fast servers.
+fn fine_secs(ms: Option<f64>) -> Value {
+    ms.map_or(Value::Null, |ms| json!((ms * 1000.0).round() / 1e6))
+}
+
+/// Nearest-rank percentiles `ps` of a streaming metric column (ms) per group, over `ok`
+/// attempts that have it. One count, then one ordered pass (from the partial index by model):
+/// memory stays flat in the number of attempts.
+fn metric_percentiles(
+    conn: &Connection,
+    q: &Query,
+    col: &str,
+    ps: &[f64],
+) -> Result<BTreeMap<Vec<String>, Vec<f64>>> {
+    let cols = q.group_cols();
+    let k = cols.len();
+    let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
+    let (cond, args) = q.attempt_sql("a");
+    let filter = format!("a.outcome = 'ok' AND a.{col} IS NOT NULL{cond}");
+    let mut counts: BTreeMap<Vec<String>, i64> = BTreeMap::new();
+    let sql =
+        format!("SELECT {key_list}, COUNT(*) FROM attempts a WHERE {filter} GROUP BY {key_list}");
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args.clone()))?;
+    while let Some(r) = rows.next()? {
+        counts.insert(super::group_key(r, k)?, r.get(k)?);
+    }
+    let mut out: BTreeMap<Vec<String>, Vec<f64>> = BTreeMap::new();
+    if counts.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT {key_list}, a.{col} FROM attempts a WHERE {filter} ORDER BY {key_list}, a.{col}"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut current: Option<Vec<String>> = None;
+    let mut i = 0i64;
+    while let Some(r) = rows.next()? {
+        let key = super::group_key(r, k)?;
+        if current.as_ref() != Some(&key) {
+            current = Some(key.clone());
+            i = 0;
+        }
+        i += 1;
+        let n = counts.get(&key).copied().unwrap_or(0);
+        let v: f64 = r.get(k)?;
+        let entry = out.entry(key).or_insert_with(|| vec![0.0; ps.len()]);
+        for (slot, p) in ps.iter().enumerate() {
+            if i == rank(*p, n) {
+                entry[slot] = v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per group: the mean of output tokens / e2e over streamed successful attempts.
+fn tokens_per_s(conn: &Connection, q: &Query) -> Result<BTreeMap<Vec<String>, f64>> {
+    let cols = q.group_cols();
+    let k = cols.len();
+    let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
+    let (cond, args) = q.attempt_sql("a");
+    let sql = format!(
+        "SELECT {key_list}, AVG(a.output_tokens * 1000.0 / a.e2e_ms) FROM attempts a
+         WHERE a.outcome = 'ok' AND a.ttft_ms IS NOT NULL AND a.output_tokens IS NOT NULL
+           AND a.e2e_ms > 0{cond}
+         GROUP BY {key_list}"
+    );
+    let mut out = BTreeMap::new();
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        out.insert(super::group_key(r, k)?, r.get(k)?);
+    }
+    Ok(out)
 }
 
 /// Per group: attempts, failed attempts, fail rate and one column per failure outcome.

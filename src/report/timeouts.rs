@@ -1,5 +1,6 @@
 //! `report timeouts`: per model the configured timeout against what its successes took, and
-//! the advice `--timeout auto` follows (2 × p99 of the last 7 days, at least 20 samples).
+//! the advice `--timeout auto` follows (2 × p99 of the last 7 days, at least 20 samples); for
+//! streamed models the same for `--stall-timeout`, from the silences between chunks.
 
 use anyhow::Result;
 use rusqlite::{params_from_iter, Connection};
@@ -7,7 +8,10 @@ use serde_json::json;
 
 use super::render::{secs, Table};
 use super::Query;
-use crate::timeouts::{self, ADVICE_MAX_S, ADVICE_MIN_S, ADVICE_MIN_SAMPLES, ADVICE_WINDOW_MS};
+use crate::timeouts::{
+    self, ADVICE_MAX_S, ADVICE_MIN_S, ADVICE_MIN_SAMPLES, ADVICE_WINDOW_MS, STALL_MAX_S,
+    STALL_MIN_S,
+};
 use crate::util::now_ms;
 
 pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
@@ -24,11 +28,16 @@ pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
             "max_s",
             "timeouts",
             "advice_s",
+            "stall_timeout_s",
+            "gap_p99_s",
+            "stalls",
+            "stall_advice_s",
         ],
     );
     // Timeouts seen: over --since, else over the same window as the advice.
     let since = q.since_ms.unwrap_or(now_ms() - ADVICE_WINDOW_MS);
     let mut few = Vec::new();
+    let mut streamed = false;
     for name in super::models_in_scope(conn, q)? {
         let model = crate::models::load(conn, &name)?;
         let (n, p99_ms, max_ms) = timeouts::samples(conn, &name)?;
@@ -47,6 +56,15 @@ pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
         if advice.is_none() {
             few.push(format!("{name} ({n} ok)"));
         }
+        let (gaps, gap_p99) = timeouts::gap_samples(conn, &name)?;
+        let stall_advice = timeouts::advise_stall(gaps, gap_p99);
+        let stalls: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM attempts a
+             WHERE a.model = ? AND a.outcome = 'stall' AND a.started_at >= ?",
+            params_from_iter([json_sql(&name), rusqlite::types::Value::Integer(since)]),
+            |r| r.get(0),
+        )?;
+        streamed |= gaps > 0;
         t.push(vec![
             json!(name),
             json!(model.timeout()),
@@ -57,6 +75,10 @@ pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
             secs(max_ms.map(|v| v as f64)),
             json!(seen),
             advice.map_or(serde_json::Value::Null, |a| json!(a)),
+            json!(model.settings.stall_timeout_s),
+            secs(gap_p99),
+            json!(stalls),
+            stall_advice.map_or(serde_json::Value::Null, |a| json!(a)),
         ]);
     }
     if !few.is_empty() {
@@ -68,6 +90,11 @@ pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
     if !t.rows.is_empty() {
         t.notes.push(format!(
             "advice_s = 2 × p99, clamped to [{ADVICE_MIN_S:.0}s, {ADVICE_MAX_S:.0}s]; `llmbatch models set NAME --timeout auto` follows it."
+        ));
+    }
+    if streamed {
+        t.notes.push(format!(
+            "gap_p99_s = p99 of the longest silence between chunks of each streamed success; stall_advice_s = 2 × gap_p99_s, clamped to [{STALL_MIN_S:.0}s, {STALL_MAX_S:.0}s], from {ADVICE_MIN_SAMPLES} samples: `llmbatch models set NAME --stall-timeout DUR`."
         ));
     }
     Ok(t)

@@ -13,5 +13,6 @@ mod promises;
 mod recovery;
 mod reports;
 mod store;
+mod stream;
 mod sweeps;
 mod throttle;
