@@ -28,6 +28,12 @@ pub struct WorkerRequest {
     pub endpoint: String,
     pub model: String,
     pub prompt: String,
+    /// A chat item's messages, sent as chat instead of the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Value>>,
+    /// The item's own request options (OpenAI body fields), over the model's.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub item_options: serde_json::Map<String, Value>,
     #[serde(default)]
     pub settings: Settings,
     #[serde(default)]
@@ -182,10 +188,20 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
         ),
     ];
     let (argv, stdin) = match job.model.backend {
-        Backend::Command => (
-            command_argv(&job.model, c, prompt)?,
-            prompt.as_bytes().to_vec(),
-        ),
+        Backend::Command => {
+            let argv = command_argv(&job.model, c, prompt)?;
+            let stdin = match job.model.settings.stdin {
+                Some(crate::models::StdinFormat::Json) => {
+                    serde_json::to_vec(&crate::chat::request_messages(
+                        item_messages(job),
+                        prompt,
+                        job.model.settings.system.as_deref(),
+                    ))?
+                }
+                _ => prompt.as_bytes().to_vec(),
+            };
+            (argv, stdin)
+        }
         backend => {
             let exe = std::env::current_exe()?;
             let request = WorkerRequest {
@@ -193,6 +209,11 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
                 endpoint: c.endpoint.clone(),
                 model: job.model.served().to_string(),
                 prompt: prompt.to_string(),
+                messages: item_messages(job).map(<[Value]>::to_vec),
+                item_options: match job.rubric {
+                    Some(_) => serde_json::Map::new(),
+                    None => c.options.clone(),
+                },
                 settings: settings_for(job),
                 api_key_env: job.model.api_key_env.clone(),
                 timeout_s: worker_deadline(job.timeout).as_secs_f64(),
@@ -208,6 +229,14 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
         timeout: job.timeout,
         kill_grace: job.kill_grace,
     })
+}
+
+/// The item's chat messages; a grade job of a chat item sends the rubric's prompt instead.
+fn item_messages(job: &AttemptJob) -> Option<&[Value]> {
+    match job.rubric {
+        Some(_) => None,
+        None => job.claim.messages.as_deref(),
+    }
 }
 
 /// The model's settings; an Ollama grader with no `format` of its own is asked for JSON in the
@@ -410,6 +439,8 @@ mod tests {
                 endpoint: "http://127.0.0.1:11434".into(),
                 prompt: "p".into(),
                 vars: serde_json::Map::new(),
+                messages: None,
+                options: serde_json::Map::new(),
                 charged: 0,
                 max_attempts: None,
                 parent_id: Some(1),

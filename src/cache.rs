@@ -1,8 +1,8 @@
 //! The answer cache of `run --cache`: a key per exact request. Everything that can change the
 //! answer is in it — backend, served model (not the endpoint: any server of one model gives
-//! the same kind of answer), the command line for the command backend, options, system
-//! prompt, think, format, the exact prompt, and the repeat number, so two samples never share
-//! an answer. `keep_alive` is not: it changes how long a model stays loaded, not what it says.
+//! the same kind of answer), the command line and stdin format for the command backend,
+//! options (the model's and a chat item's own), system prompt, think, format, the exact prompt
+//! or chat messages, and the repeat number, so two samples never share an answer. `keep_alive` is not: it changes how long a model stays loaded, not what it says.
 //! A grade job's key has no repeat: the same grader, rubric and output give the same verdict.
 
 use anyhow::Result;
@@ -28,18 +28,32 @@ pub fn key(
         Backend::Command => Some(crate::attempt::command_argv(model, claim, prompt)?),
         _ => None,
     };
-    let repeat = (claim.kind != "grade").then_some(claim.repeat);
+    let grade = claim.kind == "grade";
+    let repeat = (!grade).then_some(claim.repeat);
+    // A grade job sends the rubric as a plain prompt, never the graded item's chat.
+    let (messages, item_options) = if grade {
+        (None, serde_json::Map::new())
+    } else {
+        (claim.messages.clone(), claim.options.clone())
+    };
+    let stdin = match model.backend {
+        Backend::Command => settings.stdin,
+        _ => None,
+    };
     // serde_json keeps object keys sorted, so equal requests serialize equally.
     let material = json!({
         "v": KEY_VERSION,
         "backend": model.backend.as_str(),
         "model": model.served(),
         "command": command,
+        "stdin": stdin,
         "options": Value::Object(settings.options),
+        "item_options": Value::Object(item_options),
         "think": settings.think,
         "system": settings.system,
         "format": settings.format,
         "prompt": prompt,
+        "messages": messages,
         "repeat": repeat,
     });
     let digest = Sha256::digest(material.to_string().as_bytes());

@@ -1,5 +1,6 @@
-//! `export`: outputs and grades as JSONL, CSV or a GNU parallel joblog. One record per
-//! generated job (joblog: one row per attempt), streamed row by row so memory stays flat.
+//! `export`: outputs and grades as JSONL, CSV, a GNU parallel joblog or an OpenAI Batch API
+//! output file. One record per generated job (joblog: one row per attempt), streamed row by row
+//! so memory stays flat.
 
 use anyhow::Result;
 use rusqlite::{params_from_iter, Connection, Statement};
@@ -25,6 +26,7 @@ pub fn run(a: &ExportArgs, conn: &mut Connection) -> Result<u8> {
         ExportFormat::Jsonl => jsonl(conn, &filter, a.with_grades, &mut out),
         ExportFormat::Csv => csv_records(conn, &filter, a.with_grades, &mut out),
         ExportFormat::Joblog => joblog(conn, &filter, &mut out),
+        ExportFormat::OpenaiBatch => openai_batch(conn, &filter, &mut out),
     }
     .and_then(|n| {
         out.flush()?;
@@ -43,6 +45,8 @@ struct Record {
     model: String,
     vars: Value,
     prompt: String,
+    /// A chat item's messages (its prompt is then their rendered text).
+    messages: Option<Value>,
     output: Option<String>,
     reasoning: Option<String>,
     state: String,
@@ -73,7 +77,7 @@ fn each_record(
                 a.duration_ms, a.finished_at, {PROMPT_TOKENS}, {OUTPUT_TOKENS},
                 CASE WHEN json_valid(a.timings)
                      THEN json_extract(a.timings, '$.done_reason') = 'length' ELSE 0 END,
-                a.ttft_ms, a.tpot_ms,
+                a.ttft_ms, a.tpot_ms, i.messages,
                 j.repeat
          FROM jobs j JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
               LEFT JOIN attempts a ON a.id = j.attempt_id AND j.state = 'done'
@@ -102,9 +106,12 @@ fn each_record(
             prompt_tokens: r.get(14)?,
             output_tokens: r.get(15)?,
             truncated: r.get::<_, Option<bool>>(16)?.unwrap_or(false),
-            repeat: r.get(19)?,
+            repeat: r.get(20)?,
             ttft_ms: r.get(17)?,
             tpot_ms: r.get(18)?,
+            messages: r
+                .get::<_, Option<String>>(19)?
+                .and_then(|m| serde_json::from_str(&m).ok()),
         })?;
         n += 1;
     }
@@ -178,6 +185,9 @@ fn jsonl(
             "output_tokens": rec.output_tokens,
             "truncated": rec.truncated,
         });
+        if let Some(messages) = rec.messages {
+            obj["messages"] = messages;
+        }
         if with_grades {
             let list: Vec<Value> = grades_of(&mut grades, rec.job_id)?
                 .into_iter()
@@ -386,4 +396,109 @@ fn joblog(conn: &Connection, filter: &Filter, out: &mut dyn Write) -> Result<u64
         n += 1;
     }
     Ok(n)
+}
+
+/// The OpenAI Batch API's output file: one line per done or failed generated job, so scripts
+/// that read Batch API results work unchanged. The job's item id is the `custom_id`; jobs still
+/// pending or running are left out and counted on stderr.
+fn openai_batch(conn: &Connection, filter: &Filter, out: &mut dyn Write) -> Result<u64> {
+    let (cond, args) = filter.sql("j");
+    let sql = format!(
+        "SELECT j.id, j.item_id, j.model, j.state, j.last_outcome, COALESCE(j.last_error, a.error),
+                a.id, a.http_status, a.output, a.reasoning, a.finished_at,
+                {PROMPT_TOKENS}, {OUTPUT_TOKENS},
+                CASE WHEN json_valid(a.timings) THEN json_extract(a.timings, '$.done_reason') END
+         FROM jobs j LEFT JOIN attempts a ON a.id = j.attempt_id
+         WHERE j.kind = 'generate'{cond} ORDER BY j.id"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let (mut n, mut unfinished) = (0u64, 0u64);
+    while let Some(r) = rows.next()? {
+        let state: String = r.get(3)?;
+        let line = match state.as_str() {
+            "done" => batch_success(r)?,
+            "failed" | "cancelled" => batch_error(r, &state)?,
+            _ => {
+                unfinished += 1;
+                continue;
+            }
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    if unfinished > 0 {
+        eprintln!(
+            "llmbatch: {unfinished} job(s) not finished yet (pending or running) left out; `llmbatch run` finishes them"
+        );
+    }
+    Ok(n)
+}
+
+/// A done job: status 200 and a chat.completion body, as the server would have answered.
+fn batch_success(r: &rusqlite::Row) -> Result<Value> {
+    let job_id: i64 = r.get(0)?;
+    let attempt_id: Option<i64> = r.get(6)?;
+    let finished: Option<i64> = r.get(10)?;
+    let prompt_tokens: Option<i64> = r.get(11)?;
+    let output_tokens: Option<i64> = r.get(12)?;
+    let mut message = json!({"role": "assistant", "content": r.get::<_, Option<String>>(8)?});
+    if let Some(reasoning) = r.get::<_, Option<String>>(9)? {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": output_tokens,
+        "total_tokens": prompt_tokens.zip(output_tokens).map(|(p, o)| p + o),
+    });
+    let finish = r
+        .get::<_, Option<String>>(13)?
+        .unwrap_or_else(|| "stop".into());
+    let attempt = attempt_id.unwrap_or(0);
+    Ok(json!({
+        "id": format!("llmbatch-{job_id}"),
+        "custom_id": r.get::<_, String>(1)?,
+        "response": {
+            "status_code": 200,
+            "request_id": format!("llmbatch-attempt-{attempt}"),
+            "body": {
+                "id": format!("chatcmpl-llmbatch-{attempt}"),
+                "object": "chat.completion",
+                "created": finished.map(|ms| ms.div_euclid(1000)),
+                "model": r.get::<_, String>(2)?,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage,
+            },
+        },
+        "error": null,
+    }))
+}
+
+/// A failed (or cancelled) job: `error` holds the last outcome and its message; `response`
+/// only when the server answered with an HTTP status, its body then the error.
+fn batch_error(r: &rusqlite::Row, state: &str) -> Result<Value> {
+    let job_id: i64 = r.get(0)?;
+    let code = r
+        .get::<_, Option<String>>(4)?
+        .unwrap_or_else(|| state.to_string());
+    let message = r
+        .get::<_, Option<String>>(5)?
+        .unwrap_or_else(|| format!("the job was {state}"));
+    let status: Option<i64> = r.get(7)?;
+    let attempt: Option<i64> = r.get(6)?;
+    let response = match status {
+        Some(status) => json!({
+            "status_code": status,
+            "request_id": format!("llmbatch-attempt-{}", attempt.unwrap_or(0)),
+            "body": {"error": {"message": message, "type": code}},
+        }),
+        None => Value::Null,
+    };
+    Ok(json!({
+        "id": format!("llmbatch-{job_id}"),
+        "custom_id": r.get::<_, String>(1)?,
+        "response": response,
+        "error": {"code": code, "message": message},
+    }))
 }

@@ -10,6 +10,7 @@ pub mod reap;
 pub mod report;
 pub mod resume;
 pub mod run;
+pub mod shell;
 pub mod worker;
 
 use anyhow::Result;
@@ -18,8 +19,12 @@ use crate::cli::{Cli, Command, ModelsCommand, ScopeArgs};
 use crate::db::{self, jobs::Filter, Access, Db};
 
 pub fn dispatch(cli: &Cli) -> Result<u8> {
-    if let Command::Worker = cli.command {
-        return worker::run();
+    // These touch no database.
+    match &cli.command {
+        Command::Worker => return worker::run(),
+        Command::Completions(a) => return shell::completions(a),
+        Command::Man(a) => return shell::man(a),
+        _ => {}
     }
     let result = run_command(cli);
     result.map_err(|e| db::explain_busy(e, &cli.db))
@@ -46,7 +51,9 @@ fn run_command(cli: &Cli) -> Result<u8> {
         Command::Grade(a) => grade::run(a, &mut db.conn)?,
         Command::Report(a) => report::run(a, &mut db.conn)?,
         Command::Export(a) => export::run(a, &mut db.conn)?,
-        Command::Worker => unreachable!("handled in dispatch"),
+        Command::Worker | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled in dispatch")
+        }
     };
     // Creating commands publish before they print; this only catches one that did not.
     db.publish()?;

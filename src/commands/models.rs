@@ -115,6 +115,9 @@ fn set(a: &ModelSetArgs, db: &mut Db) -> Result<u8> {
     if let Some(s) = &a.system {
         m.settings.system = Some(s.clone());
     }
+    if let Some(stdin) = a.stdin {
+        m.settings.stdin = Some(stdin);
+    }
     if let Some(f) = &a.format_output {
         m.settings.format = Some(if f.trim() == "json" {
             json!("json")

@@ -235,6 +235,10 @@ pub struct Claim {
     pub endpoint: String,
     pub prompt: String,
     pub vars: Map<String, Value>,
+    /// A chat item's messages (the prompt is then their rendered text).
+    pub messages: Option<Vec<Value>>,
+    /// The item's own request options (from a Batch API line), over the model's.
+    pub options: Map<String, Value>,
     pub charged: i64,
     pub max_attempts: Option<i64>,
     pub parent_id: Option<i64>,
@@ -262,7 +266,7 @@ pub fn claim(
     let (cond, mut args) = filter.sql("j");
     let sql = format!(
         "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
-                j.parent_id, j.rubric_id, pa.output, j.repeat
+                j.parent_id, j.rubric_id, pa.output, i.messages, i.options, j.repeat
          FROM jobs j
          JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
          LEFT JOIN jobs p ON p.id = j.parent_id
@@ -289,7 +293,9 @@ pub fn claim(
                 r.get::<_, Option<i64>>(8)?,
                 r.get::<_, Option<i64>>(9)?,
                 r.get::<_, Option<String>>(10)?,
-                r.get::<_, i64>(11)?,
+                r.get::<_, Option<String>>(11)?,
+                r.get::<_, Option<String>>(12)?,
+                r.get::<_, i64>(13)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -317,6 +323,8 @@ pub fn claim(
             parent_id,
             rubric_id,
             parent_output,
+            messages,
+            options,
             repeat,
         ) = row;
         let token = fastrand::i64(1..i64::MAX);
@@ -354,6 +362,10 @@ pub fn claim(
             endpoint: endpoint.clone(),
             prompt,
             vars: serde_json::from_str(&vars).unwrap_or_default(),
+            messages: messages.and_then(|m| serde_json::from_str(&m).ok()),
+            options: options
+                .and_then(|o| serde_json::from_str(&o).ok())
+                .unwrap_or_default(),
             charged,
             max_attempts,
             parent_id,
@@ -570,7 +582,7 @@ pub fn runnable(
     let (cond, args) = filter.sql("j");
     let sql = format!(
         "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
-                j.parent_id, j.rubric_id, pa.output, j.repeat
+                j.parent_id, j.rubric_id, pa.output, j.repeat, i.messages, i.options
          FROM jobs j
          JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
          LEFT JOIN jobs p ON p.id = j.parent_id
@@ -598,6 +610,13 @@ pub fn runnable(
             endpoint: String::new(),
             prompt: r.get(4)?,
             vars: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+            messages: r
+                .get::<_, Option<String>>(12)?
+                .and_then(|m| serde_json::from_str(&m).ok()),
+            options: r
+                .get::<_, Option<String>>(13)?
+                .and_then(|o| serde_json::from_str(&o).ok())
+                .unwrap_or_default(),
             charged: r.get(6)?,
             max_attempts: r.get(7)?,
             parent_id: r.get(8)?,
@@ -946,6 +965,8 @@ mod tests {
             endpoint: String::new(),
             prompt: "p".into(),
             vars: Map::new(),
+            messages: None,
+            options: Map::new(),
             charged,
             max_attempts: None,
             parent_id: None,

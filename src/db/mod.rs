@@ -24,7 +24,11 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../sql/004_backpressure_cost.sql"),
     ),
     ("005_streaming", include_str!("../../sql/005_streaming.sql")),
-    ("006_sweeps", include_str!("../../sql/006_sweeps.sql")),
+    (
+        "006_item_messages",
+        include_str!("../../sql/006_item_messages.sql"),
+    ),
+    ("007_sweeps", include_str!("../../sql/007_sweeps.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -168,7 +172,8 @@ fn merge(draft: &Path, path: &Path) -> Result<NewJobs> {
         .query_row(
             "SELECT d.batch, d.item_id, d.prompt <> m.prompt FROM draft.items d
              JOIN main.items m ON m.batch = d.batch AND m.item_id = d.item_id
-             WHERE d.prompt <> m.prompt OR d.vars <> m.vars LIMIT 1",
+             WHERE d.prompt <> m.prompt OR d.vars <> m.vars
+                OR d.messages IS NOT m.messages OR d.options IS NOT m.options LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -550,7 +555,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             indexes, 8,
-            "004 rebuilt the four indexes of attempts; 005 adds three, 006 the cache's"
+            "004 rebuilt the four indexes of attempts; 005 adds three, 007 the cache's"
         );
     }
 

@@ -883,7 +883,11 @@ impl Coordinator<'_> {
                     .parent_output
                     .as_ref()
                     .map_or(0, |o| o.chars().count());
-            let tokens = pacer.estimate(chars);
+            // A grade job sends the rubric, never its item's own options.
+            let tokens = match claim.rubric_id {
+                Some(_) => pacer.estimate(chars),
+                None => pacer.estimate_item(chars, &claim.options),
+            };
             pacer.take(tokens);
             lane.estimates.insert(claim.job_id, tokens);
             log::debug!(
