@@ -65,3 +65,81 @@ pub fn key_of(model: &ModelConfig, rubric: Option<&Rubric>, claim: &Claim) -> Re
     let prompt = crate::attempt::prompt_text(rubric, claim)?;
     key(model, rubric, claim, &prompt)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn claim() -> Claim {
+        Claim {
+            job_id: 1,
+            attempt_id: 1,
+            number: 1,
+            token: 1,
+            started_at: 0,
+            kind: "generate".into(),
+            batch: "b".into(),
+            item_id: "1".into(),
+            repeat: 1,
+            model: "m".into(),
+            endpoint: "http://gpu1:11434".into(),
+            prompt: "hello".into(),
+            vars: Map::new(),
+            messages: None,
+            options: Map::new(),
+            charged: 0,
+            max_attempts: None,
+            parent_id: None,
+            rubric_id: None,
+            parent_output: None,
+        }
+    }
+
+    fn key_for(model: &ModelConfig, c: &Claim) -> String {
+        key_of(model, None, c).unwrap()
+    }
+
+    #[test]
+    fn what_changes_the_answer_changes_the_key_and_nothing_else_does() {
+        let model = ModelConfig::unconfigured("m");
+        let base = key_for(&model, &claim());
+        // Not the batch, the item, the endpoint or keep_alive.
+        let mut other = claim();
+        other.batch = "c".into();
+        other.item_id = "9".into();
+        other.endpoint = "http://gpu2:11434".into();
+        let mut kept = model.clone();
+        kept.settings.keep_alive = Some("1h".into());
+        assert_eq!(key_for(&kept, &other), base);
+        // The repeat, the prompt, messages, an item's options.
+        let mut c = claim();
+        c.repeat = 2;
+        assert_ne!(key_for(&model, &c), base);
+        let mut c = claim();
+        c.prompt = "hello!".into();
+        assert_ne!(key_for(&model, &c), base);
+        let mut c = claim();
+        c.messages = Some(vec![json!({"role": "user", "content": "hello"})]);
+        assert_ne!(key_for(&model, &c), base);
+        let mut c = claim();
+        c.options.insert("temperature".into(), json!(1));
+        assert_ne!(key_for(&model, &c), base);
+        // The served model, an option, the system prompt, think, the backend.
+        let mut m = model.clone();
+        m.settings.remote_model = Some("other".into());
+        assert_ne!(key_for(&m, &claim()), base);
+        let mut m = model.clone();
+        m.settings.options.insert("temperature".into(), json!(0));
+        assert_ne!(key_for(&m, &claim()), base);
+        let mut m = model.clone();
+        m.settings.system = Some("Be brief.".into());
+        assert_ne!(key_for(&m, &claim()), base);
+        let mut m = model.clone();
+        m.settings.think = Some(json!(false));
+        assert_ne!(key_for(&m, &claim()), base);
+        let mut m = model.clone();
+        m.backend = Backend::Openai;
+        assert_ne!(key_for(&m, &claim()), base);
+    }
+}
