@@ -74,6 +74,7 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
     let mut counts = Counts::default();
     let models = {
         let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
+        sink.repeats = a.repeat;
         sink.first_new = first_new;
         sink.format = format;
         {
@@ -129,11 +130,16 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
         )?,
         Format::Table => writeln!(
             out,
-            "batch {batch}: {} new, {} already queued ({} items × {} models)",
+            "batch {batch}: {} new, {} already queued ({} items × {} models{})",
             counts.new,
             counts.existing,
             counts.items,
-            models.len()
+            models.len(),
+            if a.repeat > 1 {
+                format!(" × {} repeats", a.repeat)
+            } else {
+                String::new()
+            }
         )?,
         Format::Ids => {
             for id in first_new..=last_new {
@@ -144,7 +150,7 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
             let mut t = Table::new(
                 "enqueue",
                 "Enqueued",
-                &["batch", "new", "existing", "items", "models"],
+                &["batch", "new", "existing", "items", "models", "repeat"],
             );
             t.push(vec![
                 json!(batch),
@@ -152,6 +158,7 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
                 json!(counts.existing),
                 json!(counts.items),
                 json!(models.join(",")),
+                json!(a.repeat),
             ]);
             render(&[t], f, &mut out)?;
         }
@@ -470,6 +477,8 @@ fn batch_request(text: &str) -> std::result::Result<Record, String> {
 /// Records written per statement: one multi-row INSERT per chunk keeps SQLite's cursors open
 /// across rows (a row per statement cost half the time of a million-prompt enqueue).
 const CHUNK: usize = 128;
+/// Job rows per INSERT: many models or repeats per record make more than one statement.
+const JOB_ROWS: usize = 1024;
 
 /// Writes items and jobs in chunks, counting new and existing ones.
 struct Sink<'a> {
@@ -479,6 +488,8 @@ struct Sink<'a> {
     template: Option<&'a str>,
     name: &'a str,
     now: i64,
+    /// Jobs per item and model (`--repeat`), numbered 1..repeats.
+    repeats: i64,
     /// Records waiting for the next chunk, with their rendered prompt and stored columns.
     pending: Vec<(Record, Stored)>,
     /// The first job id of this enqueue: an item with an older job was queued before it.
@@ -515,6 +526,7 @@ impl<'a> Sink<'a> {
             template,
             name,
             now: now_ms(),
+            repeats: 1,
             pending: Vec::with_capacity(CHUNK),
             first_new: 0,
             format: InputFormat::Csv,
@@ -645,22 +657,35 @@ impl<'a> Sink<'a> {
                 self.models_seen.insert(m.to_string());
             }
         }
-        let jobs = pairs.len();
-        let rows = vec!["(?, ?, ?, 'generate', ?, ?)"; jobs].join(", ");
-        let mut insert = self.tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at) VALUES {rows}"
-        ))?;
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(jobs * 5);
+        // Repeats of one item and model are adjacent, so a sweep runs item by item.
+        let repeats: Vec<i64> = (1..=self.repeats).collect();
+        let mut keys: Vec<(&String, &String, &i64)> = Vec::new();
         for (rec, model) in &pairs {
-            args.extend([
-                &self.batch as &dyn rusqlite::ToSql,
-                &rec.id,
-                *model,
-                &self.now,
-                &self.now,
-            ]);
+            for repeat in &repeats {
+                keys.push((&rec.id, *model, repeat));
+            }
         }
-        let new = insert.execute(args.as_slice())? as u64;
+        let jobs = keys.len();
+        let mut new = 0u64;
+        // Rows per statement stay well under SQLite's limit of bound variables.
+        for part in keys.chunks(JOB_ROWS) {
+            let rows = vec!["(?, ?, ?, 'generate', ?, ?, ?)"; part.len()].join(", ");
+            let mut insert = self.tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at, repeat) VALUES {rows}"
+            ))?;
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(part.len() * 6);
+            for (id, model, repeat) in part {
+                args.extend([
+                    &self.batch as &dyn rusqlite::ToSql,
+                    *id,
+                    *model,
+                    &self.now,
+                    &self.now,
+                    *repeat,
+                ]);
+            }
+            new += insert.execute(args.as_slice())? as u64;
+        }
         counts.new += new;
         counts.existing += jobs as u64 - new;
         self.pending.clear();

@@ -41,6 +41,7 @@ struct Record {
     job_id: i64,
     batch: String,
     item_id: String,
+    repeat: i64,
     model: String,
     vars: Value,
     prompt: String,
@@ -76,7 +77,8 @@ fn each_record(
                 a.duration_ms, a.finished_at, {PROMPT_TOKENS}, {OUTPUT_TOKENS},
                 CASE WHEN json_valid(a.timings)
                      THEN json_extract(a.timings, '$.done_reason') = 'length' ELSE 0 END,
-                a.ttft_ms, a.tpot_ms, i.messages
+                a.ttft_ms, a.tpot_ms, i.messages,
+                j.repeat
          FROM jobs j JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
               LEFT JOIN attempts a ON a.id = j.attempt_id AND j.state = 'done'
          WHERE j.kind = 'generate'{cond} ORDER BY j.id"
@@ -104,6 +106,7 @@ fn each_record(
             prompt_tokens: r.get(14)?,
             output_tokens: r.get(15)?,
             truncated: r.get::<_, Option<bool>>(16)?.unwrap_or(false),
+            repeat: r.get(20)?,
             ttft_ms: r.get(17)?,
             tpot_ms: r.get(18)?,
             messages: r
@@ -164,6 +167,7 @@ fn jsonl(
             "job_id": rec.job_id,
             "batch": rec.batch,
             "item_id": rec.item_id,
+            "repeat": rec.repeat,
             "model": rec.model,
             "vars": rec.vars,
             "prompt": rec.prompt,
@@ -217,6 +221,7 @@ fn csv_records(
         "job_id",
         "batch",
         "item_id",
+        "repeat",
         "model",
         "state",
         "attempts",
@@ -259,6 +264,7 @@ fn csv_records(
             rec.job_id.to_string(),
             rec.batch,
             rec.item_id,
+            rec.repeat.to_string(),
             rec.model,
             rec.state,
             rec.attempts.to_string(),

@@ -52,8 +52,8 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
         // One statement per grader: the database walks the scope, memory stays flat.
         let mut insert = tx.prepare(&format!(
             "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, parent_id, rubric_id,
-                                        created_at, updated_at)
-             SELECT j.batch, j.item_id, ?, 'grade', j.id, ?, ?, ? FROM jobs j
+                                        created_at, updated_at, repeat)
+             SELECT j.batch, j.item_id, ?, 'grade', j.id, ?, ?, ?, j.repeat FROM jobs j
              WHERE j.kind = 'generate'{cond} ORDER BY j.id"
         ))?;
         for grader in &graders {

@@ -105,6 +105,13 @@ fn set(a: &ModelSetArgs, db: &mut Db) -> Result<u8> {
             other => usage!("--think {other:?}: expected true, false, low, medium or high"),
         });
     }
+    if let Some(r) = &a.remote_model {
+        if r.trim().is_empty() {
+            usage!("model {}: --remote-model cannot be empty", a.name);
+        }
+        // The variant's own name again means "no variant".
+        m.settings.remote_model = (r.trim() != m.name).then(|| r.trim().to_string());
+    }
     if let Some(s) = &a.system {
         m.settings.system = Some(s.clone());
     }
@@ -229,8 +236,12 @@ fn describe(m: &ModelConfig) -> String {
             m.effective_endpoints().join(", ")
         ),
     };
+    let served = match &m.settings.remote_model {
+        Some(r) => format!(" (sends model {r:?})"),
+        None => String::new(),
+    };
     let mut text = format!(
-        "{target}, timeout {}, concurrency {}, max attempts {}",
+        "{target}{served}, timeout {}, concurrency {}, max attempts {}",
         timeout_text(m),
         m.concurrency,
         m.max_attempts
@@ -278,6 +289,7 @@ fn list_table(conn: &Connection) -> Result<Table> {
         &[
             "name",
             "backend",
+            "served_model",
             "target",
             "timeout_s",
             "timeout_auto",
@@ -299,6 +311,7 @@ fn list_table(conn: &Connection) -> Result<Table> {
         t.push(vec![
             json!(m.name),
             json!(m.backend.as_str()),
+            json!(m.served()),
             json!(target),
             json!(m.timeout()),
             json!(m.timeout_auto),

@@ -6,7 +6,9 @@ use rusqlite::Connection;
 
 use crate::cli::{Format, ReportArgs, Section};
 use crate::report::data::Sections;
-use crate::report::{breakdown, cost, models, page, render, sections, throughput, Query};
+use crate::report::{
+    breakdown, consistency, cost, models, page, render, sections, throughput, Query,
+};
 use crate::util::now_ms;
 
 pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
@@ -59,6 +61,7 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
             Section::Throughput => tables.push(throughput::throughput(conn, &q)?),
             Section::Grades => tables.extend(s.grades()?.iter().cloned()),
             Section::Models => tables.push(models::leaderboard(&s)?.table()),
+            Section::Consistency => tables.push(consistency::consistency(conn, &q)?),
             Section::Cost => tables.push(cost::cost(conn, &q)?),
         }
     }

@@ -26,7 +26,8 @@ pub struct TokenSum {
 }
 
 /// Sums per group of `keys` (SQL expressions on attempts `a`, `model` among them) over the
-/// finished attempts matching `cond` (` AND …` on `a`, with `args`).
+/// finished attempts matching `cond` (` AND …` on `a`, with `args`). A `cached` attempt is
+/// left out: it repeats its source's token counts, but no model was called for it.
 pub fn token_sums(
     conn: &Connection,
     keys: &[&str],
@@ -40,7 +41,7 @@ pub fn token_sums(
         .expect("cost groups include the model");
     let sql = format!(
         "SELECT {key_list}, COUNT(*), COUNT(DISTINCT CASE WHEN a.charged = 1 THEN a.job_id END), SUM({PROMPT}), SUM({OUTPUT})
-         FROM attempts a WHERE a.outcome IS NOT NULL{cond}
+         FROM attempts a WHERE a.outcome IS NOT NULL AND a.outcome <> 'cached'{cond}
          GROUP BY {key_list} ORDER BY {key_list}"
     );
     let mut stmt = conn.prepare(&sql)?;

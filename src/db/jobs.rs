@@ -37,10 +37,12 @@ pub enum Outcome {
     Throttled,
     /// A streamed answer went silent past the model's `--stall-timeout`.
     Stall,
+    /// Answered from an earlier identical request (`run --cache`); not charged
+    Cached,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Ok,
         Outcome::Timeout,
         Outcome::Exit,
@@ -54,6 +56,7 @@ impl Outcome {
         Outcome::Interrupted,
         Outcome::Throttled,
         Outcome::Stall,
+        Outcome::Cached,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +74,7 @@ impl Outcome {
             Outcome::Interrupted => "interrupted",
             Outcome::Throttled => "throttled",
             Outcome::Stall => "stall",
+            Outcome::Cached => "cached",
         }
     }
 
@@ -81,14 +85,23 @@ impl Outcome {
     pub fn charged(self) -> bool {
         !matches!(
             self,
-            Outcome::Unavailable | Outcome::Interrupted | Outcome::Lost | Outcome::Throttled
+            Outcome::Unavailable
+                | Outcome::Interrupted
+                | Outcome::Lost
+                | Outcome::Throttled
+                | Outcome::Cached
         )
+    }
+
+    /// Whether the attempt gave the job its answer: `ok`, or `cached` (an earlier `ok`'s).
+    pub fn answered(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::Cached)
     }
 
     /// Whether another attempt may help. HTTP: 408, 429 and 5xx may; other 4xx never.
     pub fn retryable(self, http_status: Option<i64>) -> bool {
         match self {
-            Outcome::Ok | Outcome::Spawn => false,
+            Outcome::Ok | Outcome::Cached | Outcome::Spawn => false,
             Outcome::Http => match http_status {
                 Some(s) => s == 408 || s == 429 || s >= 500,
                 None => true,
@@ -216,6 +229,8 @@ pub struct Claim {
     pub kind: String,
     pub batch: String,
     pub item_id: String,
+    /// The sample number, 1..N of `enqueue --repeat N` (a grade job: its graded job's).
+    pub repeat: i64,
     pub model: String,
     pub endpoint: String,
     pub prompt: String,
@@ -251,7 +266,7 @@ pub fn claim(
     let (cond, mut args) = filter.sql("j");
     let sql = format!(
         "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
-                j.parent_id, j.rubric_id, pa.output, i.messages, i.options
+                j.parent_id, j.rubric_id, pa.output, i.messages, i.options, j.repeat
          FROM jobs j
          JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
          LEFT JOIN jobs p ON p.id = j.parent_id
@@ -280,6 +295,7 @@ pub fn claim(
                 r.get::<_, Option<String>>(10)?,
                 r.get::<_, Option<String>>(11)?,
                 r.get::<_, Option<String>>(12)?,
+                r.get::<_, i64>(13)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -309,6 +325,7 @@ pub fn claim(
             parent_output,
             messages,
             options,
+            repeat,
         ) = row;
         let token = fastrand::i64(1..i64::MAX);
         let number: Option<i64> = take
@@ -340,6 +357,7 @@ pub fn claim(
             kind,
             batch,
             item_id,
+            repeat,
             model: model.to_string(),
             endpoint: endpoint.clone(),
             prompt,
@@ -378,6 +396,11 @@ pub struct Finish {
     pub quota_exhausted: bool,
     /// Streaming metrics measured by the HTTP worker.
     pub metrics: Option<Metrics>,
+    /// The hash of the exact request (see `crate::cache`), kept so a later `run --cache` can
+    /// reuse an `ok` answer, and a miss can be explained.
+    pub cache_key: Option<String>,
+    /// For `cached`: the attempt whose answer this is.
+    pub cached_from: Option<i64>,
 }
 
 /// Per-attempt latency of a streamed answer, as vLLM's benchmark defines it (milliseconds).
@@ -412,6 +435,8 @@ impl Finish {
             retry_after_ms: None,
             quota_exhausted: false,
             metrics: None,
+            cache_key: None,
+            cached_from: None,
         }
     }
 
@@ -445,7 +470,7 @@ impl Next {
 /// waits the later of that backoff (n = its uncharged attempts, so it grows while the server
 /// keeps pushing back) and the server's Retry-After; it is never charged.
 pub fn decide(claim: &Claim, f: &Finish, budget: i64, retry_base_ms: i64) -> Next {
-    if f.outcome == Outcome::Ok {
+    if f.outcome.answered() {
         return Next::Done;
     }
     if f.outcome == Outcome::Throttled && !f.quota_exhausted {
@@ -513,7 +538,8 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
         "UPDATE attempts SET finished_at = ?1, duration_ms = ?2, outcome = ?3, charged = ?4,
                 exit_code = ?5, signal = ?6, http_status = ?7, output = ?8, reasoning = ?9,
                 raw_output = ?10, stderr = ?11, error = ?12, timings = ?13, ttft_ms = ?15,
-                tpot_ms = ?16, e2e_ms = ?17, output_tokens = ?18, max_gap_ms = ?19
+                tpot_ms = ?16, e2e_ms = ?17, output_tokens = ?18, max_gap_ms = ?19,
+                cache_key = ?20, cached_from = ?21
          WHERE id = ?14 AND outcome IS NULL",
     )?
     .execute(params![
@@ -536,8 +562,153 @@ pub fn finish(tx: &Transaction, claim: &Claim, f: &Finish, next: Next) -> Result
         m.e2e_ms,
         m.output_tokens,
         m.max_gap_ms,
+        f.cache_key,
+        f.cached_from,
     ])?;
     Ok(true)
+}
+
+/// Pending jobs of `model` in scope that could run now, after job id `after`, in id order:
+/// what `run --cache` looks up before anything is claimed. The walk goes by job id (the `+`
+/// keeps SQLite off the claim index, which would read and sort every pending job per page),
+/// so the pages of one pass read each job once.
+pub fn runnable(
+    conn: &Connection,
+    model: &str,
+    filter: &Filter,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<Claim>> {
+    let (cond, args) = filter.sql("j");
+    let sql = format!(
+        "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
+                j.parent_id, j.rubric_id, pa.output, j.repeat, i.messages, i.options
+         FROM jobs j
+         JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
+         LEFT JOIN jobs p ON p.id = j.parent_id
+         LEFT JOIN attempts pa ON pa.id = p.attempt_id
+         WHERE +j.state = 'pending' AND +j.model = ? AND j.id > ?
+           AND (j.parent_id IS NULL OR p.state = 'done'){cond}
+         ORDER BY j.id LIMIT ?"
+    );
+    let mut all = vec![SqlValue::Text(model.to_string()), SqlValue::Integer(after)];
+    all.extend(args);
+    all.push(SqlValue::Integer(limit as i64));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(all), |r| {
+        Ok(Claim {
+            job_id: r.get(0)?,
+            attempt_id: 0,
+            number: 0,
+            token: 0,
+            started_at: 0,
+            kind: r.get(1)?,
+            batch: r.get(2)?,
+            item_id: r.get(3)?,
+            repeat: r.get(11)?,
+            model: model.to_string(),
+            endpoint: String::new(),
+            prompt: r.get(4)?,
+            vars: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+            messages: r
+                .get::<_, Option<String>>(12)?
+                .and_then(|m| serde_json::from_str(&m).ok()),
+            options: r
+                .get::<_, Option<String>>(13)?
+                .and_then(|o| serde_json::from_str(&o).ok())
+                .unwrap_or_default(),
+            charged: r.get(6)?,
+            max_attempts: r.get(7)?,
+            parent_id: r.get(8)?,
+            rubric_id: r.get(9)?,
+            parent_output: r.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The lowest id of a pending job of `model`, from the claim index: where a walk of
+/// [`runnable`] starts, past the done history of a long-lived database.
+pub fn first_pending(conn: &Connection, model: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT MIN(id) FROM jobs WHERE state = 'pending' AND model = ?1")?
+        .query_row([model], |r| r.get(0))?)
+}
+
+/// The newest `ok` attempt answered under `key`: (attempt id, its answer as a `cached` finish).
+pub fn cached_answer(conn: &Connection, key: &str) -> Result<Option<Finish>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, output, reasoning, raw_output, timings, output_tokens FROM attempts
+             WHERE cache_key = ?1 AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([key], |r| {
+            let mut f = Finish::new(Outcome::Cached, 0);
+            f.cached_from = Some(r.get(0)?);
+            f.output = r.get(1)?;
+            f.reasoning = r.get(2)?;
+            f.raw_output = r.get(3)?;
+            f.timings = r
+                .get::<_, Option<String>>(4)?
+                .and_then(|t| serde_json::from_str(&t).ok());
+            f.cache_key = Some(key.to_string());
+            // The same token counts; no latency of its own (no call was made).
+            f.metrics = Some(Metrics {
+                output_tokens: r.get(5)?,
+                ..Metrics::default()
+            });
+            Ok(f)
+        })
+        .optional()?;
+    Ok(row)
+}
+
+/// Gives a pending job its answer from the cache: a `cached` attempt (not charged, no
+/// duration, no endpoint) and the job `done`, fenced by its still being pending. Returns the
+/// attempt's id and number, or None when the job was taken meanwhile.
+pub fn answer_cached(
+    tx: &Transaction,
+    runner_id: i64,
+    claim: &Claim,
+    f: &Finish,
+) -> Result<Option<(i64, i64)>> {
+    let now = now_ms();
+    let number: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = 'done', attempts = attempts + 1, not_before = 0,
+                    last_outcome = 'cached', last_error = NULL, updated_at = ?1
+             WHERE id = ?2 AND state = 'pending' RETURNING attempts",
+        )?
+        .query_row(params![now, claim.job_id], |r| r.get(0))
+        .optional()?;
+    let Some(number) = number else {
+        return Ok(None);
+    };
+    tx.prepare_cached(
+        "INSERT INTO attempts (job_id, number, model, batch, runner_id, started_at, finished_at,
+                duration_ms, outcome, charged, output, reasoning, raw_output, timings, cache_key,
+                cached_from, output_tokens)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 0, 'cached', 0, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        claim.job_id,
+        number,
+        claim.model,
+        claim.batch,
+        runner_id,
+        now,
+        f.output,
+        f.reasoning,
+        f.raw_output,
+        f.timings.as_ref().map(Value::to_string),
+        f.cache_key,
+        f.cached_from,
+        f.metrics.as_ref().and_then(|m| m.output_tokens),
+    ])?;
+    let attempt_id = tx.last_insert_rowid();
+    tx.prepare_cached("UPDATE jobs SET attempt_id = ?1 WHERE id = ?2")?
+        .execute(params![attempt_id, claim.job_id])?;
+    Ok(Some((attempt_id, number)))
 }
 
 /// A running job whose runner is gone or whose lease ran out.
@@ -789,6 +960,7 @@ mod tests {
             kind: "generate".into(),
             batch: "b".into(),
             item_id: "1".into(),
+            repeat: 1,
             model: "m".into(),
             endpoint: String::new(),
             prompt: "p".into(),

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "006_item_messages",
         include_str!("../../sql/006_item_messages.sql"),
     ),
+    ("007_sweeps", include_str!("../../sql/007_sweeps.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -441,6 +442,7 @@ fn apply(conn: &mut Connection) -> Result<()> {
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
 
@@ -552,8 +554,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            indexes, 7,
-            "004 rebuilt the four indexes of attempts; 005 adds three"
+            indexes, 8,
+            "004 rebuilt the four indexes of attempts; 005 adds three, 007 the cache's"
         );
     }
 

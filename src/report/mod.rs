@@ -1,6 +1,7 @@
 //! Report sections: each computes its rows once from SQL into a [`render::Table`].
 
 pub mod breakdown;
+pub mod consistency;
 pub mod cost;
 pub mod data;
 pub mod distribution;

@@ -15,6 +15,7 @@ use crate::util::now_ms;
 /// With --since: the jobs enqueued within the window.
 pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
     let (cond, args) = q.job_sql("j", "created_at");
+    let args_all = args.clone();
     let now = now_ms();
     // [pending, waiting, running, done, failed, cancelled], oldest running start.
     let mut models: BTreeMap<String, ([i64; 6], Option<i64>)> = BTreeMap::new();
@@ -79,6 +80,17 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
         row.extend(counts.iter().map(|n| json!(n)));
         row.push(secs(oldest.map(|s| (now - s).max(0) as f64)));
         t.push(row);
+    }
+    // Jobs answered by `run --cache` are done like any other; say how many, so none is
+    // mistaken for a model call.
+    let sql = format!(
+        "SELECT COUNT(*) FROM jobs j WHERE j.state = 'done' AND j.last_outcome = 'cached'{cond}"
+    );
+    let cached: i64 = conn.query_row(&sql, params_from_iter(args_all.clone()), |r| r.get(0))?;
+    if cached > 0 {
+        t.notes.push(format!(
+            "{cached} of the done jobs were answered from the cache (run --cache): no model call."
+        ));
     }
     let running = running_jobs(conn, q)?;
     if pending_total > 0 && !running.rows.is_empty() {
@@ -477,8 +489,9 @@ pub fn jobs(
     }
     let sql = format!(
         "SELECT j.id, j.batch, j.item_id, j.model, j.kind, j.state, j.attempts, j.last_outcome,
-                j.last_error, j.updated_at
-         FROM jobs j WHERE 1 = 1{cond} ORDER BY j.id"
+                j.last_error, j.updated_at, j.repeat, a.cache_key, a.cached_from
+         FROM jobs j LEFT JOIN attempts a ON a.id = j.attempt_id
+         WHERE 1 = 1{cond} ORDER BY j.id"
     );
     let now = now_ms();
     let mut t = Table::new(
@@ -488,6 +501,7 @@ pub fn jobs(
             "id",
             "batch",
             "item",
+            "repeat",
             "model",
             "kind",
             "state",
@@ -495,8 +509,12 @@ pub fn jobs(
             "last_outcome",
             "last_error",
             "age_s",
+            "cache_key",
+            "cached_from",
         ],
     );
+    // The key explains a cache miss: compare it with the key of the answer expected to match.
+    t.pipe_only = vec!["cache_key".into(), "cached_from".into()];
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     while let Some(r) = rows.next()? {
@@ -505,6 +523,7 @@ pub fn jobs(
             json!(r.get::<_, i64>(0)?),
             json!(r.get::<_, String>(1)?),
             json!(r.get::<_, String>(2)?),
+            json!(r.get::<_, i64>(10)?),
             json!(r.get::<_, String>(3)?),
             json!(r.get::<_, String>(4)?),
             json!(r.get::<_, String>(5)?),
@@ -512,6 +531,8 @@ pub fn jobs(
             json!(r.get::<_, Option<String>>(7)?),
             json!(err),
             secs(Some((now - r.get::<_, i64>(9)?).max(0) as f64)),
+            json!(r.get::<_, Option<String>>(11)?),
+            json!(r.get::<_, Option<i64>>(12)?),
         ]);
     }
     Ok(t)
