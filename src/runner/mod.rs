@@ -27,6 +27,9 @@ use lane::{End, Lane, Reach};
 /// Attempts at once over all lanes when `--jobs` is not given.
 const DEFAULT_JOBS: usize = 64;
 
+/// Which lane plans a claim first: fewest attempts in flight, then the one served longest ago.
+type TurnOrder = (usize, Option<Instant>);
+
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
 /// How long results of a fast lane may gather before they are committed together.
@@ -83,11 +86,15 @@ pub struct RunOptions {
     pub watch: bool,
     pub poll: Duration,
     pub progress: bool,
+    /// `--cache`: answer jobs from earlier identical requests before claiming any.
+    pub cache: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct Summary {
     pub done: u64,
+    /// Of `done`, the jobs answered from the cache.
+    pub cached: u64,
     pub failed: u64,
     pub retried: u64,
     pub attempts: u64,
@@ -225,7 +232,98 @@ impl Coordinator<'_> {
                 "--max-cost counts nothing here: no model in scope has prices (`llmbatch models set NAME --price-in USD --price-out USD`)"
             );
         }
+        if self.opts.cache {
+            self.answer_from_cache()?;
+        }
         Ok(())
+    }
+
+    /// `--cache`: gives every runnable job in scope whose exact request was answered before
+    /// that answer, lane by lane, in pages; again while it answers anything, since a grade job
+    /// becomes runnable once its graded job was answered. Checked once, when the run starts.
+    fn answer_from_cache(&mut self) -> Result<()> {
+        loop {
+            let models: Vec<String> = self.lanes.keys().cloned().collect();
+            let mut answered = 0;
+            for model in models {
+                answered += self.answer_lane_from_cache(&model)?;
+            }
+            if answered == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn answer_lane_from_cache(&mut self, model: &str) -> Result<u64> {
+        const PAGE: usize = 1000;
+        let config = self.lanes[model].model.clone();
+        let Some(first) = self.store.first_pending(model)? else {
+            return Ok(0);
+        };
+        let mut after = first - 1;
+        let mut answered = 0;
+        loop {
+            let page = self.store.runnable(model, &self.opts.filter, after, PAGE)?;
+            let Some(last) = page.last() else {
+                return Ok(answered);
+            };
+            after = last.job_id;
+            let mut hits = Vec::new();
+            for claim in page {
+                let rubric = match claim.rubric_id {
+                    Some(id) => Some(self.rubric(id)?),
+                    None => None,
+                };
+                // A job whose request cannot be built fails when it runs, with the reason.
+                let Ok(key) = crate::cache::key_of(&config, rubric.as_deref(), &claim) else {
+                    continue;
+                };
+                let Some(mut f) = self.store.cached_answer(&key)? else {
+                    log::trace!("job {} not in the cache: key {key}", claim.job_id);
+                    continue;
+                };
+                if let Some(rubric) = &rubric {
+                    // The verdict is read again under this rubric's fields.
+                    crate::grading::judge(rubric, &mut f);
+                    if f.outcome != Outcome::Cached {
+                        continue;
+                    }
+                }
+                hits.push((claim, f));
+            }
+            if hits.is_empty() {
+                continue;
+            }
+            let taken = self.store.answer_cached(self.runner_id, &hits)?;
+            let recorded: Vec<(Claim, Finish)> = hits
+                .into_iter()
+                .zip(taken)
+                .filter_map(|((mut claim, f), taken)| {
+                    let (attempt_id, number) = taken?;
+                    claim.attempt_id = attempt_id;
+                    claim.number = number;
+                    Some((claim, f))
+                })
+                .collect();
+            for (claim, f) in &recorded {
+                log::debug!(
+                    "job {} ({}, {}/{}) answered from the cache: key {} from attempt {}",
+                    claim.job_id,
+                    claim.model,
+                    claim.batch,
+                    claim.item_id,
+                    f.cache_key.as_deref().unwrap_or(""),
+                    f.cached_from.unwrap_or(0)
+                );
+            }
+            let n = recorded.len() as u64;
+            answered += n;
+            self.summary.done += n;
+            self.summary.cached += n;
+            if let Some(lane) = self.lanes.get_mut(model) {
+                lane.done += n;
+            }
+        }
     }
 
     /// Reaps when `found` holds orphans (judged again as they are put back).
@@ -639,15 +737,41 @@ impl Coordinator<'_> {
         if let Some(limit) = self.opts.limit {
             room = room.min(limit.saturating_sub(self.claimed) as usize);
         }
-        // One slot per lane per round, the lanes with the fewest attempts in flight first, so no
-        // lane can take the whole cap from the others.
-        let mut free: Vec<(&String, Vec<String>, usize)> = self
+        // Variants of one served model on one server share its concurrency there: attempts
+        // in flight per (endpoint, backend, served model), over every lane.
+        let shared_key = |lane: &Lane, url: &str| {
+            (
+                url.to_string(),
+                lane.model.backend.as_str(),
+                lane.model.served().to_string(),
+            )
+        };
+        let mut shared: HashMap<(String, &str, String), usize> = HashMap::new();
+        for lane in self.lanes.values() {
+            for e in lane.endpoints.iter().filter(|e| !e.url.is_empty()) {
+                *shared.entry(shared_key(lane, &e.url)).or_default() += e.busy(now);
+            }
+        }
+        let mut free: Vec<(&String, Vec<String>, TurnOrder)> = self
             .lanes
             .iter()
-            .map(|(name, lane)| (name, lane.free_slots(now, room), lane.in_flight))
+            .map(|(name, lane)| {
+                let busy = |e: &lane::Endpoint| {
+                    if e.url.is_empty() {
+                        e.busy(now)
+                    } else {
+                        shared.get(&shared_key(lane, &e.url)).copied().unwrap_or(0)
+                    }
+                };
+                let order = (lane.in_flight, lane.last_claim);
+                (name, lane.free_slots(now, room, &busy), order)
+            })
             .filter(|(_, slots, _)| !slots.is_empty())
             .collect();
-        free.sort_by_key(|(_, _, busy)| *busy);
+        // One slot per lane per round, the lanes with the fewest attempts in flight first, so no
+        // lane can take the whole cap from the others; among those, the one served longest ago,
+        // so variants competing for a shared endpoint take turns.
+        free.sort_by_key(|(_, _, order)| *order);
         let free: Vec<(&String, Vec<String>)> = free.into_iter().map(|(n, s, _)| (n, s)).collect();
         let mut plan: Vec<(String, Vec<String>)> = free
             .iter()
@@ -656,9 +780,20 @@ impl Coordinator<'_> {
         let mut round = 0;
         while room > 0 {
             let mut gave = false;
-            for ((_, slots), (_, taken)) in free.iter().zip(plan.iter_mut()) {
+            for ((name, slots), (_, taken)) in free.iter().zip(plan.iter_mut()) {
                 if room > 0 && round < slots.len() {
-                    taken.push(slots[round].clone());
+                    let lane = &self.lanes[*name];
+                    let url = &slots[round];
+                    // A slot another variant took this round is no longer free.
+                    let endpoint = lane.endpoints.iter().find(|e| e.url == *url);
+                    if let (false, Some(e)) = (url.is_empty(), endpoint) {
+                        let n = shared.entry(shared_key(lane, url)).or_default();
+                        if *n >= lane.max_on(e) {
+                            continue;
+                        }
+                        *n += 1;
+                    }
+                    taken.push(url.clone());
                     room -= 1;
                     gave = true;
                 }
@@ -681,6 +816,8 @@ impl Coordinator<'_> {
         };
         if let Some(lane) = self.lanes.get_mut(model) {
             lane.idle_until = Instant::now() + wait;
+            // Its turn at a shared endpoint is used up: the others go first next time.
+            lane.last_claim = Some(Instant::now());
         }
         Ok(())
     }
@@ -695,6 +832,7 @@ impl Coordinator<'_> {
             .get_mut(&claim.model)
             .expect("lane of a claimed job");
         lane.started(claim.job_id, &claim.endpoint);
+        lane.last_claim = Some(Instant::now());
         if let Some(pacer) = lane.pacer.as_mut() {
             let chars = claim.prompt.chars().count()
                 + claim

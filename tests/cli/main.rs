@@ -15,4 +15,5 @@ mod recovery;
 mod reports;
 mod store;
 mod stream;
+mod sweeps;
 mod throttle;
