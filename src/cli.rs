@@ -577,16 +577,8 @@ pub enum ExportFormat {
     OpenaiBatch,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Csv,
-    Json,
-    /// Only job ids, one per line (for job listings).
-    Ids,
-    /// One self-contained HTML page (`report` only).
-    Html,
-}
+/// Output formats: the renderer's own, a flag value here.
+pub use crate::report::render::Format;
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct FormatArgs {
