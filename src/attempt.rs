@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::jobs::{Claim, Finish, Metrics, Outcome};
+use crate::domain::{Claim, Finish, Metrics, Outcome};
 use crate::exec::{self, template, ChildOutcome, ChildSpec, Status, StopSignal};
 use crate::models::{Backend, ModelConfig, Settings};
 use crate::text::{last_line, lossy, split_thinking};
@@ -184,7 +184,7 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
         ),
         (
             "LLMBATCH_RUNNER".to_string(),
-            crate::util::own_runner_token().to_string(),
+            crate::liveness::own_runner_token().to_string(),
         ),
     ];
     let (argv, stdin) = match job.model.backend {
@@ -399,26 +399,16 @@ fn tail_note(stderr: Option<&str>) -> String {
 }
 
 pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGTERM => "SIGTERM",
-        _ => return format!("{sig}"),
-    };
-    format!("{sig} ({name})")
+    match exec::signal_abbrev(sig) {
+        Some(name) => format!("{sig} ({name})"),
+        None => format!("{sig}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::JobKind;
 
     fn grade_job(backend: Backend, format: Option<Value>) -> AttemptJob {
         let mut model = ModelConfig::unconfigured("judge");
@@ -431,7 +421,7 @@ mod tests {
                 number: 1,
                 token: 1,
                 started_at: 0,
-                kind: "grade".into(),
+                kind: JobKind::Grade,
                 batch: "b".into(),
                 item_id: "1".into(),
                 repeat: 1,

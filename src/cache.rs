@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::db::jobs::Claim;
+use crate::domain::Claim;
 use crate::grading::Rubric;
 use crate::models::{Backend, ModelConfig};
 
@@ -28,7 +28,7 @@ pub fn key(
         Backend::Command => Some(crate::attempt::command_argv(model, claim, prompt)?),
         _ => None,
     };
-    let grade = claim.kind == "grade";
+    let grade = claim.kind == crate::domain::JobKind::Grade;
     let repeat = (!grade).then_some(claim.repeat);
     // A grade job sends the rubric as a plain prompt, never the graded item's chat.
     let (messages, item_options) = if grade {
@@ -78,7 +78,7 @@ mod tests {
             number: 1,
             token: 1,
             started_at: 0,
-            kind: "generate".into(),
+            kind: crate::domain::JobKind::Generate,
             batch: "b".into(),
             item_id: "1".into(),
             repeat: 1,

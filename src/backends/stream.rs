@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{failure, timed_out, transport, MAX_BODY};
 use crate::attempt::{WorkerRequest, WorkerResponse};
-use crate::db::jobs::Metrics;
+use crate::domain::Metrics;
 use crate::util::human_secs;
 
 /// What the call thread reports, in order: the head, body pieces, then the end or a failure.

@@ -2,19 +2,17 @@
 //! into jobs, in one transaction. Idempotent: a (batch, item, model) already queued is counted,
 //! not added again.
 
-use anyhow::{Context, Result};
-use rusqlite::{params, TransactionBehavior};
+use anyhow::Result;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::cli::{EnqueueArgs, Format, InputFormat};
-use crate::db::Db;
+use crate::db::{Enqueue, NewItem, Store};
 use crate::exec::template;
 use crate::report::render::{render, Table};
 use crate::usage;
-use crate::util::now_ms;
 
 /// One input record: where it came from, its id and variables; for chat items their messages,
 /// and from a Batch API file the request options and the model the line names.
@@ -38,7 +36,7 @@ struct Counts {
     existing: u64,
 }
 
-pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
+pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
     let template = match &a.template {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             crate::error::UsageError(format!("cannot read template {}: {e}", path.display()))
@@ -59,23 +57,11 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
         usage!("the batch name is empty: pass --batch NAME");
     }
 
-    // Each job's item is written just before it in this same transaction, so the foreign key
-    // holds by construction: checking it row by row cost a tenth of a large enqueue. (On an
-    // error the transaction rolls back and the command ends; nothing else uses the connection.)
-    let conn = &mut db.conn;
-    conn.pragma_update(None, "foreign_keys", "OFF")?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // This transaction is the only writer, and ids only grow: the new jobs are the ids
-    // between the highest before and the highest after.
-    let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
-        Ok(tx.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?)
-    };
-    let mut first_new = max_id(&tx)? + 1;
+    let tx = db.enqueue()?;
     let mut counts = Counts::default();
     let models = {
-        let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
+        let mut sink = Sink::new(&*tx, &batch, &a.models, template.as_deref(), &name)?;
         sink.repeats = a.repeat;
-        sink.first_new = first_new;
         sink.format = format;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
@@ -91,9 +77,8 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
             format.expected()
         );
     }
-    let mut last_new = max_id(&tx)?;
-    tx.commit().context("cannot commit the enqueued jobs")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let added = tx.commit()?;
+    let (mut first_new, mut last_new) = (added.first, added.last);
     if let Some(merged) = db.publish()? {
         // Another enqueue created the database meanwhile: ours was merged into it.
         let jobs = counts.new + counts.existing;
@@ -106,7 +91,7 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
     // so a typo or a missing `models set` shows now rather than as failed jobs.
     let mut unconfigured = Vec::new();
     for m in &models {
-        if !crate::models::load(&db.conn, m)?.configured {
+        if !db.model(m)?.configured {
             unconfigured.push(m.clone());
         }
     }
@@ -474,26 +459,21 @@ fn batch_request(text: &str) -> std::result::Result<Record, String> {
     Ok(rec)
 }
 
-/// Records written per statement: one multi-row INSERT per chunk keeps SQLite's cursors open
+/// Records written per statement: one multi-row insert per chunk keeps the database cursors open
 /// across rows (a row per statement cost half the time of a million-prompt enqueue).
 const CHUNK: usize = 128;
-/// Job rows per INSERT: many models or repeats per record make more than one statement.
-const JOB_ROWS: usize = 1024;
 
 /// Writes items and jobs in chunks, counting new and existing ones.
 struct Sink<'a> {
-    tx: &'a rusqlite::Transaction<'a>,
+    tx: &'a dyn Enqueue,
     batch: &'a str,
     models: &'a [String],
     template: Option<&'a str>,
     name: &'a str,
-    now: i64,
     /// Jobs per item and model (`--repeat`), numbered 1..repeats.
     repeats: i64,
     /// Records waiting for the next chunk, with their rendered prompt and stored columns.
     pending: Vec<(Record, Stored)>,
-    /// The first job id of this enqueue: an item with an older job was queued before it.
-    first_new: i64,
     format: InputFormat,
     /// Every model a job was queued for (or found queued).
     models_seen: BTreeSet<String>,
@@ -510,7 +490,7 @@ struct Stored {
 
 impl<'a> Sink<'a> {
     fn new(
-        tx: &'a rusqlite::Transaction<'a>,
+        tx: &'a dyn Enqueue,
         batch: &'a str,
         models: &'a [String],
         template: Option<&'a str>,
@@ -525,10 +505,8 @@ impl<'a> Sink<'a> {
             models,
             template,
             name,
-            now: now_ms(),
             repeats: 1,
             pending: Vec::with_capacity(CHUNK),
-            first_new: 0,
             format: InputFormat::Csv,
             models_seen: BTreeSet::new(),
         })
@@ -581,49 +559,33 @@ impl<'a> Sink<'a> {
             return Ok(());
         }
         let n = self.pending.len();
-        let rows = vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ");
-        let mut items = self.tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO items (batch, item_id, prompt, vars, messages, options) VALUES {rows}"
-        ))?;
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 6);
-        for (rec, st) in &self.pending {
-            args.extend([
-                &self.batch as &dyn rusqlite::ToSql,
-                &rec.id,
-                &st.prompt,
-                &st.vars,
-                &st.messages,
-                &st.options,
-            ]);
-        }
-        if items.execute(args.as_slice())? < n {
+        let items: Vec<NewItem> = self
+            .pending
+            .iter()
+            .map(|(rec, st)| NewItem {
+                id: &rec.id,
+                prompt: &st.prompt,
+                vars: &st.vars,
+                messages: st.messages.as_deref(),
+                options: st.options.as_deref(),
+            })
+            .collect();
+        if let Some(found) = self.tx.add_items(self.batch, &items)? {
             // Some ids were there already (or twice in this input): an item never changes
             // once queued, so each must come again exactly as stored.
-            let mut stored = self.tx.prepare_cached(
-                "SELECT prompt, vars, messages, options FROM items WHERE batch = ?1 AND item_id = ?2",
-            )?;
-            // Every queued item has jobs; those of an earlier enqueue have older ids.
-            let mut earlier = self.tx.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = ?1 AND item_id = ?2
-                                AND kind = 'generate' AND id < ?3)",
-            )?;
-            for (rec, st) in &self.pending {
-                let old: Stored = stored.query_row(params![self.batch, rec.id], |r| {
-                    Ok(Stored {
-                        prompt: r.get(0)?,
-                        vars: r.get(1)?,
-                        messages: r.get(2)?,
-                        options: r.get(3)?,
-                    })
-                })?;
+            for ((rec, st), old) in self.pending.iter().zip(found) {
+                let old = Stored {
+                    prompt: old.prompt,
+                    vars: old.vars,
+                    messages: old.messages,
+                    options: old.options,
+                };
                 let differs = differences(&old, st, &rec.vars);
                 if differs.is_empty() {
                     continue;
                 }
                 let what = differs.join(", ");
-                let queued_before: bool =
-                    earlier.query_row(params![self.batch, rec.id, self.first_new], |r| r.get(0))?;
-                if queued_before {
+                if self.tx.queued_before(self.batch, &rec.id)? {
                     usage!(
                         "{} line {}: item {:?} is already in batch {:?} with a different {what}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
                         self.name, rec.line, rec.id, self.batch
@@ -658,34 +620,14 @@ impl<'a> Sink<'a> {
             }
         }
         // Repeats of one item and model are adjacent, so a sweep runs item by item.
-        let repeats: Vec<i64> = (1..=self.repeats).collect();
-        let mut keys: Vec<(&String, &String, &i64)> = Vec::new();
+        let mut keys: Vec<(&str, &str, i64)> = Vec::new();
         for (rec, model) in &pairs {
-            for repeat in &repeats {
-                keys.push((&rec.id, *model, repeat));
+            for repeat in 1..=self.repeats {
+                keys.push((&rec.id, model, repeat));
             }
         }
         let jobs = keys.len();
-        let mut new = 0u64;
-        // Rows per statement stay well under SQLite's limit of bound variables.
-        for part in keys.chunks(JOB_ROWS) {
-            let rows = vec!["(?, ?, ?, 'generate', ?, ?, ?)"; part.len()].join(", ");
-            let mut insert = self.tx.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at, repeat) VALUES {rows}"
-            ))?;
-            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(part.len() * 6);
-            for (id, model, repeat) in part {
-                args.extend([
-                    &self.batch as &dyn rusqlite::ToSql,
-                    *id,
-                    *model,
-                    &self.now,
-                    &self.now,
-                    *repeat,
-                ]);
-            }
-            new += insert.execute(args.as_slice())? as u64;
-        }
+        let new = self.tx.add_jobs(self.batch, &keys)?;
         counts.new += new;
         counts.existing += jobs as u64 - new;
         self.pending.clear();

@@ -1,16 +1,15 @@
 //! `grade`: queue one grade job per (generated job, grader), in one transaction. Idempotent:
 //! a pair already queued with the same rubric is counted, not added again.
 
-use anyhow::{Context, Result};
-use rusqlite::{params_from_iter, Connection, TransactionBehavior};
+use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::{Format, GradeArgs};
+use crate::db::{EnqueueGradesParams, GradesQueued, Store};
 use crate::grading::Rubric;
 use crate::usage;
-use crate::util::now_ms;
 
-pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
+pub fn run(a: &GradeArgs, store: &dyn Store) -> Result<u8> {
     if let Some(g) = a.graders.iter().find(|g| g.trim().is_empty()) {
         usage!("--grader {g:?}: a model name cannot be empty");
     }
@@ -21,53 +20,30 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
         }
     }
     let rubric = Rubric::resolve(&a.rubric)?;
-    let filter = super::scope_filter(&a.scope, conn)?;
+    let filter = super::scope_filter(&a.scope, store)?;
     for var in rubric.item_variables() {
-        let (missing, example) = crate::db::jobs::items_missing_var(conn, &filter, &var)?;
-        if let Some((batch, item)) = example {
+        let missing = store.items_missing_var(&filter, &var)?;
+        if let Some((batch, item)) = missing.example {
+            let missing = missing.count;
             usage!(
                 "rubric {}: {{{var}}} is neither {{prompt}}, {{output}} nor a variable of the items in scope: {missing} output(s) lack it (e.g. batch {batch:?} item {item:?}); nothing was queued",
                 rubric.name
             );
         }
     }
-    let (cond, args) = filter.sql("j");
-
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let rubric_id = rubric.save(&tx)?;
-    let (outputs, waiting): (i64, i64) = tx.query_row(
-        &format!(
-            "SELECT COUNT(*), COALESCE(SUM(j.state <> 'done'), 0) FROM jobs j
-             WHERE j.kind = 'generate'{cond}"
-        ),
-        params_from_iter(args.clone()),
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let GradesQueued {
+        rubric_id,
+        outputs,
+        waiting,
+        new,
+    } = store.enqueue_grades(&EnqueueGradesParams {
+        filter: &filter,
+        graders: &graders,
+        rubric: &rubric,
+    })?;
     if outputs == 0 {
         usage!("no generated jobs match{}: nothing to grade", scope_text(a));
     }
-    let now = now_ms();
-    let mut new = 0i64;
-    {
-        // One statement per grader: the database walks the scope, memory stays flat.
-        let mut insert = tx.prepare(&format!(
-            "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, parent_id, rubric_id,
-                                        created_at, updated_at, repeat)
-             SELECT j.batch, j.item_id, ?, 'grade', j.id, ?, ?, ?, j.repeat FROM jobs j
-             WHERE j.kind = 'generate'{cond} ORDER BY j.id"
-        ))?;
-        for grader in &graders {
-            let mut all = vec![
-                rusqlite::types::Value::Text(grader.clone()),
-                rusqlite::types::Value::Integer(rubric_id),
-                rusqlite::types::Value::Integer(now),
-                rusqlite::types::Value::Integer(now),
-            ];
-            all.extend(args.iter().cloned());
-            new += insert.execute(params_from_iter(all))? as i64;
-        }
-    }
-    tx.commit().context("cannot commit the grade jobs")?;
     let existing = outputs * graders.len() as i64 - new;
 
     match a.format.format {

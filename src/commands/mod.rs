@@ -16,7 +16,7 @@ pub mod worker;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command, ModelsCommand, ScopeArgs};
-use crate::db::{self, jobs::Filter, Access, Db};
+use crate::db::{self, Access, Db, Filter, QueueStore};
 
 pub fn dispatch(cli: &Cli) -> Result<u8> {
     // These touch no database.
@@ -45,12 +45,12 @@ fn run_command(cli: &Cli) -> Result<u8> {
     let code = match &cli.command {
         Command::Models(a) => models::run(a, &mut db)?,
         Command::Enqueue(a) => enqueue::run(a, &mut db)?,
-        Command::Run(a) => run::run(a, &mut db.conn, cli)?,
-        Command::Reap(a) => reap::run(a, cli.quiet, &mut db.conn)?,
-        Command::Resume(a) => resume::run(a, &mut db.conn)?,
-        Command::Grade(a) => grade::run(a, &mut db.conn)?,
-        Command::Report(a) => report::run(a, &mut db.conn)?,
-        Command::Export(a) => export::run(a, &mut db.conn)?,
+        Command::Run(a) => run::run(a, &db, cli)?,
+        Command::Reap(a) => reap::run(a, cli.quiet, &db)?,
+        Command::Resume(a) => resume::run(a, &db)?,
+        Command::Grade(a) => grade::run(a, &db)?,
+        Command::Report(a) => report::run(a, &db)?,
+        Command::Export(a) => export::run(a, &db)?,
         Command::Worker | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled in dispatch")
         }
@@ -61,51 +61,32 @@ fn run_command(cli: &Cli) -> Result<u8> {
 }
 
 /// Turns `--batch/--model/--ids-file` into a filter, loading the ids into the connection.
-pub fn scope_filter(scope: &ScopeArgs, conn: &rusqlite::Connection) -> Result<Filter> {
+/// The jobs `--batch`, `--model` and `--ids-file` select; an id naming no job is bad input.
+pub fn scope_filter(scope: &ScopeArgs, store: &dyn QueueStore) -> Result<Filter> {
     let ids = match &scope.ids_file {
         Some(source) => {
             let ids = crate::ids::read(source)?;
-            crate::db::jobs::install_ids(conn, &ids)?;
-            true
+            let unknown = store.unknown_ids(&ids)?;
+            if !unknown.is_empty() {
+                let shown: Vec<String> = unknown.iter().take(20).map(i64::to_string).collect();
+                let more = if unknown.len() > 20 {
+                    format!(" and {} more", unknown.len() - 20)
+                } else {
+                    String::new()
+                };
+                crate::usage!(
+                    "{} unknown job id(s) in the ids file: {}{more}",
+                    unknown.len(),
+                    shown.join(", ")
+                );
+            }
+            Some(ids)
         }
-        None => false,
+        None => None,
     };
     Ok(Filter {
         batch: scope.batch.clone(),
         models: scope.models.clone(),
         ids,
     })
-}
-
-/// ISO-8601 UTC with milliseconds, for log files.
-pub fn iso_time_ms(ms: i64) -> String {
-    let base = iso_time(ms);
-    format!("{}.{:03}Z", base.trim_end_matches('Z'), ms.rem_euclid(1000))
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// ISO-8601 UTC for a millisecond timestamp.
-pub fn iso_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

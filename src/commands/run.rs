@@ -1,16 +1,16 @@
 //! `run`: work the queue until nothing in scope is left, then say what happened.
 
 use anyhow::Result;
-use rusqlite::Connection;
 use std::io::IsTerminal;
 
 use crate::cli::{Cli, RunArgs};
+use crate::db::Store;
 use crate::error::{EXIT_ERROR, EXIT_FAILED, EXIT_OK};
 use crate::runner::{self, signals, FailureLimit, RunOptions};
 use crate::util::human_secs;
 
-pub fn run(a: &RunArgs, conn: &mut Connection, cli: &Cli) -> Result<u8> {
-    let filter = super::scope_filter(&a.scope, conn)?;
+pub fn run(a: &RunArgs, store: &dyn Store, cli: &Cli) -> Result<u8> {
+    let filter = super::scope_filter(&a.scope, store)?;
     let max_failures = a
         .max_failures
         .as_deref()
@@ -33,7 +33,7 @@ pub fn run(a: &RunArgs, conn: &mut Connection, cli: &Cli) -> Result<u8> {
         progress: !cli.quiet && std::io::stderr().is_terminal(),
         cache: a.cache,
     };
-    let s = runner::run(conn, opts)?;
+    let s = runner::run(store, opts)?;
     if !cli.quiet {
         let cached = if a.cache {
             format!(" ({} answered from the cache)", s.cached)

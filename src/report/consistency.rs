@@ -11,11 +11,11 @@
 //!   items; k is the fewest graded repeats of any item in the row.
 
 use anyhow::Result;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Value};
 
 use super::render::Table;
 use super::Query;
+use crate::db::{RepeatGrade, ReportSource};
 
 /// One item's graded repeats: verdicts (where the rubric has one) and scores.
 #[derive(Default)]
@@ -34,15 +34,7 @@ struct Group {
     items: Vec<Item>,
 }
 
-pub fn consistency(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = q.filter.sql("p");
-    let sql = format!(
-        "SELECT p.model, g.grader, r.name, r.id, p.batch, p.item_id, g.pass, g.score
-         FROM grades g JOIN jobs gj ON gj.id = g.job_id JOIN jobs p ON p.id = g.graded_job_id
-              JOIN rubrics r ON r.id = gj.rubric_id
-         WHERE gj.state = 'done'{cond}
-         ORDER BY p.model, g.grader, r.id, p.batch, p.item_id"
-    );
+pub fn consistency(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "consistency",
         "Consistency across repeats (items graded at least twice)",
@@ -61,24 +53,21 @@ pub fn consistency(conn: &Connection, q: &Query) -> Result<Table> {
         ],
     );
     t.empty = "(no item graded more than once: enqueue --repeat N, run, grade)".into();
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
     let mut group: Option<Group> = None;
     let mut last_item: Option<(i64, String, String)> = None;
-    while let Some(r) = rows.next()? {
-        let (model, grader, rubric): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        let item_key = (r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get(5)?);
-        let same_group = group
-            .as_ref()
-            .is_some_and(|g| g.model == model && g.grader == grader && g.rubric_id == item_key.0);
+    src.each_repeat_grade(&q.filter, &mut |r: RepeatGrade| {
+        let item_key = (r.rubric_id, r.batch, r.item_id);
+        let same_group = group.as_ref().is_some_and(|g| {
+            g.model == r.model && g.grader == r.grader && g.rubric_id == item_key.0
+        });
         if !same_group {
             if let Some(g) = group.take() {
                 push_row(&mut t, g);
             }
             group = Some(Group {
-                model,
-                grader,
-                rubric,
+                model: r.model,
+                grader: r.grader,
+                rubric: r.rubric,
                 rubric_id: item_key.0,
                 items: Vec::new(),
             });
@@ -91,13 +80,14 @@ pub fn consistency(conn: &Connection, q: &Query) -> Result<Table> {
         }
         let item = g.items.last_mut().expect("an item");
         item.n += 1;
-        if let Some(p) = r.get::<_, Option<i64>>(6)? {
-            item.verdicts.push(p != 0);
+        if let Some(p) = r.pass {
+            item.verdicts.push(p);
         }
-        if let Some(s) = r.get::<_, Option<f64>>(7)? {
+        if let Some(s) = r.score {
             item.scores.push(s);
         }
-    }
+        Ok(())
+    })?;
     if let Some(g) = group.take() {
         push_row(&mut t, g);
     }

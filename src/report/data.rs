@@ -2,16 +2,15 @@
 //! leaderboard built from them and the HTML page all read the same rows.
 
 use anyhow::Result;
-use rusqlite::Connection;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use super::render::Table;
 use super::{cost, grades, sections, speed, timeouts, Query};
-use crate::cli::GroupKey;
+use crate::db::{GroupKey, Store};
 
 pub struct Sections<'a> {
-    pub conn: &'a Connection,
+    pub store: &'a dyn Store,
     /// The scope and grouping asked for.
     pub q: &'a Query,
     /// The same scope grouped by model: what the leaderboard and the page compare.
@@ -37,9 +36,9 @@ fn once<T>(cell: &OnceCell<T>, make: impl FnOnce() -> Result<T>) -> Result<&T> {
 }
 
 impl<'a> Sections<'a> {
-    pub fn new(conn: &'a Connection, q: &'a Query) -> Sections<'a> {
+    pub fn new(store: &'a dyn Store, q: &'a Query) -> Sections<'a> {
         Sections {
-            conn,
+            store,
             q,
             by_model: Query {
                 filter: q.filter.clone(),
@@ -70,7 +69,7 @@ impl<'a> Sections<'a> {
 
     /// `status` and, when jobs are running, `running`.
     pub fn status(&self) -> Result<&[Table]> {
-        Ok(once(&self.status, || sections::status(self.conn, self.q))?)
+        Ok(once(&self.status, || sections::status(self.store, self.q))?)
     }
 
     /// Latency grouped as asked (`--by`).
@@ -78,12 +77,12 @@ impl<'a> Sections<'a> {
         if self.grouped_by_model() {
             return self.model_latency();
         }
-        once(&self.latency, || sections::latency(self.conn, self.q))
+        once(&self.latency, || sections::latency(self.store, self.q))
     }
 
     pub fn model_latency(&self) -> Result<&Table> {
         once(&self.model_latency, || {
-            sections::latency(self.conn, &self.by_model)
+            sections::latency(self.store, &self.by_model)
         })
     }
 
@@ -92,30 +91,30 @@ impl<'a> Sections<'a> {
         if self.grouped_by_model() {
             return self.model_failures();
         }
-        once(&self.failures, || sections::failures(self.conn, self.q))
+        once(&self.failures, || sections::failures(self.store, self.q))
     }
 
     pub fn model_failures(&self) -> Result<&Table> {
         once(&self.model_failures, || {
-            sections::failures(self.conn, &self.by_model)
+            sections::failures(self.store, &self.by_model)
         })
     }
 
     pub fn timeouts(&self) -> Result<&Table> {
-        once(&self.timeouts, || timeouts::timeouts(self.conn, self.q))
+        once(&self.timeouts, || timeouts::timeouts(self.store, self.q))
     }
 
     /// `grades`, `graders`, `agreement`.
     pub fn grades(&self) -> Result<&[Table]> {
-        Ok(once(&self.grades, || grades::tables(self.conn, self.q))?)
+        Ok(once(&self.grades, || grades::tables(self.store, self.q))?)
     }
 
     pub fn tokens_per_s(&self) -> Result<&BTreeMap<String, f64>> {
-        once(&self.tokens, || speed::tokens_per_s(self.conn, self.q))
+        once(&self.tokens, || speed::tokens_per_s(self.store, self.q))
     }
 
     /// Tokens and cost per model (empty cost where a model has no prices).
     pub fn model_cost(&self) -> Result<&Table> {
-        once(&self.model_cost, || cost::cost(self.conn, &self.by_model))
+        once(&self.model_cost, || cost::cost(self.store, &self.by_model))
     }
 }

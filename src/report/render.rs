@@ -5,7 +5,17 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table as Gr
 use serde_json::{Map, Value};
 use std::io::Write;
 
-use crate::cli::Format;
+/// How a command writes its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    /// Only job ids, one per line (for job listings).
+    Ids,
+    /// One self-contained HTML page (`report` only).
+    Html,
+}
 
 /// One section: named columns (snake_case, as in JSON) and rows of JSON values.
 #[derive(Debug, Clone)]

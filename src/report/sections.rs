@@ -1,64 +1,18 @@
 //! The core sections: status, latency, failures, jobs, runners.
 
 use anyhow::Result;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 
 use super::render::{secs, Table};
-use super::{rank, Query};
-use crate::db::jobs::Outcome;
-use crate::util::now_ms;
+use super::Query;
+use crate::db::{ReportSource, StreamMetric};
+use crate::domain::{JobState, Outcome};
+use crate::liveness::runner_state;
 
 /// Per model: jobs in each state, grade jobs waiting on their parent, the oldest running age.
 /// With --since: the jobs enqueued within the window.
-pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
-    let (cond, args) = q.job_sql("j", "created_at");
-    let args_all = args.clone();
-    let now = now_ms();
-    // [pending, waiting, running, done, failed, cancelled], oldest running start.
-    let mut models: BTreeMap<String, ([i64; 6], Option<i64>)> = BTreeMap::new();
-    // Counts per (state, model) range of the claim index: no job row is read, and a plain
-    // COUNT over a range is three times as fast as one GROUP BY over the whole index.
-    let sql = format!("SELECT COUNT(*) FROM jobs j WHERE j.state = ? AND j.model = ?{cond}");
-    let mut count = conn.prepare(&sql)?;
-    const STATES: [&str; 6] = ["pending", "", "running", "done", "failed", "cancelled"];
-    for (i, state) in STATES.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
-        for model in super::skip_scan(conn, "jobs", &format!(" AND state = '{state}'"))? {
-            let mut all = vec![
-                SqlValue::Text(state.to_string()),
-                SqlValue::Text(model.clone()),
-            ];
-            all.extend(args.iter().cloned());
-            let n: i64 = count.query_row(params_from_iter(all), |r| r.get(0))?;
-            if n > 0 {
-                models.entry(model).or_default().0[i] += n;
-            }
-        }
-    }
-    // Pending jobs whose parent is not done yet wait (grade jobs); only pending rows are read.
-    let sql = format!(
-        "SELECT j.model, COUNT(*) FROM jobs j JOIN jobs p ON p.id = j.parent_id
-         WHERE j.state = 'pending' AND p.state <> 'done'{cond} GROUP BY j.model"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args.clone()))?;
-    while let Some(r) = rows.next()? {
-        let waiting: i64 = r.get(1)?;
-        let counts = &mut models.entry(r.get(0)?).or_default().0;
-        counts[0] -= waiting;
-        counts[1] += waiting;
-    }
-    let sql = format!(
-        "SELECT j.model, MIN(a.started_at) FROM jobs j JOIN attempts a ON a.id = j.attempt_id
-         WHERE j.state = 'running'{cond} GROUP BY j.model"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        models.entry(r.get(0)?).or_default().1 = r.get(1)?;
-    }
+pub fn status(src: &dyn ReportSource, q: &Query) -> Result<Vec<Table>> {
+    let (models, now) = src.status(&q.scope())?;
     let mut t = Table::new(
         "status",
         "Status",
@@ -74,25 +28,22 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
         ],
     );
     let mut pending_total = 0;
-    for (model, (counts, oldest)) in models {
-        pending_total += counts[0];
+    for (model, m) in models {
+        pending_total += m.counts[0];
         let mut row = vec![json!(model)];
-        row.extend(counts.iter().map(|n| json!(n)));
-        row.push(secs(oldest.map(|s| (now - s).max(0) as f64)));
+        row.extend(m.counts.iter().map(|n| json!(n)));
+        row.push(secs(m.oldest_running.map(|s| (now - s).max(0) as f64)));
         t.push(row);
     }
     // Jobs answered by `run --cache` are done like any other; say how many, so none is
     // mistaken for a model call.
-    let sql = format!(
-        "SELECT COUNT(*) FROM jobs j WHERE j.state = 'done' AND j.last_outcome = 'cached'{cond}"
-    );
-    let cached: i64 = conn.query_row(&sql, params_from_iter(args_all.clone()), |r| r.get(0))?;
+    let cached = src.cached_done(&q.scope())?;
     if cached > 0 {
         t.notes.push(format!(
             "{cached} of the done jobs were answered from the cache (run --cache): no model call."
         ));
     }
-    let running = running_jobs(conn, q)?;
+    let running = running_jobs(src, q)?;
     if pending_total > 0 && !running.rows.is_empty() {
         t.notes.push(format!(
             "{} job(s) running now (see below).",
@@ -107,14 +58,7 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
 }
 
 /// Each running job with the true age of its attempt, computed now.
-fn running_jobs(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = q.job_sql("j", "created_at");
-    let now = now_ms();
-    let sql = format!(
-        "SELECT j.id, j.model, j.batch, j.item_id, a.number, r.host, r.pid, a.started_at, j.lease_expires_at
-         FROM jobs j JOIN attempts a ON a.id = j.attempt_id LEFT JOIN runners r ON r.id = j.runner_id
-         WHERE j.state = 'running'{cond} ORDER BY a.started_at LIMIT 200"
-    );
+fn running_jobs(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "running",
         "Running now",
@@ -129,128 +73,32 @@ fn running_jobs(conn: &Connection, q: &Query) -> Result<Table> {
             "lease_left_s",
         ],
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let host: Option<String> = r.get(5)?;
-        let pid: Option<i64> = r.get(6)?;
-        let lease: Option<i64> = r.get(8)?;
+    for j in src.running_jobs(&q.scope(), 200)? {
+        let (host, pid) = j.runner.unwrap_or_default();
         t.push(vec![
-            json!(r.get::<_, i64>(0)?),
-            json!(r.get::<_, String>(1)?),
-            json!(r.get::<_, String>(2)?),
-            json!(r.get::<_, String>(3)?),
-            json!(r.get::<_, i64>(4)?),
-            json!(format!("{}:{}", host.unwrap_or_default(), pid.unwrap_or(0))),
-            secs(Some((now - r.get::<_, i64>(7)?).max(0) as f64)),
-            secs(lease.map(|l| (l - now) as f64)),
+            json!(j.id),
+            json!(j.model),
+            json!(j.batch),
+            json!(j.item_id),
+            json!(j.attempt),
+            json!(format!("{host}:{pid}")),
+            secs(Some((j.now - j.started_at).max(0) as f64)),
+            secs(j.lease_expires_at.map(|l| (l - j.now) as f64)),
         ]);
     }
     Ok(t)
 }
 
 /// Per group, over `ok` attempts: n, nearest-rank p50/p95/p99, max and mean, in seconds.
-/// Two passes (counts, then one ordered stream) keep memory flat in the number of attempts.
-pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
+pub fn latency(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let cols = q.group_cols();
-    let keys: Vec<&str> = cols.iter().map(|c| c.1).collect();
-    let key_list = keys.join(", ");
-    let (cond, args) = q.attempt_sql("a");
-    let counts_sql = format!(
-        "SELECT {key_list}, COUNT(*), AVG(duration_ms), MAX(duration_ms) FROM attempts a
-         WHERE a.outcome = 'ok'{cond} GROUP BY {key_list} ORDER BY {key_list}"
-    );
-    let mut groups: BTreeMap<Vec<String>, (i64, f64, i64)> = BTreeMap::new();
-    if keys == ["model"] {
-        // One aggregate per model range of the index beats one GROUP BY over all of it.
-        let sql = format!(
-            "SELECT COUNT(*), AVG(duration_ms), MAX(duration_ms) FROM attempts a
-             WHERE a.model = ? AND a.outcome = 'ok'{cond}"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        for model in super::skip_scan(conn, "attempts", "")? {
-            let mut all = vec![SqlValue::Text(model.clone())];
-            all.extend(args.iter().cloned());
-            let (n, mean, max): (i64, Option<f64>, Option<i64>) = stmt
-                .query_row(params_from_iter(all), |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-            if n > 0 {
-                groups.insert(vec![model], (n, mean.unwrap_or(0.0), max.unwrap_or(0)));
-            }
-        }
-    } else {
-        let mut stmt = conn.prepare(&counts_sql)?;
-        let mut rows = stmt.query(params_from_iter(args.clone()))?;
-        while let Some(r) = rows.next()? {
-            let key = super::group_key(r, keys.len())?;
-            groups.insert(
-                key,
-                (
-                    r.get(keys.len())?,
-                    r.get(keys.len() + 1)?,
-                    r.get(keys.len() + 2)?,
-                ),
-            );
-        }
-    }
-    let mut picks: BTreeMap<Vec<String>, [i64; 3]> = BTreeMap::new();
-    if keys == ["model"] {
-        // By model (the default): the (model, outcome, duration_ms, …) index is in order, so
-        // each percentile is one OFFSET step inside SQLite — p95/p99 counted from the top.
-        let sql = format!(
-            "SELECT duration_ms FROM attempts a WHERE a.model = ? AND a.outcome = 'ok'{cond}
-             ORDER BY duration_ms LIMIT 1 OFFSET ?"
-        );
-        let sql_desc = sql.replace("ORDER BY duration_ms", "ORDER BY duration_ms DESC");
-        let mut up = conn.prepare(&sql)?;
-        let mut down = conn.prepare(&sql_desc)?;
-        for (key, (n, _, _)) in &groups {
-            let mut entry = [0; 3];
-            for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
-                let r = rank(*p, *n);
-                let (stmt, offset) = if r * 2 <= *n {
-                    (&mut up, r - 1)
-                } else {
-                    (&mut down, n - r)
-                };
-                let mut all = vec![SqlValue::Text(key[0].clone())];
-                all.extend(args.iter().cloned());
-                all.push(SqlValue::Integer(offset));
-                entry[slot] = stmt.query_row(params_from_iter(all), |r| r.get(0))?;
-            }
-            picks.insert(key.clone(), entry);
-        }
-    } else {
-        let stream_sql = format!(
-            "SELECT {key_list}, duration_ms FROM attempts a WHERE a.outcome = 'ok'{cond}
-             ORDER BY {key_list}, duration_ms"
-        );
-        let mut stmt = conn.prepare(&stream_sql)?;
-        let mut rows = stmt.query(params_from_iter(args))?;
-        let mut current: Option<Vec<String>> = None;
-        let mut i = 0i64;
-        while let Some(r) = rows.next()? {
-            let key = super::group_key(r, keys.len())?;
-            if current.as_ref() != Some(&key) {
-                current = Some(key.clone());
-                i = 0;
-            }
-            i += 1;
-            let d: i64 = r.get(keys.len())?;
-            let n = groups.get(&key).map(|g| g.0).unwrap_or(0);
-            let entry = picks.entry(key).or_insert([0; 3]);
-            for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
-                if i == rank(*p, n) {
-                    entry[slot] = d;
-                }
-            }
-        }
-    }
-    let ttft = metric_percentiles(conn, q, "ttft_ms", &[0.50, 0.95, 0.99])?;
-    let tpot = metric_percentiles(conn, q, "tpot_ms", &[0.50, 0.95])?;
-    let rates = tokens_per_s(conn, q)?;
-    let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    let by = q.group_keys();
+    let scope = q.scope();
+    let groups = src.latency(&scope, &by)?;
+    let ttft = src.metric_percentiles(&scope, &by, StreamMetric::Ttft, &[0.50, 0.95, 0.99])?;
+    let tpot = src.metric_percentiles(&scope, &by, StreamMetric::Tpot, &[0.50, 0.95])?;
+    let rates = src.stream_rates(&scope, &by)?;
+    let mut header: Vec<&str> = cols.clone();
     header.extend(["n", "p50_s", "p95_s", "p99_s", "max_s", "mean_s"]);
     header.extend(STREAM_COLUMNS);
     let mut t = Table::new(
@@ -258,8 +106,8 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
         "Latency of successful attempts (seconds)",
         &header,
     );
-    for (key, (n, mean, max)) in groups {
-        let p = picks.get(&key).copied().unwrap_or([0; 3]);
+    for g in groups {
+        let (key, n, mean, max, p) = (g.key, g.n, g.mean_ms, g.max_ms, g.p50_95_99_ms);
         let ttft = ttft.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         let tpot = tpot.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         let rate = rates.get(&key).copied();
@@ -302,144 +150,23 @@ fn fine_secs(ms: Option<f64>) -> Value {
     ms.map_or(Value::Null, |ms| json!((ms * 1000.0).round() / 1e6))
 }
 
-/// Nearest-rank percentiles `ps` of a streaming metric column (ms) per group, over `ok`
-/// attempts that have it. One count, then one ordered pass (from the partial index by model):
-/// memory stays flat in the number of attempts.
-fn metric_percentiles(
-    conn: &Connection,
-    q: &Query,
-    col: &str,
-    ps: &[f64],
-) -> Result<BTreeMap<Vec<String>, Vec<f64>>> {
-    let cols = q.group_cols();
-    let k = cols.len();
-    let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
-    let (cond, args) = q.attempt_sql("a");
-    let filter = format!("a.outcome = 'ok' AND a.{col} IS NOT NULL{cond}");
-    let mut counts: BTreeMap<Vec<String>, i64> = BTreeMap::new();
-    let sql =
-        format!("SELECT {key_list}, COUNT(*) FROM attempts a WHERE {filter} GROUP BY {key_list}");
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args.clone()))?;
-    while let Some(r) = rows.next()? {
-        counts.insert(super::group_key(r, k)?, r.get(k)?);
-    }
-    let mut out: BTreeMap<Vec<String>, Vec<f64>> = BTreeMap::new();
-    if counts.is_empty() {
-        return Ok(out);
-    }
-    let sql = format!(
-        "SELECT {key_list}, a.{col} FROM attempts a WHERE {filter} ORDER BY {key_list}, a.{col}"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    let mut current: Option<Vec<String>> = None;
-    let mut i = 0i64;
-    while let Some(r) = rows.next()? {
-        let key = super::group_key(r, k)?;
-        if current.as_ref() != Some(&key) {
-            current = Some(key.clone());
-            i = 0;
-        }
-        i += 1;
-        let n = counts.get(&key).copied().unwrap_or(0);
-        let v: f64 = r.get(k)?;
-        let entry = out.entry(key).or_insert_with(|| vec![0.0; ps.len()]);
-        for (slot, p) in ps.iter().enumerate() {
-            if i == rank(*p, n) {
-                entry[slot] = v;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Per group: the mean of output tokens / e2e over streamed successful attempts.
-fn tokens_per_s(conn: &Connection, q: &Query) -> Result<BTreeMap<Vec<String>, f64>> {
-    let cols = q.group_cols();
-    let k = cols.len();
-    let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
-    let (cond, args) = q.attempt_sql("a");
-    let sql = format!(
-        "SELECT {key_list}, AVG(a.output_tokens * 1000.0 / a.e2e_ms) FROM attempts a
-         WHERE a.outcome = 'ok' AND a.ttft_ms IS NOT NULL AND a.output_tokens IS NOT NULL
-           AND a.e2e_ms > 0{cond}
-         GROUP BY {key_list}"
-    );
-    let mut out = BTreeMap::new();
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        out.insert(super::group_key(r, k)?, r.get(k)?);
-    }
-    Ok(out)
-}
-
 /// Per group: attempts, failed attempts, fail rate and one column per failure outcome.
 /// Counted per (group, outcome) from the latency index, truncated answers from their own
 /// partial index: no attempt row (nor its timings JSON) is read.
-pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
+pub fn failures(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let cols = q.group_cols();
-    let k = cols.len();
-    let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
-    let (cond, args) = q.attempt_sql("a");
     let kinds: Vec<Outcome> = Outcome::ALL
         .into_iter()
         .filter(|o| *o != Outcome::Ok)
         .collect();
-    // Per group: count per outcome (index of Outcome::ALL), truncated.
-    let mut groups: BTreeMap<Vec<String>, ([i64; Outcome::ALL.len()], i64)> = BTreeMap::new();
-    if cols.len() == 1 && cols[0].0 == "model" {
-        // By model: one COUNT per (model, outcome) range of the latency index.
-        let sql =
-            format!("SELECT COUNT(*) FROM attempts a WHERE a.model = ? AND a.outcome = ?{cond}");
-        let mut count = conn.prepare(&sql)?;
-        for model in super::skip_scan(conn, "attempts", "")? {
-            for (i, o) in Outcome::ALL.iter().enumerate() {
-                let mut all = vec![
-                    SqlValue::Text(model.clone()),
-                    SqlValue::Text(o.as_str().to_string()),
-                ];
-                all.extend(args.iter().cloned());
-                let n: i64 = count.query_row(params_from_iter(all), |r| r.get(0))?;
-                if n > 0 {
-                    groups.entry(vec![model.clone()]).or_default().0[i] += n;
-                }
-            }
-        }
-    }
-    if !(cols.len() == 1 && cols[0].0 == "model") {
-        let sql = format!(
-            "SELECT {key_list}, a.outcome, COUNT(*) FROM attempts a
-             WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list}, a.outcome"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(params_from_iter(args.clone()))?;
-        while let Some(r) = rows.next()? {
-            let key = super::group_key(r, k)?;
-            let outcome: String = r.get(k)?;
-            let n: i64 = r.get(k + 1)?;
-            if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
-                groups.entry(key).or_default().0[i] += n;
-            }
-        }
-    }
-    let sql = format!(
-        "SELECT {key_list}, COUNT(*) FROM attempts a
-         WHERE json_extract(a.timings, '$.done_reason') = 'length'{cond} GROUP BY {key_list}"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let key = super::group_key(r, k)?;
-        groups.entry(key).or_default().1 = r.get(k)?;
-    }
-    let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    let groups = src.outcome_counts(&q.scope(), &q.group_keys())?;
+    let mut header: Vec<&str> = cols.clone();
     header.extend(["attempts", "failed_attempts", "fail_rate"]);
     header.extend(kinds.iter().map(|o| o.as_str()));
     header.push("truncated");
     let mut t = Table::new("failures", "Failures by kind", &header);
-    for (key, (counts, truncated)) in groups {
+    for g in groups {
+        let (key, counts, truncated) = (g.key, g.counts, g.truncated);
         let attempts: i64 = counts.iter().sum();
         // A server that was down or a runner that was stopped is not the model failing.
         let failed: i64 = Outcome::ALL
@@ -465,35 +192,22 @@ pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
 
 /// Single jobs, for looking at and for `--format ids` pipelines.
 pub fn jobs(
-    conn: &Connection,
+    src: &dyn ReportSource,
     q: &Query,
     state: Option<&str>,
     outcome: Option<Outcome>,
 ) -> Result<Table> {
-    let (mut cond, mut args) = q.filter.sql("j");
-    if let Some(s) = state {
-        const STATES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
-        if !STATES.contains(&s) {
-            crate::usage!("--state {s:?}: expected one of {}", STATES.join(", "));
-        }
-        cond.push_str(" AND j.state = ?");
-        args.push(SqlValue::Text(s.to_string()));
-    }
-    if let Some(o) = outcome {
-        cond.push_str(" AND j.last_outcome = ?");
-        args.push(SqlValue::Text(o.as_str().to_string()));
-    }
-    if let Some(since) = q.since_ms {
-        cond.push_str(" AND j.updated_at >= ?");
-        args.push(SqlValue::Integer(since));
-    }
-    let sql = format!(
-        "SELECT j.id, j.batch, j.item_id, j.model, j.kind, j.state, j.attempts, j.last_outcome,
-                j.last_error, j.updated_at, j.repeat, a.cache_key, a.cached_from
-         FROM jobs j LEFT JOIN attempts a ON a.id = j.attempt_id
-         WHERE 1 = 1{cond} ORDER BY j.id"
-    );
-    let now = now_ms();
+    let state = match state {
+        Some(s) => match JobState::parse(s) {
+            Some(state) => Some(state),
+            None => {
+                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                crate::usage!("--state {s:?}: expected one of {}", names.join(", "));
+            }
+        },
+        None => None,
+    };
+    let (rows, now) = src.jobs(&q.scope(), state, outcome)?;
     let mut t = Table::new(
         "jobs",
         "Jobs",
@@ -515,24 +229,21 @@ pub fn jobs(
     );
     // The key explains a cache miss: compare it with the key of the answer expected to match.
     t.pipe_only = vec!["cache_key".into(), "cached_from".into()];
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let err: Option<String> = r.get(8)?;
+    for j in rows {
         t.push(vec![
-            json!(r.get::<_, i64>(0)?),
-            json!(r.get::<_, String>(1)?),
-            json!(r.get::<_, String>(2)?),
-            json!(r.get::<_, i64>(10)?),
-            json!(r.get::<_, String>(3)?),
-            json!(r.get::<_, String>(4)?),
-            json!(r.get::<_, String>(5)?),
-            json!(r.get::<_, i64>(6)?),
-            json!(r.get::<_, Option<String>>(7)?),
-            json!(err),
-            secs(Some((now - r.get::<_, i64>(9)?).max(0) as f64)),
-            json!(r.get::<_, Option<String>>(11)?),
-            json!(r.get::<_, Option<i64>>(12)?),
+            json!(j.id),
+            json!(j.batch),
+            json!(j.item_id),
+            json!(j.repeat),
+            json!(j.model),
+            json!(j.kind),
+            json!(j.state),
+            json!(j.attempts),
+            json!(j.last_outcome),
+            json!(j.last_error),
+            secs(Some((now - j.updated_at).max(0) as f64)),
+            json!(j.cache_key),
+            json!(j.cached_from),
         ]);
     }
     Ok(t)
@@ -540,8 +251,7 @@ pub fn jobs(
 
 /// Every runner (with --since: those not stopped before then): where, since when, last
 /// heartbeat, jobs held, live or stopped.
-pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
-    let now = now_ms();
+pub fn runners(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "runners",
         "Runners",
@@ -556,80 +266,27 @@ pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
             "stop_reason",
         ],
     );
-    let mut stmt = conn.prepare(
-        "SELECT r.id, r.host, r.pid, r.pid_start, r.boot_id, r.started_at, r.heartbeat_at, r.stopped_at,
-                r.stop_reason, (SELECT COUNT(*) FROM jobs j WHERE j.runner_id = r.id AND j.state = 'running')
-         FROM runners r WHERE r.stopped_at IS NULL OR r.heartbeat_at >= ?1
-         ORDER BY r.id DESC LIMIT 50",
-    )?;
-    let mut rows = stmt.query([q.since_ms.unwrap_or(i64::MIN)])?;
-    while let Some(r) = rows.next()? {
-        let r_host: String = r.get(1)?;
-        let pid: i64 = r.get(2)?;
-        let start: Option<String> = r.get(3)?;
-        let r_boot: Option<String> = r.get(4)?;
-        let heartbeat: i64 = r.get(6)?;
-        let stopped: Option<i64> = r.get(7)?;
-        let state = runner_state(
-            (&r_host, pid, start.as_deref(), r_boot.as_deref()),
-            now - heartbeat,
-            stopped,
-        );
+    for r in src.runners(q.since_ms, Some(50))? {
+        let age = r.now - r.heartbeat_at;
         t.push(vec![
-            json!(r.get::<_, i64>(0)?),
-            json!(r_host),
-            json!(pid),
-            json!(crate::commands::iso_time(r.get(5)?)),
-            secs(Some((now - heartbeat).max(0) as f64)),
-            json!(r.get::<_, i64>(9)?),
-            json!(state),
-            json!(r.get::<_, Option<String>>(8)?),
+            json!(r.record.id),
+            json!(r.record.host),
+            json!(r.record.pid),
+            json!(crate::timefmt::iso_time(r.started_at)),
+            secs(Some(age.max(0) as f64)),
+            json!(r.jobs_held),
+            json!(runner_state(&r.record, age)),
+            json!(r.stop_reason),
         ]);
     }
     Ok(t)
 }
 
-/// `stopped` (said so), `dead` (local, process gone or older boot), `suspended` (local,
-/// stopped by a signal: it renews nothing), `live`, or `silent` (remote runner without a
-/// heartbeat for two minutes). Judged by [`crate::util::runner_life`], as `reap` judges.
-pub fn runner_state(
-    (host, pid, pid_start, boot): (&str, i64, Option<&str>, Option<&str>),
-    heartbeat_age_ms: i64,
-    stopped: Option<i64>,
-) -> &'static str {
-    use crate::util::RunnerLife;
-    if stopped.is_some() {
-        return "stopped";
-    }
-    match crate::util::runner_life(host, pid, pid_start, boot) {
-        RunnerLife::Running => "live",
-        RunnerLife::Suspended => "suspended",
-        RunnerLife::Gone | RunnerLife::EarlierBoot => "dead",
-        RunnerLife::Remote if heartbeat_age_ms < 120_000 => "live",
-        RunnerLife::Remote => "silent",
-    }
-}
-
 /// How many runners are live now.
-pub fn live_runners(conn: &Connection) -> Result<i64> {
-    let now = now_ms();
-    let mut stmt = conn.prepare_cached(
-        "SELECT host, pid, pid_start, boot_id, heartbeat_at FROM runners WHERE stopped_at IS NULL",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut live = 0;
-    while let Some(r) = rows.next()? {
-        let (h, pid, start, b): (String, i64, Option<String>, Option<String>) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        let heartbeat: i64 = r.get(4)?;
-        if runner_state(
-            (&h, pid, start.as_deref(), b.as_deref()),
-            now - heartbeat,
-            None,
-        ) == "live"
-        {
-            live += 1;
-        }
-    }
-    Ok(live)
+pub fn live_runners(src: &dyn ReportSource) -> Result<i64> {
+    let open = src.runners(Some(i64::MAX), None)?;
+    Ok(open
+        .iter()
+        .filter(|r| runner_state(&r.record, r.now - r.heartbeat_at) == "live")
+        .count() as i64)
 }

@@ -3,18 +3,19 @@
 //! streamed models the same for `--stall-timeout`, from the silences between chunks.
 
 use anyhow::Result;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::json;
 
 use super::render::{secs, Table};
 use super::Query;
+use crate::db::Store;
+use crate::domain::Outcome;
 use crate::timeouts::{
     self, ADVICE_MAX_S, ADVICE_MIN_S, ADVICE_MIN_SAMPLES, ADVICE_WINDOW_MS, STALL_MAX_S,
     STALL_MIN_S,
 };
 use crate::util::now_ms;
 
-pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
+pub fn timeouts(store: &dyn Store, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "timeouts",
         "Timeouts: configured vs observed (n, p99 and advice over the last 7 days)",
@@ -38,32 +39,19 @@ pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
     let since = q.since_ms.unwrap_or(now_ms() - ADVICE_WINDOW_MS);
     let mut few = Vec::new();
     let mut streamed = false;
-    for name in super::models_in_scope(conn, q)? {
-        let model = crate::models::load(conn, &name)?;
-        let (n, p99_ms, max_ms) = timeouts::samples(conn, &name)?;
+    for name in super::models_in_scope(store, q)? {
+        let model = store.model(&name)?;
+        let sample = timeouts::samples(store, &name)?;
+        let (n, p99_ms, max_ms) = (sample.count, sample.p99_ms, sample.max_ms);
         let advice = timeouts::advise(n, p99_ms);
-        // What `run` gives an attempt now (the same rule as timeouts::effective).
-        let effective = match advice {
-            Some(a) if model.timeout_auto => a,
-            _ => model.timeout(),
-        };
-        let seen: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM attempts a
-             WHERE a.model = ? AND a.outcome = 'timeout' AND a.started_at >= ?",
-            params_from_iter([json_sql(&name), rusqlite::types::Value::Integer(since)]),
-            |r| r.get(0),
-        )?;
+        let effective = timeouts::effective_secs(&model, advice);
+        let seen = store.outcomes_since(&name, Outcome::Timeout, since)?;
         if advice.is_none() {
             few.push(format!("{name} ({n} ok)"));
         }
-        let (gaps, gap_p99) = timeouts::gap_samples(conn, &name)?;
+        let (gaps, gap_p99) = timeouts::gap_samples(store, &name)?;
         let stall_advice = timeouts::advise_stall(gaps, gap_p99);
-        let stalls: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM attempts a
-             WHERE a.model = ? AND a.outcome = 'stall' AND a.started_at >= ?",
-            params_from_iter([json_sql(&name), rusqlite::types::Value::Integer(since)]),
-            |r| r.get(0),
-        )?;
+        let stalls = store.outcomes_since(&name, Outcome::Stall, since)?;
         streamed |= gaps > 0;
         t.push(vec![
             json!(name),
@@ -98,8 +86,4 @@ pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
         ));
     }
     Ok(t)
-}
-
-fn json_sql(text: &str) -> rusqlite::types::Value {
-    rusqlite::types::Value::Text(text.to_string())
 }

@@ -1,13 +1,11 @@
 //! Lease renewal on its own thread and connection: no model call can block it.
 
 use anyhow::Result;
-use rusqlite::params;
-use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::util::now_ms;
+use crate::db::Store;
 
 pub struct Heartbeat {
     stop: Sender<()>,
@@ -15,8 +13,8 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub fn start(db: &Path, runner_id: i64, lease: Duration) -> Result<Heartbeat> {
-        let conn = crate::db::open_again(db)?;
+    /// Renews the runner's leases through `store`, a handle of its own.
+    pub fn start(store: Box<dyn Store>, runner_id: i64, lease: Duration) -> Result<Heartbeat> {
         let (stop, rx) = mpsc::channel::<()>();
         let every = (lease / 3).max(Duration::from_millis(100));
         let lease_ms = lease.as_millis() as i64;
@@ -24,7 +22,7 @@ impl Heartbeat {
             .name("heartbeat".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                    if let Err(e) = beat(&conn, runner_id, lease_ms) {
+                    if let Err(e) = store.renew_leases(runner_id, lease_ms) {
                         log::warn!("heartbeat of runner {runner_id} failed: {e:#}");
                     }
                 }
@@ -43,17 +41,4 @@ impl Drop for Heartbeat {
             let _ = h.join();
         }
     }
-}
-
-fn beat(conn: &rusqlite::Connection, runner_id: i64, lease_ms: i64) -> Result<()> {
-    let now = now_ms();
-    conn.execute(
-        "UPDATE runners SET heartbeat_at = ?1 WHERE id = ?2",
-        params![now, runner_id],
-    )?;
-    conn.execute(
-        "UPDATE jobs SET lease_expires_at = ?1 WHERE runner_id = ?2 AND state = 'running'",
-        params![now + lease_ms, runner_id],
-    )?;
-    Ok(())
 }

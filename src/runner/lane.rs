@@ -173,7 +173,7 @@ impl Lane {
     }
 
     /// Counts a finished streamed answer toward the tokens/s the progress bar shows.
-    pub fn count_tokens(&mut self, f: &crate::db::jobs::Finish) {
+    pub fn count_tokens(&mut self, f: &crate::domain::Finish) {
         let Some(m) = &f.metrics else { return };
         if let (Some(_), Some(n), Some(ms)) = (m.ttft_ms, m.output_tokens, m.e2e_ms) {
             self.stream_tokens += n;
@@ -456,7 +456,7 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::jobs::{Finish, Metrics, Outcome};
+    use crate::domain::{Finish, Metrics, Outcome};
 
     #[test]
     fn the_bar_shows_tokens_per_second_of_streamed_answers() {

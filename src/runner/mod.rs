@@ -2,15 +2,16 @@
 //! attempt to a pool thread (which runs a child process), and records what comes back —
 //! finishes and the next claims in one transaction. It never blocks on a model.
 
+mod accounting;
+mod cache;
 mod heartbeat;
 mod lane;
 mod pace;
 mod pool;
 pub mod signals;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rusqlite::{params, params_from_iter, Connection, TransactionBehavior};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -18,10 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::attempt::{self, AttemptJob};
-use crate::db::jobs::{self, Claim, Filter, Finish, Next, Outcome};
+use crate::db::{ClaimParams, Filter, FinishParams, NewRunner, RecordAndClaimParams, Store};
+use crate::domain::{self, Claim, Finish, JobState, Next, Outcome};
 use crate::exec::StopSignal;
-use crate::models;
-use crate::util::{human_secs, now_ms};
+use crate::reaper::{self, Orphan};
+use crate::util::human_secs;
 use lane::{End, Lane, Reach};
 
 /// Attempts at once over all lanes when `--jobs` is not given.
@@ -121,7 +123,7 @@ struct Done {
 }
 
 struct Coordinator<'a> {
-    conn: &'a mut Connection,
+    store: &'a dyn Store,
     opts: RunOptions,
     runner_id: i64,
     lanes: BTreeMap<String, Lane>,
@@ -140,15 +142,15 @@ struct Coordinator<'a> {
 }
 
 /// Runs jobs in scope until none is left (or a stop condition), then reports what it did.
-pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
-    let runner_id = register(conn)?;
+pub fn run(store: &dyn Store, opts: RunOptions) -> Result<Summary> {
+    let runner_id = register(store)?;
     let stop = Arc::new(StopSignal::default());
     let signals = signals::SignalWatch::install(stop.clone())?;
-    let heartbeat = heartbeat::Heartbeat::start(&opts.db_path, runner_id, opts.lease)?;
+    let heartbeat = heartbeat::Heartbeat::start(store.reopen()?, runner_id, opts.lease)?;
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     let mut coord = Coordinator {
-        conn,
+        store,
         runner_id,
         lanes: BTreeMap::new(),
         pool: pool::Pool::new(opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512)),
@@ -187,10 +189,7 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         (_, Some(_)) => "interrupted",
         _ => "finished",
     };
-    let _ = coord.conn.execute(
-        "UPDATE runners SET stopped_at = ?1, stop_reason = ?2 WHERE id = ?3",
-        params![now_ms(), reason, runner_id],
-    );
+    let _ = coord.store.stop_runner(runner_id, reason);
     if let Some(multi) = &coord.multi {
         let _ = multi.clear();
     }
@@ -200,48 +199,33 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
     Ok(summary)
 }
 
-fn register(conn: &Connection) -> Result<i64> {
+fn register(store: &dyn Store) -> Result<i64> {
     let pid = std::process::id() as i64;
-    let now = now_ms();
-    conn.execute(
-        "INSERT INTO runners (host, pid, pid_start, boot_id, started_at, heartbeat_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        params![
-            crate::util::hostname(),
-            pid,
-            crate::util::pid_start(pid),
-            crate::util::boot_id(),
-            now
-        ],
-    )
-    .context("cannot register this runner")?;
-    Ok(conn.last_insert_rowid())
+    store.register_runner(&NewRunner {
+        host: crate::liveness::hostname(),
+        pid,
+        pid_start: crate::liveness::pid_start(pid),
+        boot_id: crate::liveness::boot_id(),
+    })
 }
 
 impl Coordinator<'_> {
     /// One line of what was found, then the orphans of dead runners back in the queue.
     fn startup(&mut self) -> Result<()> {
         if self.opts.max_cost.is_some() {
-            self.summary.spent = crate::report::cost::spent(self.conn, &self.opts.filter)?;
+            self.summary.spent = crate::report::cost::spent(self.store, &self.opts.filter)?;
         }
-        let (cond, args) = self.opts.filter.sql("j");
-        let sql =
-            format!("SELECT j.state, COUNT(*) FROM jobs j WHERE 1 = 1{cond} GROUP BY j.state");
-        let counts: HashMap<String, i64> = self
-            .conn
-            .prepare(&sql)?
-            .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
-        let n = |s: &str| counts.get(s).copied().unwrap_or(0);
+        let counts = self.store.state_counts(&self.opts.filter)?;
+        let orphans = reaper::find_orphans(self.store, Some(self.runner_id))?;
+        let n = |s: JobState| counts.get(&s).copied().unwrap_or(0);
         log::info!(
             "runner {} found {} pending, {} running ({} orphaned), {} done, {} failed",
             self.runner_id,
-            n("pending"),
-            n("running"),
+            n(JobState::Pending),
+            n(JobState::Running),
             orphans.iter().filter(|o| self.in_scope(o)).count(),
-            n("done"),
-            n("failed")
+            n(JobState::Done),
+            n(JobState::Failed)
         );
         self.reap_now(orphans)?;
         self.refresh_lanes()?;
@@ -256,161 +240,56 @@ impl Coordinator<'_> {
         Ok(())
     }
 
-    /// `--cache`: gives every runnable job in scope whose exact request was answered before
-    /// that answer, lane by lane, in pages; again while it answers anything, since a grade job
-    /// becomes runnable once its graded job was answered. Checked once, when the run starts.
-    fn answer_from_cache(&mut self) -> Result<()> {
-        loop {
-            let models: Vec<String> = self.lanes.keys().cloned().collect();
-            let mut answered = 0;
-            for model in models {
-                answered += self.answer_lane_from_cache(&model)?;
-            }
-            if answered == 0 {
-                return Ok(());
-            }
-        }
-    }
-
-    fn answer_lane_from_cache(&mut self, model: &str) -> Result<u64> {
-        const PAGE: usize = 1000;
-        let config = self.lanes[model].model.clone();
-        let Some(first) = jobs::first_pending(self.conn, model)? else {
-            return Ok(0);
-        };
-        let mut after = first - 1;
-        let mut answered = 0;
-        loop {
-            let page = jobs::runnable(self.conn, model, &self.opts.filter, after, PAGE)?;
-            let Some(last) = page.last() else {
-                return Ok(answered);
-            };
-            after = last.job_id;
-            let mut hits = Vec::new();
-            for claim in page {
-                let rubric = match claim.rubric_id {
-                    Some(id) => Some(self.rubric(id)?),
-                    None => None,
-                };
-                // A job whose request cannot be built fails when it runs, with the reason.
-                let Ok(key) = crate::cache::key_of(&config, rubric.as_deref(), &claim) else {
-                    continue;
-                };
-                let Some(mut f) = jobs::cached_answer(self.conn, &key)? else {
-                    log::trace!("job {} not in the cache: key {key}", claim.job_id);
-                    continue;
-                };
-                if let Some(rubric) = &rubric {
-                    // The verdict is read again under this rubric's fields.
-                    crate::grading::judge(rubric, &mut f);
-                    if f.outcome != Outcome::Cached {
-                        continue;
-                    }
-                }
-                hits.push((claim, f));
-            }
-            if hits.is_empty() {
-                continue;
-            }
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut recorded = Vec::new();
-            for (mut claim, f) in hits {
-                let Some((attempt_id, number)) =
-                    jobs::answer_cached(&tx, self.runner_id, &claim, &f)?
-                else {
-                    continue;
-                };
-                claim.attempt_id = attempt_id;
-                claim.number = number;
-                if claim.kind == "grade" {
-                    crate::grading::record(&tx, &claim, &f)?;
-                }
-                recorded.push((claim, f));
-            }
-            tx.commit()?;
-            for (claim, f) in &recorded {
-                log::debug!(
-                    "job {} ({}, {}/{}) answered from the cache: key {} from attempt {}",
-                    claim.job_id,
-                    claim.model,
-                    claim.batch,
-                    claim.item_id,
-                    f.cache_key.as_deref().unwrap_or(""),
-                    f.cached_from.unwrap_or(0)
-                );
-            }
-            let n = recorded.len() as u64;
-            answered += n;
-            self.summary.done += n;
-            self.summary.cached += n;
-            if let Some(lane) = self.lanes.get_mut(model) {
-                lane.done += n;
-            }
-        }
-    }
-
-    fn reap_now(&mut self, orphans: Vec<jobs::Orphan>) -> Result<()> {
+    /// Reaps when `found` holds orphans (judged again as they are put back).
+    fn reap_now(&mut self, found: Vec<Orphan>) -> Result<()> {
         self.next_reap = Instant::now() + (self.opts.lease / 2).max(Duration::from_millis(500));
-        if orphans.is_empty() {
+        if found.is_empty() {
             return Ok(());
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let reaped = jobs::reap(&tx, &orphans)?;
-        tx.commit()?;
+        let reaped = reaper::reap(self.store, Some(self.runner_id))?;
         for (o, state) in &reaped {
             log::warn!(
-                "reaped job {} ({}): {}; back to {state}",
-                o.job_id,
-                o.model,
-                o.reason
+                "reaped job {} ({}): {}; back to {}",
+                o.job.job_id,
+                o.job.model,
+                o.reason,
+                state.as_str()
             );
-            if *state == "failed" && self.in_scope(o) {
+            if *state == JobState::Failed && self.in_scope(o) {
                 self.summary.failed += 1;
             }
         }
         Ok(())
     }
 
-    fn in_scope(&self, o: &jobs::Orphan) -> bool {
-        let f = &self.opts.filter;
-        f.batch.as_ref().is_none_or(|b| *b == o.batch)
-            && (f.models.is_empty() || f.models.contains(&o.model))
+    fn in_scope(&self, o: &Orphan) -> bool {
+        self.opts.filter.covers(&o.job.batch, &o.job.model)
     }
 
     /// Opens a lane for every model with pending work in scope.
     fn refresh_lanes(&mut self) -> Result<()> {
-        let (cond, args) = self.opts.filter.sql("j");
-        let sql = format!("SELECT DISTINCT j.model FROM jobs j WHERE j.state = 'pending'{cond}");
-        let names: Vec<String> = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(args), |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let names = self.store.pending_models(&self.opts.filter)?;
         for name in names {
             if let Some(lane) = self.lanes.get_mut(&name) {
                 if lane.in_flight == 0 {
-                    let config = models::load(self.conn, &name)?;
-                    let timeout = crate::timeouts::effective(self.conn, &config)?;
+                    let config = self.store.model(&name)?;
+                    let timeout = crate::timeouts::effective(self.store, &config)?;
                     lane.reconfigure(config, timeout);
                 } else if lane.model.timeout_auto {
                     // `--timeout auto` follows the advice as successes come in; new claims
                     // get it, attempts in flight keep theirs.
-                    lane.timeout = crate::timeouts::effective(self.conn, &lane.model)?;
+                    lane.timeout = crate::timeouts::effective(self.store, &lane.model)?;
                 }
                 continue;
             }
-            let config = models::load(self.conn, &name)?;
+            let config = self.store.model(&name)?;
             if !config.configured {
                 log::info!(
                     "model {name} is not configured: using Ollama at {} (see `llmbatch models set`)",
                     config.effective_endpoints().join(", ")
                 );
             }
-            let timeout = crate::timeouts::effective(self.conn, &config)?;
+            let timeout = crate::timeouts::effective(self.store, &config)?;
             let mut lane = Lane::new(config, timeout);
             if let Some(multi) = &self.multi {
                 let total = self.count_open(&name)?;
@@ -429,14 +308,7 @@ impl Coordinator<'_> {
     }
 
     fn count_open(&self, model: &str) -> Result<u64> {
-        let (cond, mut args) = self.opts.filter.sql("j");
-        let sql = format!(
-            "SELECT COUNT(*) FROM jobs j WHERE j.state IN ('pending', 'running') AND j.model = ?{cond}"
-        );
-        args.insert(0, rusqlite::types::Value::Text(model.to_string()));
-        Ok(self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)
+        self.store.open_jobs(&self.opts.filter, model)
     }
 
     fn work(&mut self, signals: &signals::SignalWatch) -> Result<()> {
@@ -452,7 +324,7 @@ impl Coordinator<'_> {
             self.gather(&mut pending);
             let claiming = self.may_claim();
             if claiming && Instant::now() >= self.next_reap {
-                let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
+                let orphans = reaper::find_orphans(self.store, Some(self.runner_id))?;
                 self.reap_now(orphans)?;
                 // New models, and jobs put back by a reap or `resume`, get their lanes now.
                 self.refresh_lanes()?;
@@ -511,15 +383,7 @@ impl Coordinator<'_> {
         }
         // Whatever this runner still holds (results lost with the error, claims not started)
         // goes back to pending now, uncharged, rather than waiting to be reaped as `lost`.
-        let released = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(anyhow::Error::from)
-            .and_then(|tx| {
-                let n = jobs::release_runner(&tx, self.runner_id)?;
-                tx.commit()?;
-                Ok(n)
-            });
+        let released = self.store.release_runner(self.runner_id);
         match released {
             Ok(0) => {}
             Ok(n) => log::warn!("{n} job(s) this runner held went back to pending"),
@@ -604,37 +468,6 @@ impl Coordinator<'_> {
         self.opts.limit.is_none_or(|l| self.claimed < l)
     }
 
-    /// Whether --max-failures is reached once these results are counted too.
-    fn failures_reached_with(&self, results: &[Done]) -> bool {
-        let Some(limit) = self.opts.max_failures else {
-            return false;
-        };
-        let failed = results
-            .iter()
-            .filter(|d| d.finish.outcome.charged() && d.finish.outcome != Outcome::Ok)
-            .count() as u64;
-        limit.reached(
-            self.summary.failed_attempts + failed,
-            self.summary.attempts + results.len() as u64,
-        )
-    }
-
-    /// Whether --max-cost is reached once these results are counted too.
-    fn cost_reached_with(&self, results: &[Done]) -> bool {
-        let Some(cap) = self.opts.max_cost else {
-            return false;
-        };
-        let more: f64 = results
-            .iter()
-            .filter_map(|d| {
-                let lane = self.lanes.get(&d.claim.model)?;
-                crate::report::cost::Usage::from_timings(d.finish.timings.as_ref())?
-                    .cost(&lane.model)
-            })
-            .sum();
-        self.summary.spent + more >= cap
-    }
-
     /// How long to wait for a result before looking again.
     fn wait_time(&self) -> Duration {
         let now = Instant::now();
@@ -674,10 +507,6 @@ impl Coordinator<'_> {
             return Ok(dispatched);
         }
         let retry_base = self.opts.retry_base.as_millis() as i64;
-        let lease_ms = self.opts.lease.as_millis() as i64;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stopping = self.summary.signal.is_some() || self.stop.level() > 0;
         let mut decided = Vec::with_capacity(results.len());
         for done in results.iter_mut() {
@@ -689,28 +518,46 @@ impl Coordinator<'_> {
                 .get(&done.claim.model)
                 .expect("lane of a claimed job");
             let budget = done.claim.max_attempts.unwrap_or(lane.model.max_attempts);
-            let next = jobs::decide(&done.claim, &done.finish, budget, retry_base);
-            let kept = jobs::finish(&tx, &done.claim, &done.finish, next)?;
-            if kept && next == Next::Done && done.claim.kind == "grade" {
-                crate::grading::record(&tx, &done.claim, &done.finish)?;
-            }
-            decided.push((next, kept));
+            decided.push(domain::decide(
+                &done.claim,
+                &done.finish,
+                budget,
+                retry_base,
+            ));
         }
-        let mut claims = Vec::new();
-        for (model, slots) in &plan {
-            let lane = &self.lanes[model];
-            let got = jobs::claim(
-                &tx,
-                self.runner_id,
-                model,
-                slots,
-                lane.timeout.as_secs_f64(),
-                lease_ms,
-                &self.opts.filter,
-            )?;
-            claims.push((model.clone(), slots.len(), got));
-        }
-        tx.commit()?;
+        let timeouts: Vec<f64> = plan
+            .iter()
+            .map(|(model, _)| self.lanes[model].timeout.as_secs_f64())
+            .collect();
+        let recorded = self.store.record_and_claim(&RecordAndClaimParams {
+            runner_id: self.runner_id,
+            lease_ms: self.opts.lease.as_millis() as i64,
+            filter: &self.opts.filter,
+            finishes: results
+                .iter()
+                .zip(&decided)
+                .map(|(done, &next)| FinishParams {
+                    claim: &done.claim,
+                    finish: &done.finish,
+                    next,
+                })
+                .collect(),
+            claims: plan
+                .iter()
+                .zip(&timeouts)
+                .map(|((model, slots), &timeout_s)| ClaimParams {
+                    model,
+                    endpoints: slots,
+                    timeout_s,
+                })
+                .collect(),
+        })?;
+        let decided: Vec<(Next, bool)> = decided.into_iter().zip(recorded.kept).collect();
+        let claims: Vec<(String, usize, Vec<Claim>)> = plan
+            .into_iter()
+            .zip(recorded.claims)
+            .map(|((model, slots), got)| (model, slots.len(), got))
+            .collect();
         for (done, (next, kept)) in results.drain(..).zip(decided) {
             self.account(done, next, kept);
         }
@@ -845,17 +692,9 @@ impl Coordinator<'_> {
 
     /// Nothing runnable now: look again when the earliest backoff ends (or within a tick).
     fn idle_lane(&mut self, model: &str) -> Result<()> {
-        let (cond, mut args) = self.opts.filter.sql("j");
-        let sql = format!(
-            "SELECT MIN(j.not_before) FROM jobs j WHERE j.state = 'pending' AND j.model = ?{cond}"
-        );
-        args.insert(0, rusqlite::types::Value::Text(model.to_string()));
-        let next: Option<i64> = self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get(0))?;
-        let now = now_ms();
+        let next = self.store.next_runnable_in(&self.opts.filter, model)?;
         let wait = match next {
-            Some(t) if t > now => Duration::from_millis((t - now) as u64).min(TICK),
+            Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(TICK),
             _ => TICK,
         };
         if let Some(lane) = self.lanes.get_mut(model) {
@@ -972,267 +811,32 @@ impl Coordinator<'_> {
         if let Some(r) = self.rubrics.get(&id) {
             return Ok(r.clone());
         }
-        let r = Arc::new(crate::grading::Rubric::load(self.conn, id)?);
+        let r = Arc::new(self.store.rubric(id)?);
         self.rubrics.insert(id, r.clone());
         Ok(r)
-    }
-
-    /// Gives back the slot of a finished attempt (global, lane and endpoint).
-    fn release(&mut self, done: &Done) {
-        self.in_flight -= 1;
-        let f = &done.finish;
-        let end = match f.outcome {
-            Outcome::Unavailable => End::Unreachable,
-            Outcome::Throttled if !f.quota_exhausted => End::Throttled(
-                f.retry_after_ms
-                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
-            ),
-            _ => End::Answered,
-        };
-        // Any end may make other work runnable (a graded parent, a freed slot).
-        for lane in self.lanes.values_mut() {
-            lane.idle_until = Instant::now();
-        }
-        let lane = self
-            .lanes
-            .get_mut(&done.claim.model)
-            .expect("lane of a claimed job");
-        if let Some(estimated) = lane.estimates.remove(&done.claim.job_id) {
-            if let (Some(pacer), Some(used)) = (
-                lane.pacer.as_mut(),
-                crate::report::cost::Usage::from_timings(f.timings.as_ref()),
-            ) {
-                pacer.correct(estimated, used.total());
-            }
-        }
-        if f.outcome == Outcome::Throttled {
-            lane.throttled += 1;
-            self.summary.throttled += 1;
-        }
-        if f.quota_exhausted && lane.stopped.is_none() {
-            let msg = format!(
-                "model {}: quota exhausted at {} — {}; its jobs stay pending, nothing was charged (add credit or raise the limit, then run again)",
-                done.claim.model,
-                done.claim.endpoint,
-                f.error.as_deref().unwrap_or("no detail")
-            );
-            log::error!("{msg}");
-            lane.stopped = Some("quota exhausted".into());
-            self.summary
-                .stopped_lanes
-                .push((done.claim.model.clone(), msg));
-        }
-        match lane.ended(done.claim.job_id, &done.claim.endpoint, end) {
-            Reach::Throttled {
-                rest,
-                by_server,
-                limit,
-            } => log::info!(
-                "{} throttled ({}): resting it {}{}, concurrency {} → {} (not charged)",
-                done.claim.endpoint,
-                f.http_status
-                    .map_or("busy".to_string(), |s| format!("HTTP {s}")),
-                human_secs(rest.as_secs_f64()),
-                if by_server {
-                    " as its Retry-After asks"
-                } else {
-                    ""
-                },
-                limit.0,
-                limit.1
-            ),
-            Reach::Down(rest) => log::warn!(
-                "{} unreachable, resting it {} (its jobs wait, not charged): {}",
-                if done.claim.endpoint.is_empty() {
-                    &done.claim.model
-                } else {
-                    &done.claim.endpoint
-                },
-                human_secs(rest.as_secs_f64()),
-                done.finish.error.as_deref().unwrap_or("unavailable")
-            ),
-            Reach::Up => {
-                lane.outage_reported = false;
-                log::info!("{} reachable again", done.claim.endpoint)
-            }
-            Reach::Same => {}
-        }
-        if done.finish.outcome == Outcome::Ok {
-            lane.observe(done.finish.duration_ms);
-        }
-        self.update_lookahead();
-    }
-
-    /// Takes a result in: its slot is free from now on; it is recorded with the next commit.
-    fn receive(&mut self, done: Done, pending: &mut Vec<Done>) {
-        self.release(&done);
-        pending.push(done);
-    }
-
-    /// Updates counters for a recorded attempt (its slot already released), and says what
-    /// happened.
-    fn account(&mut self, done: Done, next: Next, kept: bool) {
-        let Done { claim, finish } = done;
-        let lane = self
-            .lanes
-            .get_mut(&claim.model)
-            .expect("lane of a claimed job");
-        let what = format!(
-            "job {} ({}, {}/{})",
-            claim.job_id, claim.model, claim.batch, claim.item_id
-        );
-        if !kept {
-            self.summary.discarded += 1;
-            log::warn!(
-                "{what}: result of attempt {} ({}) discarded — the job was reaped meanwhile (lease lost)",
-                claim.number,
-                finish.outcome.as_str()
-            );
-            return;
-        }
-        self.summary.attempts += 1;
-        if self.opts.max_cost.is_some() {
-            let usage = crate::report::cost::Usage::from_timings(finish.timings.as_ref());
-            if let Some(cost) = usage.and_then(|u| u.cost(&lane.model)) {
-                self.summary.spent += cost;
-            }
-        }
-        lane.count_tokens(&finish);
-        if finish.outcome.charged() && finish.outcome != Outcome::Ok {
-            self.summary.failed_attempts += 1;
-        }
-        let why = finish.error.as_deref().unwrap_or(finish.outcome.as_str());
-        match next {
-            Next::Done => {
-                lane.done += 1;
-                self.summary.done += 1;
-            }
-            Next::Failed => {
-                lane.failed += 1;
-                self.summary.failed += 1;
-                log::warn!(
-                    "{what} failed after attempt {}: {}: {why}",
-                    claim.number,
-                    finish.outcome.as_str()
-                );
-            }
-            Next::Retry(_) if finish.outcome.charged() => {
-                self.summary.retried += 1;
-                log::info!(
-                    "{what} attempt {} {}: {why}; will retry",
-                    claim.number,
-                    finish.outcome.as_str()
-                );
-            }
-            Next::Retry(_) => {
-                self.summary.requeued += 1;
-                log::debug!("{what} back to pending: {why}");
-            }
-        }
-    }
-
-    /// Stops lanes whose endpoints all stayed unreachable past the limit; their jobs stay pending.
-    fn check_unreachable(&mut self) {
-        for (name, lane) in self.lanes.iter_mut() {
-            if lane.stopped.is_some() {
-                continue;
-            }
-            let Some(blocked) = lane.blocked_past(self.opts.unavailable_limit) else {
-                // Working again: a later outage is reported again.
-                lane.outage_reported = false;
-                continue;
-            };
-            let urls = &blocked.urls;
-            // A command lane has no server: what failed is starting its command.
-            let (what, hint) = if urls.iter().all(|u| u.is_empty()) {
-                (
-                    "its command could not be started".to_string(),
-                    "is the machine out of processes or files?",
-                )
-            } else if blocked.throttled {
-                (
-                    format!("{} throttled every request (429/503 busy)", urls.join(", ")),
-                    "is the server overloaded, or its rate limit below --rpm/--tpm (or unset)?",
-                )
-            } else {
-                (
-                    format!("{} unreachable", urls.join(", ")),
-                    "is the server running?",
-                )
-            };
-            // A daemon outlives the outage: it keeps probing (every 30 s at most).
-            if self.opts.watch {
-                if !lane.outage_reported {
-                    log::error!(
-                        "model {name}: {what} for {} — {hint} still trying (--watch)",
-                        human_secs(self.opts.unavailable_limit.as_secs_f64())
-                    );
-                    lane.outage_reported = true;
-                }
-                continue;
-            }
-            let msg = format!(
-                "model {name}: {what} for {} — {hint} its jobs stay pending",
-                human_secs(self.opts.unavailable_limit.as_secs_f64())
-            );
-            log::error!("{msg}");
-            lane.stopped = Some(
-                if blocked.throttled {
-                    "throttled"
-                } else {
-                    "unreachable"
-                }
-                .into(),
-            );
-            self.summary.stopped_lanes.push((name.clone(), msg));
-        }
     }
 
     /// Whether any job in scope may still run: pending (not in a stopped lane, and not waiting
     /// on a parent that failed, or that is pending where this run will never take it: out of
     /// scope or in a stopped lane) or running under another runner.
     fn work_left(&self) -> Result<bool> {
-        let stopped: Vec<rusqlite::types::Value> = self
+        let stopped: Vec<String> = self
             .lanes
             .iter()
             .filter(|(_, l)| l.stopped.is_some())
-            .map(|(n, _)| rusqlite::types::Value::Text(n.clone()))
+            .map(|(n, _)| n.clone())
             .collect();
-        let not_stopped = |alias: &str| {
-            if stopped.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " AND {alias}.model NOT IN ({})",
-                    vec!["?"; stopped.len()].join(", ")
-                )
-            }
-        };
-        let (pcond, mut args) = self.opts.filter.sql("p");
-        args.extend(stopped.iter().cloned());
-        let (cond, jargs) = self.opts.filter.sql("j");
-        args.extend(jargs);
-        args.extend(stopped.iter().cloned());
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
-             WHERE (j.state = 'running' OR (j.state = 'pending'
-                    AND (j.parent_id IS NULL OR p.state IN ('running', 'done')
-                         OR (p.state = 'pending'{pcond}{pskip}))))
-               {cond}{skip})",
-            pskip = not_stopped("p"),
-            skip = not_stopped("j"),
-        );
-        Ok(self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get(0))?)
+        self.store.work_left(&self.opts.filter, &stopped)
     }
 }
 
 /// While the runner stops, a child that died of a stop signal (systemd signals the whole
 /// cgroup, a terminal the whole process group) was interrupted, not broken: not charged.
 fn interrupted_by_stop(f: &mut Finish) {
-    let by_signal = matches!(f.signal, Some(s) if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&(s as i32)));
-    let by_exit = matches!(f.exit_code, Some(129 | 130 | 143));
+    let by_signal = f
+        .signal
+        .is_some_and(|s| i32::try_from(s).is_ok_and(crate::exec::is_stop_signal));
+    let by_exit = f.exit_code.is_some_and(crate::exec::is_stop_exit);
     let hit = match f.outcome {
         Outcome::Crash => by_signal,
         Outcome::Exit => by_exit,

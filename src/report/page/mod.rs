@@ -13,7 +13,7 @@ use super::data::Sections;
 use super::models::{self, Leaderboard};
 use super::render::{rows_json, Table};
 use super::{distribution, failed, timeline};
-use crate::commands::iso_time;
+use crate::timefmt::iso_time;
 use crate::util::now_ms;
 
 /// Failed jobs listed on the page at most.
@@ -46,14 +46,14 @@ pub fn collect(s: &Sections) -> Result<PageData> {
         scope: scope_text(s),
         generated: iso_time(now_ms()),
         models: leaderboard.table(),
-        latency_cdf: distribution::cdf(s.conn, q, &latency)?,
+        latency_cdf: distribution::cdf(s.store, q, &latency)?,
         latency,
         failures: s.model_failures()?.clone(),
-        timeline: timeline::timeline(s.conn, q)?,
+        timeline: timeline::timeline(s.store, q)?,
         grades: s.grades()?.to_vec(),
         timeouts: s.timeouts()?.clone(),
         cost: s.model_cost()?.clone(),
-        failed_jobs: failed::failed_jobs(s.conn, q, FAILED_CAP)?,
+        failed_jobs: failed::failed_jobs(s.store, q, FAILED_CAP)?,
         leaderboard,
     })
 }
@@ -100,7 +100,7 @@ fn scope_text(s: &Sections) -> String {
     } else {
         format!("models {}", f.models.join(", "))
     });
-    if f.ids {
+    if f.ids.is_some() {
         parts.push("the jobs of an ids file".to_string());
     }
     parts.push(match s.q.since_ms {
