@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
@@ -79,10 +80,21 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
         counts.existing = jobs - counts.new;
     }
 
-    // A model the file names but nobody configured runs on Ollama at $OLLAMA_HOST: say which,
-    // so a typo or a missing `models set` shows now rather than as failed jobs.
+    warn_unconfigured(db, &models, format)?;
+    let models: Vec<String> = models.into_iter().collect();
+    print_summary(a, format, &batch, &counts, &models, (first_new, last_new))?;
+    Ok(0)
+}
+
+/// A model the file names but nobody configured runs on Ollama at $OLLAMA_HOST: say which,
+/// so a typo or a missing `models set` shows now rather than as failed jobs.
+fn warn_unconfigured(
+    db: &mut dyn Store,
+    models: &BTreeSet<String>,
+    format: InputFormat,
+) -> Result<()> {
     let mut unconfigured = Vec::new();
-    for m in &models {
+    for m in models {
         if !db.model(m)?.configured {
             unconfigured.push(m.clone());
         }
@@ -94,7 +106,18 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
             unconfigured.join(", ")
         );
     }
-    let models: Vec<String> = models.into_iter().collect();
+    Ok(())
+}
+
+/// What was enqueued, in the chosen format (`ids`: the new job ids).
+fn print_summary(
+    a: &EnqueueArgs,
+    format: InputFormat,
+    batch: &str,
+    counts: &Counts,
+    models: &[String],
+    (first_new, last_new): (i64, i64),
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match a.format.format {
         Format::Table if format == InputFormat::OpenaiBatch => writeln!(
@@ -140,7 +163,7 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
             render(&[t], f, &mut out)?;
         }
     }
-    Ok(0)
+    Ok(())
 }
 
 fn open_input(input: &str) -> Result<(String, Box<dyn Read>)> {
