@@ -82,42 +82,15 @@ pub(super) fn run_polled(
         let slice = next
             .saturating_duration_since(Instant::now())
             .min(WAIT_SLICE);
-        let mut fds = Vec::with_capacity(3);
-        for fd in [out.fd(), err.fd()].into_iter().flatten() {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        let watch_exit = exit.is_none();
-        if watch_exit {
-            fds.push(libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        // Round up, so a sub-millisecond slice does not spin.
-        let ms = slice.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: fds is a valid array of pollfd for its length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n <= 0 {
-            continue; // timeout or EINTR: look at the clock and the stop request again
-        }
-        for fd in &fds {
-            if fd.revents == 0 {
-                continue;
-            }
-            if out.fd() == Some(fd.fd) {
-                out.read();
-            } else if err.fd() == Some(fd.fd) {
-                err.read();
-            } else if watch_exit {
-                if let Ok(Some(status)) = child.try_wait() {
-                    exit = Some(status);
-                }
-            }
+        if let Some(status) = poll_once(
+            &mut child,
+            &pidfd,
+            &mut out,
+            &mut err,
+            exit.is_none(),
+            slice,
+        ) {
+            exit = Some(status);
         }
     }
     let status =
@@ -130,6 +103,56 @@ pub(super) fn run_polled(
         stderr_tail: err.kept,
         duration: started.elapsed(),
     }
+}
+
+/// One `poll` of at most `slice` on the pipes (and on the pidfd while `watch_exit`): reads what
+/// became readable, and returns the exit status once the child has exited.
+fn poll_once<O: Read + AsRawFd, E: Read + AsRawFd>(
+    child: &mut Child,
+    pidfd: &OwnedFd,
+    out: &mut Capture<O>,
+    err: &mut Capture<E>,
+    watch_exit: bool,
+    slice: Duration,
+) -> Option<ExitStatus> {
+    let mut fds = Vec::with_capacity(3);
+    for fd in [out.fd(), err.fd()].into_iter().flatten() {
+        fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    if watch_exit {
+        fds.push(libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    // Round up, so a sub-millisecond slice does not spin.
+    let ms = slice.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: fds is a valid array of pollfd for its length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n <= 0 {
+        return None; // timeout or EINTR: look at the clock and the stop request again
+    }
+    let mut exit = None;
+    for fd in &fds {
+        if fd.revents == 0 {
+            continue;
+        }
+        if out.fd() == Some(fd.fd) {
+            out.read();
+        } else if err.fd() == Some(fd.fd) {
+            err.read();
+        } else if watch_exit {
+            if let Ok(Some(status)) = child.try_wait() {
+                exit = Some(status);
+            }
+        }
+    }
+    exit
 }
 
 /// One pipe read as it becomes readable, keeping the first (or, with `tail`, the last)
