@@ -46,73 +46,78 @@ fn kappa_matrix(agreement: &Table) -> String {
     }
     let mut out = String::new();
     for (rubric, rows) in by_rubric {
-        let mut graders: Vec<String> = rows
-            .iter()
-            .flat_map(|r| {
-                [
-                    cell(agreement, r, "grader_a").as_str().unwrap_or(""),
-                    cell(agreement, r, "grader_b").as_str().unwrap_or(""),
-                ]
-            })
-            .map(str::to_string)
-            .collect();
-        graders.sort();
-        graders.dedup();
-        let find = |a: &str, b: &str| {
-            rows.iter().find(|r| {
-                let (x, y) = (
-                    cell(agreement, r, "grader_a").as_str().unwrap_or(""),
-                    cell(agreement, r, "grader_b").as_str().unwrap_or(""),
-                );
-                (x == a && y == b) || (x == b && y == a)
-            })
-        };
-        let _ = write!(
-            out,
-            "<h3>Cohen's kappa, rubric {}</h3><div class=\"wide\"><table class=\"kappa\"><thead><tr><th></th>",
-            escape(&rubric)
-        );
-        for g in &graders {
-            let _ = write!(out, "<th>{}</th>", escape(g));
-        }
-        out.push_str("</tr></thead><tbody>");
-        for a in &graders {
-            let _ = write!(out, "<tr><th>{}</th>", escape(a));
-            for b in &graders {
-                if a == b {
-                    out.push_str("<td class=\"k na\">—</td>");
-                    continue;
-                }
-                match find(a, b) {
-                    Some(r) => {
-                        let n = cell(agreement, r, "n").as_i64().unwrap_or(0);
-                        match cell(agreement, r, "kappa").as_f64() {
-                            Some(k) => {
-                                let _ = write!(
-                                    out,
-                                    "<td class=\"k\" style=\"background:{}\" title=\"{n} outputs graded by both\">{k:.2}<br><small>n={n}</small></td>",
-                                    kappa_colour(k)
-                                );
-                            }
-                            None => {
-                                let _ = write!(
-                                    out,
-                                    "<td class=\"k na\" title=\"undefined: both graders always gave the same one verdict\">n/a<br><small>n={n}</small></td>"
-                                );
-                            }
-                        }
-                    }
-                    None => out.push_str("<td class=\"k na\">—</td>"),
-                }
-            }
-            out.push_str("</tr>");
-        }
-        out.push_str("</tbody></table></div>");
+        rubric_matrix(agreement, &rubric, &rows, &mut out);
     }
     out.push_str(
         "<p class=\"lead\">Kappa: agreement beyond chance on the pass/fail verdict. Below 0.2 (red) the graders barely agree; above 0.8 (green) they agree almost perfectly.</p>",
     );
     out
+}
+
+/// The grader × grader matrix of one rubric, each cell the kappa of a pair.
+fn rubric_matrix(agreement: &Table, rubric: &str, rows: &[&Vec<Value>], out: &mut String) {
+    let mut graders: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            [
+                cell(agreement, r, "grader_a").as_str().unwrap_or(""),
+                cell(agreement, r, "grader_b").as_str().unwrap_or(""),
+            ]
+        })
+        .map(str::to_string)
+        .collect();
+    graders.sort();
+    graders.dedup();
+    let find = |a: &str, b: &str| {
+        rows.iter().find(|r| {
+            let (x, y) = (
+                cell(agreement, r, "grader_a").as_str().unwrap_or(""),
+                cell(agreement, r, "grader_b").as_str().unwrap_or(""),
+            );
+            (x == a && y == b) || (x == b && y == a)
+        })
+    };
+    let _ = write!(
+        out,
+        "<h3>Cohen's kappa, rubric {}</h3><div class=\"wide\"><table class=\"kappa\"><thead><tr><th></th>",
+        escape(rubric)
+    );
+    for g in &graders {
+        let _ = write!(out, "<th>{}</th>", escape(g));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for a in &graders {
+        let _ = write!(out, "<tr><th>{}</th>", escape(a));
+        for b in &graders {
+            if a == b {
+                out.push_str("<td class=\"k na\">—</td>");
+                continue;
+            }
+            match find(a, b) {
+                Some(r) => {
+                    let n = cell(agreement, r, "n").as_i64().unwrap_or(0);
+                    match cell(agreement, r, "kappa").as_f64() {
+                        Some(k) => {
+                            let _ = write!(
+                                out,
+                                "<td class=\"k\" style=\"background:{}\" title=\"{n} outputs graded by both\">{k:.2}<br><small>n={n}</small></td>",
+                                kappa_colour(k)
+                            );
+                        }
+                        None => {
+                            let _ = write!(
+                                out,
+                                "<td class=\"k na\" title=\"undefined: both graders always gave the same one verdict\">n/a<br><small>n={n}</small></td>"
+                            );
+                        }
+                    }
+                }
+                None => out.push_str("<td class=\"k na\">—</td>"),
+            }
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
 }
 
 pub(super) type ModelKey<'a> = dyn Fn(&[String], &'static str) -> String + 'a;
