@@ -2,6 +2,7 @@
 
 pub mod cost;
 pub mod jobs;
+pub mod postgres;
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
