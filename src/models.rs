@@ -28,7 +28,7 @@ impl Backend {
         }
     }
 
-    fn parse(text: &str) -> Backend {
+    pub fn parse(text: &str) -> Backend {
         match text {
             "command" => Backend::Command,
             "openai" => Backend::Openai,

@@ -2,7 +2,9 @@
 //! TLS, timeouts), its own migrations under `sql/postgres/` with a version table, and the
 //! queue's SQL (see [`queue`]). Times are the database's clock (`llmbatch_now_ms()`).
 
+pub mod catalog;
 pub mod queue;
+pub mod session;
 mod tls;
 
 use anyhow::{Context, Result};
@@ -329,3 +331,6 @@ mod tests {
         assert!(format!("{err:#}").contains("names no database"), "{err:#}");
     }
 }
+
+#[cfg(test)]
+mod tests_server;
