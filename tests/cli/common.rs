@@ -359,6 +359,16 @@ impl Env {
 
     /// The output of a job: that of the attempt `jobs.attempt_id` points at.
     pub fn job_output(&self, job_id: i64) -> Option<String> {
+        if self.engine == Engine::Postgres {
+            return self
+                .pg()
+                .query_one(
+                    "SELECT a.output FROM jobs j JOIN attempts a ON a.id = j.attempt_id WHERE j.id = $1",
+                    &[&job_id],
+                )
+                .expect("job output")
+                .get(0);
+        }
         self.conn()
             .query_row(
                 "SELECT a.output FROM jobs j JOIN attempts a ON a.id = j.attempt_id WHERE j.id = ?1",
