@@ -48,10 +48,15 @@ pub fn advise(n: i64, p99_ms: Option<i64>) -> Option<f64> {
     Some((2.0 * p99).clamp(ADVICE_MIN_S, ADVICE_MAX_S))
 }
 
-/// The timeout an attempt of this model gets now.
-pub fn effective(conn: &Connection, model: &ModelConfig) -> Result<Duration> {
+/// The timeout an attempt of this model gets now, given the samples of its recent successes
+/// (asked for only when the model is on `--timeout auto`).
+pub fn effective(
+    model: &ModelConfig,
+    samples: impl FnOnce() -> Result<(i64, Option<i64>, Option<i64>)>,
+) -> Result<Duration> {
     if model.timeout_auto {
-        if let Some((secs, _, _)) = advice(conn, &model.name)? {
+        let (n, p99_ms, _) = samples()?;
+        if let Some(secs) = advise(n, p99_ms) {
             return Ok(Duration::from_secs_f64(secs));
         }
     }

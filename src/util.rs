@@ -12,6 +12,15 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
         + clock_skew_ms()
+        + CLOCK_OFFSET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How far the database's clock is ahead of this host's, for a reader that computes ages from
+/// a snapshot of a PostgreSQL queue (whose times are the database's).
+static CLOCK_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub fn set_clock_offset(ms: i64) {
+    CLOCK_OFFSET.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// For tests of hosts whose clocks drift: `LLMBATCH_TEST_CLOCK_SKEW=+10m` (or `-90s`) makes

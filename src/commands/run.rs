@@ -5,19 +5,33 @@ use rusqlite::Connection;
 use std::io::IsTerminal;
 
 use crate::cli::{Cli, RunArgs};
+use crate::db::jobs::Filter;
+use crate::db::runner_store::{self, RunnerStore};
 use crate::error::{EXIT_ERROR, EXIT_FAILED, EXIT_OK};
-use crate::runner::{self, signals, FailureLimit, RunOptions};
+use crate::runner::{self, heartbeat, signals, FailureLimit, RunOptions};
 use crate::util::human_secs;
 
 pub fn run(a: &RunArgs, conn: &mut Connection, cli: &Cli) -> Result<u8> {
     let filter = super::scope_filter(&a.scope, conn)?;
+    let target = heartbeat::Target::Sqlite(cli.db.clone());
+    run_on(a, &mut runner_store::Sqlite(conn), filter, target, cli)
+}
+
+/// `run` on a queue of either engine.
+pub fn run_on(
+    a: &RunArgs,
+    store: &mut dyn RunnerStore,
+    filter: Filter,
+    heartbeat_db: heartbeat::Target,
+    cli: &Cli,
+) -> Result<u8> {
     let max_failures = a
         .max_failures
         .as_deref()
         .map(FailureLimit::parse)
         .transpose()?;
     let opts = RunOptions {
-        db_path: cli.db.clone(),
+        heartbeat_db,
         filter,
         jobs: a.jobs.map(|j| j as usize),
         limit: a.limit,
@@ -32,7 +46,7 @@ pub fn run(a: &RunArgs, conn: &mut Connection, cli: &Cli) -> Result<u8> {
         poll: a.poll.max(std::time::Duration::from_millis(50)),
         progress: !cli.quiet && std::io::stderr().is_terminal(),
     };
-    let s = runner::run(conn, opts)?;
+    let s = runner::run(store, opts)?;
     if !cli.quiet {
         let mut line = format!(
             "llmbatch: {} done, {} failed, {} retried in {}",

@@ -3,6 +3,7 @@
 pub mod cost;
 pub mod jobs;
 pub mod postgres;
+pub mod runner_store;
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -389,6 +390,15 @@ fn check_version(conn: &Connection, path: &Path) -> Result<i64> {
         .into());
     }
     Ok(version)
+}
+
+/// An empty database in memory with the current schema: where a snapshot of a PostgreSQL
+/// queue is read by the same code that reads a file.
+pub fn memory() -> Result<Connection> {
+    let mut conn = Connection::open_in_memory()?;
+    migrate(&mut conn)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
 }
 
 /// Opens an already-migrated database for a helper thread (heartbeat).

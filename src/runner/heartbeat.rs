@@ -1,38 +1,89 @@
-//! Lease renewal on its own thread and connection: no model call can block it.
+//! Lease renewal on its own thread and connection: no model call can block it. On PostgreSQL
+//! the renewal is the server's time (`now()` + lease) and a lost connection is reopened with
+//! a growing pause. The coordinator asks [`Heartbeat::stale_for`] before claiming: a runner
+//! whose heartbeat could not be renewed for a lease may have been reaped elsewhere.
 
 use anyhow::Result;
 use rusqlite::params;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::db::postgres::{self as pg, session::Session};
 use crate::util::now_ms;
+
+/// Where the heartbeat connects.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Sqlite(PathBuf),
+    Postgres(pg::Target),
+}
+
+/// What the heartbeat thread last managed.
+struct Pulse {
+    /// The last renewal that went through.
+    renewed: Instant,
+    /// Why the last one failed, when it did.
+    trouble: Option<String>,
+}
 
 pub struct Heartbeat {
     stop: Sender<()>,
     handle: Option<JoinHandle<()>>,
+    pulse: Arc<Mutex<Pulse>>,
+}
+
+enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(Session),
 }
 
 impl Heartbeat {
-    pub fn start(db: &Path, runner_id: i64, lease: Duration) -> Result<Heartbeat> {
-        let conn = crate::db::open_again(db)?;
+    pub fn start(target: &Target, runner_id: i64, lease: Duration) -> Result<Heartbeat> {
+        let mut conn = match target {
+            Target::Sqlite(path) => Conn::Sqlite(crate::db::open_again(path)?),
+            Target::Postgres(t) => Conn::Postgres(Session::open(t.clone())?),
+        };
         let (stop, rx) = mpsc::channel::<()>();
         let every = (lease / 3).max(Duration::from_millis(100));
         let lease_ms = lease.as_millis() as i64;
+        let pulse = Arc::new(Mutex::new(Pulse {
+            renewed: Instant::now(),
+            trouble: None,
+        }));
+        let shared = pulse.clone();
         let handle = std::thread::Builder::new()
             .name("heartbeat".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                    if let Err(e) = beat(&conn, runner_id, lease_ms) {
-                        log::warn!("heartbeat of runner {runner_id} failed: {e:#}");
+                    let result = beat(&mut conn, runner_id, lease_ms);
+                    let Ok(mut p) = shared.lock() else { return };
+                    match result {
+                        Ok(()) => {
+                            p.renewed = Instant::now();
+                            p.trouble = None;
+                        }
+                        Err(e) => {
+                            log::warn!("heartbeat of runner {runner_id} failed: {e:#}");
+                            p.trouble = Some(format!("{e:#}"));
+                        }
                     }
                 }
             })?;
         Ok(Heartbeat {
             stop,
             handle: Some(handle),
+            pulse,
         })
+    }
+
+    /// Why the heartbeat has not been renewed for `lease`, if it has not.
+    pub fn stale_for(&self, lease: Duration) -> Option<String> {
+        let p = self.pulse.lock().ok()?;
+        (p.renewed.elapsed() > lease)
+            .then(|| p.trouble.clone().unwrap_or_else(|| "no renewal".into()))
     }
 }
 
@@ -45,15 +96,26 @@ impl Drop for Heartbeat {
     }
 }
 
-fn beat(conn: &rusqlite::Connection, runner_id: i64, lease_ms: i64) -> Result<()> {
-    let now = now_ms();
-    conn.execute(
-        "UPDATE runners SET heartbeat_at = ?1 WHERE id = ?2",
-        params![now, runner_id],
-    )?;
-    conn.execute(
-        "UPDATE jobs SET lease_expires_at = ?1 WHERE runner_id = ?2 AND state = 'running'",
-        params![now + lease_ms, runner_id],
-    )?;
-    Ok(())
+fn beat(conn: &mut Conn, runner_id: i64, lease_ms: i64) -> Result<()> {
+    match conn {
+        Conn::Sqlite(conn) => {
+            let now = now_ms();
+            conn.execute(
+                "UPDATE runners SET heartbeat_at = ?1 WHERE id = ?2",
+                params![now, runner_id],
+            )?;
+            conn.execute(
+                "UPDATE jobs SET lease_expires_at = ?1 WHERE runner_id = ?2 AND state = 'running'",
+                params![now + lease_ms, runner_id],
+            )?;
+            Ok(())
+        }
+        Conn::Postgres(session) => {
+            let live = session.with(|c| pg::queue::beat(c, runner_id, lease_ms))?;
+            if !live {
+                anyhow::bail!("this runner was marked stopped by another (found dead)");
+            }
+            Ok(())
+        }
+    }
 }

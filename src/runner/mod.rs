@@ -2,7 +2,7 @@
 //! attempt to a pool thread (which runs a child process), and records what comes back —
 //! finishes and the next claims in one transaction. It never blocks on a model.
 
-mod heartbeat;
+pub mod heartbeat;
 mod lane;
 mod pace;
 mod pool;
@@ -10,18 +10,16 @@ pub mod signals;
 
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rusqlite::{params, params_from_iter, Connection, TransactionBehavior};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::attempt::{self, AttemptJob};
 use crate::db::jobs::{self, Claim, Filter, Finish, Next, Outcome};
+use crate::db::runner_store::{self, RunnerStore};
 use crate::exec::StopSignal;
-use crate::models;
-use crate::util::{human_secs, now_ms};
+use crate::util::human_secs;
 use lane::{End, Lane, Reach};
 
 /// Attempts at once over all lanes when `--jobs` is not given.
@@ -29,6 +27,9 @@ const DEFAULT_JOBS: usize = 64;
 
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a runner keeps trying a database it cannot reach (a PostgreSQL restart, a busy
+/// file) before it stops with the error.
+const DB_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 /// How long results of a fast lane may gather before they are committed together.
 const GATHER: Duration = Duration::from_millis(3);
 
@@ -69,7 +70,8 @@ impl FailureLimit {
 }
 
 pub struct RunOptions {
-    pub db_path: PathBuf,
+    /// How the heartbeat thread reaches the database (its own connection).
+    pub heartbeat_db: heartbeat::Target,
     pub filter: Filter,
     pub jobs: Option<usize>,
     pub limit: Option<u64>,
@@ -114,7 +116,10 @@ struct Done {
 }
 
 struct Coordinator<'a> {
-    conn: &'a mut Connection,
+    store: &'a mut dyn RunnerStore,
+    heartbeat: Option<heartbeat::Heartbeat>,
+    /// Since when the heartbeat has gone unrenewed for over a lease: claims are paused.
+    stale_since: Option<Instant>,
     opts: RunOptions,
     runner_id: i64,
     lanes: BTreeMap<String, Lane>,
@@ -130,18 +135,24 @@ struct Coordinator<'a> {
     summary: Summary,
     started: Instant,
     next_reap: Instant,
+    /// Since when the database has failed every pass (busy or unreachable).
+    db_trouble_since: Option<Instant>,
 }
 
 /// Runs jobs in scope until none is left (or a stop condition), then reports what it did.
-pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
-    let runner_id = register(conn)?;
+pub fn run(store: &mut dyn RunnerStore, opts: RunOptions) -> Result<Summary> {
+    let runner_id = store
+        .register_runner()
+        .context("cannot register this runner")?;
     let stop = Arc::new(StopSignal::default());
     let signals = signals::SignalWatch::install(stop.clone())?;
-    let heartbeat = heartbeat::Heartbeat::start(&opts.db_path, runner_id, opts.lease)?;
+    let heartbeat = heartbeat::Heartbeat::start(&opts.heartbeat_db, runner_id, opts.lease)?;
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     let mut coord = Coordinator {
-        conn,
+        store,
+        heartbeat: Some(heartbeat),
+        stale_since: None,
         runner_id,
         lanes: BTreeMap::new(),
         pool: pool::Pool::new(opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512)),
@@ -158,6 +169,7 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         summary: Summary::default(),
         started,
         next_reap: started,
+        db_trouble_since: None,
         opts,
     };
     crate::logging::set_bars(coord.multi.clone());
@@ -174,16 +186,13 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
         result = Err(anyhow::anyhow!("internal error: attempts left in flight"));
     }
     crate::logging::set_bars(None);
-    drop(heartbeat);
+    drop(coord.heartbeat.take());
     let reason = match (&result, coord.summary.signal) {
         (Err(_), _) => "error",
         (_, Some(_)) => "interrupted",
         _ => "finished",
     };
-    let _ = coord.conn.execute(
-        "UPDATE runners SET stopped_at = ?1, stop_reason = ?2 WHERE id = ?3",
-        params![now_ms(), reason, runner_id],
-    );
+    let _ = coord.store.stop_runner(runner_id, reason);
     if let Some(multi) = &coord.multi {
         let _ = multi.clear();
     }
@@ -193,39 +202,14 @@ pub fn run(conn: &mut Connection, opts: RunOptions) -> Result<Summary> {
     Ok(summary)
 }
 
-fn register(conn: &Connection) -> Result<i64> {
-    let pid = std::process::id() as i64;
-    let now = now_ms();
-    conn.execute(
-        "INSERT INTO runners (host, pid, pid_start, boot_id, started_at, heartbeat_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        params![
-            crate::util::hostname(),
-            pid,
-            crate::util::pid_start(pid),
-            crate::util::boot_id(),
-            now
-        ],
-    )
-    .context("cannot register this runner")?;
-    Ok(conn.last_insert_rowid())
-}
-
 impl Coordinator<'_> {
     /// One line of what was found, then the orphans of dead runners back in the queue.
     fn startup(&mut self) -> Result<()> {
         if self.opts.max_cost.is_some() {
-            self.summary.spent = crate::report::cost::spent(self.conn, &self.opts.filter)?;
+            self.summary.spent = self.store.spent(&self.opts.filter)?;
         }
-        let (cond, args) = self.opts.filter.sql("j");
-        let sql =
-            format!("SELECT j.state, COUNT(*) FROM jobs j WHERE 1 = 1{cond} GROUP BY j.state");
-        let counts: HashMap<String, i64> = self
-            .conn
-            .prepare(&sql)?
-            .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
+        let counts: HashMap<String, i64> = self.store.state_counts(&self.opts.filter)?;
+        let orphans = self.store.find_orphans(self.runner_id)?;
         let n = |s: &str| counts.get(s).copied().unwrap_or(0);
         log::info!(
             "runner {} found {} pending, {} running ({} orphaned), {} done, {} failed",
@@ -251,11 +235,7 @@ impl Coordinator<'_> {
         if orphans.is_empty() {
             return Ok(());
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let reaped = jobs::reap(&tx, &orphans)?;
-        tx.commit()?;
+        let reaped = self.store.reap(&orphans)?;
         for (o, state) in &reaped {
             log::warn!(
                 "reaped job {} ({}): {}; back to {state}",
@@ -278,36 +258,34 @@ impl Coordinator<'_> {
 
     /// Opens a lane for every model with pending work in scope.
     fn refresh_lanes(&mut self) -> Result<()> {
-        let (cond, args) = self.opts.filter.sql("j");
-        let sql = format!("SELECT DISTINCT j.model FROM jobs j WHERE j.state = 'pending'{cond}");
-        let names: Vec<String> = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(args), |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let names = self.store.pending_models(&self.opts.filter)?;
         for name in names {
             if let Some(lane) = self.lanes.get_mut(&name) {
                 if lane.in_flight == 0 {
-                    let config = models::load(self.conn, &name)?;
-                    let timeout = crate::timeouts::effective(self.conn, &config)?;
+                    let config = self.store.load_model(&name)?;
+                    let timeout =
+                        crate::timeouts::effective(&config, || self.store.timeout_samples(&name))?;
                     lane.reconfigure(config, timeout);
                 } else if lane.model.timeout_auto {
                     // `--timeout auto` follows the advice as successes come in; new claims
                     // get it, attempts in flight keep theirs.
-                    lane.timeout = crate::timeouts::effective(self.conn, &lane.model)?;
+                    lane.timeout = crate::timeouts::effective(&lane.model, || {
+                        self.store.timeout_samples(&name)
+                    })?;
                 }
                 continue;
             }
-            let config = models::load(self.conn, &name)?;
+            let config = self.store.load_model(&name)?;
             if !config.configured {
                 log::info!(
                     "model {name} is not configured: using Ollama at {} (see `llmbatch models set`)",
                     config.effective_endpoints().join(", ")
                 );
             }
-            let timeout = crate::timeouts::effective(self.conn, &config)?;
+            let timeout =
+                crate::timeouts::effective(&config, || self.store.timeout_samples(&name))?;
             let mut lane = Lane::new(config, timeout);
-            if let Some(multi) = &self.multi {
+            if let Some(multi) = self.multi.clone() {
                 let total = self.count_open(&name)?;
                 let bar = multi.add(ProgressBar::new(total));
                 bar.set_style(
@@ -323,15 +301,8 @@ impl Coordinator<'_> {
         Ok(())
     }
 
-    fn count_open(&self, model: &str) -> Result<u64> {
-        let (cond, mut args) = self.opts.filter.sql("j");
-        let sql = format!(
-            "SELECT COUNT(*) FROM jobs j WHERE j.state IN ('pending', 'running') AND j.model = ?{cond}"
-        );
-        args.insert(0, rusqlite::types::Value::Text(model.to_string()));
-        Ok(self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)
+    fn count_open(&mut self, model: &str) -> Result<u64> {
+        self.store.count_open(model, &self.opts.filter)
     }
 
     fn work(&mut self, signals: &signals::SignalWatch) -> Result<()> {
@@ -347,16 +318,26 @@ impl Coordinator<'_> {
             self.gather(&mut pending);
             let claiming = self.may_claim();
             if claiming && Instant::now() >= self.next_reap {
-                let orphans = jobs::find_orphans(self.conn, Some(self.runner_id))?;
-                self.reap_now(orphans)?;
+                match self.store.find_orphans(self.runner_id) {
+                    Ok(orphans) => {
+                        let reaped = self.reap_now(orphans);
+                        self.soft(reaped)?;
+                    }
+                    Err(e) if self.store.transient(&e) => {
+                        log::warn!("cannot look for orphans now, will retry: {e:#}");
+                        self.next_reap = Instant::now() + TICK;
+                    }
+                    Err(e) => return Err(e),
+                }
                 // New models, and jobs put back by a reap or `resume`, get their lanes now.
-                self.refresh_lanes()?;
+                let refreshed = self.refresh_lanes();
+                self.soft(refreshed)?;
             }
             let dispatched = match self.record_and_claim(&mut pending, claiming) {
                 Ok(n) => n,
-                Err(e) if crate::db::is_busy(&e) => {
+                Err(e) if self.store.transient(&e) => {
                     // Results stay in `pending` and are recorded on the next pass.
-                    log::warn!("database busy, will retry: {e:#}");
+                    self.db_trouble(e)?;
                     0
                 }
                 Err(e) => return Err(e),
@@ -367,15 +348,31 @@ impl Coordinator<'_> {
             }
             // Results not yet recorded (a busy database) keep the runner here until they are.
             if self.in_flight == 0 && dispatched == 0 && pending.is_empty() {
-                if !claiming || !self.work_left()? {
+                if let Some(since) = self.stale_since {
+                    // Claims wait for the heartbeat to come back, within the outage bound.
+                    if since.elapsed() > DB_OUTAGE_LIMIT {
+                        anyhow::bail!(
+                            "the heartbeat could not be renewed for {}: stopping",
+                            human_secs(DB_OUTAGE_LIMIT.as_secs_f64())
+                        );
+                    }
+                    if self.summary.signal.is_none() && self.stop.level() == 0 {
+                        self.nap(TICK);
+                        continue;
+                    }
+                }
+                let left = self.work_left();
+                if !claiming || !self.soft(left)?.unwrap_or(true) {
                     if self.opts.watch && claiming {
                         self.nap(self.opts.poll);
-                        self.refresh_lanes()?;
+                        let refreshed = self.refresh_lanes();
+                        self.soft(refreshed)?;
                         continue;
                     }
                     return Ok(());
                 }
-                self.refresh_lanes()?;
+                let refreshed = self.refresh_lanes();
+                self.soft(refreshed)?;
             }
             match self.rx.recv_timeout(self.wait_time()) {
                 Ok(done) => self.receive(done, &mut pending),
@@ -406,15 +403,7 @@ impl Coordinator<'_> {
         }
         // Whatever this runner still holds (results lost with the error, claims not started)
         // goes back to pending now, uncharged, rather than waiting to be reaped as `lost`.
-        let released = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(anyhow::Error::from)
-            .and_then(|tx| {
-                let n = jobs::release_runner(&tx, self.runner_id)?;
-                tx.commit()?;
-                Ok(n)
-            });
+        let released = self.store.release_runner(self.runner_id);
         match released {
             Ok(0) => {}
             Ok(n) => log::warn!("{n} job(s) this runner held went back to pending"),
@@ -465,6 +454,24 @@ impl Coordinator<'_> {
     fn may_claim(&mut self) -> bool {
         if self.summary.signal.is_some() || self.stop.level() > 0 {
             return false;
+        }
+        // A runner whose heartbeat has not been renewed for a lease may have been reaped by
+        // another host: it must not take more work until it is renewed again.
+        if let Some(hb) = &self.heartbeat {
+            let stale = hb.stale_for(self.opts.lease);
+            if stale.is_some() != self.stale_since.is_some() {
+                self.stale_since = stale.is_some().then(Instant::now);
+                match stale {
+                    Some(ref why) => log::warn!(
+                        "heartbeat not renewed for {} ({why}): stopped claiming, since this runner's jobs may have been reaped",
+                        human_secs(self.opts.lease.as_secs_f64())
+                    ),
+                    None => log::warn!("heartbeat renewed again: claiming again"),
+                }
+            }
+            if stale.is_some() {
+                return false;
+            }
         }
         if let Some(max) = self.opts.max_runtime {
             if self.started.elapsed() >= max {
@@ -570,11 +577,8 @@ impl Coordinator<'_> {
         }
         let retry_base = self.opts.retry_base.as_millis() as i64;
         let lease_ms = self.opts.lease.as_millis() as i64;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stopping = self.summary.signal.is_some() || self.stop.level() > 0;
-        let mut decided = Vec::with_capacity(results.len());
+        let mut nexts = Vec::with_capacity(results.len());
         for done in results.iter_mut() {
             if stopping {
                 interrupted_by_stop(&mut done.finish);
@@ -584,34 +588,47 @@ impl Coordinator<'_> {
                 .get(&done.claim.model)
                 .expect("lane of a claimed job");
             let budget = done.claim.max_attempts.unwrap_or(lane.model.max_attempts);
-            let next = jobs::decide(&done.claim, &done.finish, budget, retry_base);
-            let kept = jobs::finish(&tx, &done.claim, &done.finish, next)?;
-            if kept && next == Next::Done && done.claim.kind == "grade" {
-                crate::grading::record(&tx, &done.claim, &done.finish)?;
-            }
-            decided.push((next, kept));
+            nexts.push(jobs::decide(&done.claim, &done.finish, budget, retry_base));
         }
-        let mut claims = Vec::new();
-        for (model, slots) in &plan {
-            let lane = &self.lanes[model];
-            let got = jobs::claim(
-                &tx,
-                self.runner_id,
+        let recorded: Vec<runner_store::Result1> = results
+            .iter()
+            .zip(&nexts)
+            .map(|(d, next)| runner_store::Result1 {
+                claim: &d.claim,
+                finish: &d.finish,
+                next: *next,
+            })
+            .collect();
+        let wants: Vec<runner_store::Want> = plan
+            .iter()
+            .map(|(model, slots)| runner_store::Want {
                 model,
                 slots,
-                lane.timeout.as_secs_f64(),
-                lease_ms,
-                &self.opts.filter,
-            )?;
-            claims.push((model.clone(), slots.len(), got));
-        }
-        tx.commit()?;
-        for (done, (next, kept)) in results.drain(..).zip(decided) {
+                timeout_s: self.lanes[model].timeout.as_secs_f64(),
+            })
+            .collect();
+        let (kept, got) = self.store.record_and_claim(
+            self.runner_id,
+            &recorded,
+            &wants,
+            lease_ms,
+            &self.opts.filter,
+        )?;
+        drop(recorded);
+        drop(wants);
+        self.db_trouble_since = None;
+        let claims: Vec<(String, usize, Vec<Claim>)> = plan
+            .iter()
+            .zip(got)
+            .map(|((model, slots), got)| (model.clone(), slots.len(), got))
+            .collect();
+        for ((done, next), kept) in results.drain(..).zip(nexts).zip(kept) {
             self.account(done, next, kept);
         }
         for (model, wanted, got) in claims {
             if got.len() < wanted {
-                self.idle_lane(&model)?;
+                let idled = self.idle_lane(&model);
+                self.soft(idled)?;
             }
             for claim in got {
                 self.dispatch(claim)?;
@@ -703,17 +720,9 @@ impl Coordinator<'_> {
 
     /// Nothing runnable now: look again when the earliest backoff ends (or within a tick).
     fn idle_lane(&mut self, model: &str) -> Result<()> {
-        let (cond, mut args) = self.opts.filter.sql("j");
-        let sql = format!(
-            "SELECT MIN(j.not_before) FROM jobs j WHERE j.state = 'pending' AND j.model = ?{cond}"
-        );
-        args.insert(0, rusqlite::types::Value::Text(model.to_string()));
-        let next: Option<i64> = self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get(0))?;
-        let now = now_ms();
+        let next = self.store.next_ready_in(model, &self.opts.filter)?;
         let wait = match next {
-            Some(t) if t > now => Duration::from_millis((t - now) as u64).min(TICK),
+            Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(TICK),
             _ => TICK,
         };
         if let Some(lane) = self.lanes.get_mut(model) {
@@ -823,7 +832,7 @@ impl Coordinator<'_> {
         if let Some(r) = self.rubrics.get(&id) {
             return Ok(r.clone());
         }
-        let r = Arc::new(crate::grading::Rubric::load(self.conn, id)?);
+        let r = Arc::new(self.store.load_rubric(id)?);
         self.rubrics.insert(id, r.clone());
         Ok(r)
     }
@@ -1041,40 +1050,47 @@ impl Coordinator<'_> {
     /// Whether any job in scope may still run: pending (not in a stopped lane, and not waiting
     /// on a parent that failed, or that is pending where this run will never take it: out of
     /// scope or in a stopped lane) or running under another runner.
-    fn work_left(&self) -> Result<bool> {
-        let stopped: Vec<rusqlite::types::Value> = self
+    fn work_left(&mut self) -> Result<bool> {
+        let stopped: Vec<String> = self
             .lanes
             .iter()
             .filter(|(_, l)| l.stopped.is_some())
-            .map(|(n, _)| rusqlite::types::Value::Text(n.clone()))
+            .map(|(n, _)| n.clone())
             .collect();
-        let not_stopped = |alias: &str| {
-            if stopped.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " AND {alias}.model NOT IN ({})",
-                    vec!["?"; stopped.len()].join(", ")
-                )
+        self.store.work_left(&self.opts.filter, &stopped)
+    }
+
+    /// A transient database error (see [`Self::db_trouble`]) becomes None; others stay errors.
+    fn soft<T>(&mut self, r: Result<T>) -> Result<Option<T>> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.store.transient(&e) => {
+                self.db_trouble(e)?;
+                Ok(None)
             }
-        };
-        let (pcond, mut args) = self.opts.filter.sql("p");
-        args.extend(stopped.iter().cloned());
-        let (cond, jargs) = self.opts.filter.sql("j");
-        args.extend(jargs);
-        args.extend(stopped.iter().cloned());
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
-             WHERE (j.state = 'running' OR (j.state = 'pending'
-                    AND (j.parent_id IS NULL OR p.state IN ('running', 'done')
-                         OR (p.state = 'pending'{pcond}{pskip}))))
-               {cond}{skip})",
-            pskip = not_stopped("p"),
-            skip = not_stopped("j"),
-        );
-        Ok(self
-            .conn
-            .query_row(&sql, params_from_iter(args), |r| r.get(0))?)
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The database could not be written just now (a busy file, PostgreSQL restarting):
+    /// results wait in memory and the next pass tries again — for at most
+    /// [`DB_OUTAGE_LIMIT`], after which the runner stops with the error.
+    fn db_trouble(&mut self, e: anyhow::Error) -> Result<()> {
+        let since = *self.db_trouble_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > DB_OUTAGE_LIMIT {
+            return Err(e.context(format!(
+                "the database stayed unreachable for {}",
+                human_secs(DB_OUTAGE_LIMIT.as_secs_f64())
+            )));
+        }
+        if crate::db::is_busy(&e) {
+            log::warn!("database busy, will retry: {e:#}");
+        } else {
+            log::warn!("database unavailable, will retry: {e:#}");
+        }
+        // Do not spin while it is down.
+        self.nap(Duration::from_millis(200));
+        Ok(())
     }
 }
 

@@ -79,7 +79,9 @@ fn hosts_with_skewed_clocks_share_one_queue_through_kill_9() {
     let mut b = run_on_host(&env, "gpu-b", "+10m", &args, "b.log");
     let mut c = run_on_host(&env, "gpu-c", "-10m", &args, "c.log");
     wait_for("all three hosts at work", Duration::from_secs(30), || {
-        env.int("SELECT COUNT(DISTINCT r.host) FROM attempts a JOIN runners r ON r.id = a.runner_id") == 3
+        env.int(
+            "SELECT COUNT(DISTINCT r.host) FROM attempts a JOIN runners r ON r.id = a.runner_id",
+        ) == 3
     });
     kill(a.id(), libc::SIGKILL);
     wait_child(&mut a, Duration::from_secs(10));
@@ -93,8 +95,14 @@ fn hosts_with_skewed_clocks_share_one_queue_through_kill_9() {
     assert_eq!(sb.code(), Some(0), "{lb}");
     assert_eq!(sc.code(), Some(0), "{lc}");
     for text in [&lb, &lc] {
-        assert!(!text.contains("discarded"), "a live runner lost a job:\n{text}");
-        assert!(!text.contains("panicked") && !text.contains("error:"), "{text}");
+        assert!(
+            !text.contains("discarded"),
+            "a live runner lost a job:\n{text}"
+        );
+        assert!(
+            !text.contains("panicked") && !text.contains("error:"),
+            "{text}"
+        );
     }
     // Every job done once, with one ok attempt.
     assert_eq!(env.state_count("done"), 60);
@@ -120,7 +128,11 @@ fn hosts_with_skewed_clocks_share_one_queue_through_kill_9() {
         0,
         "reaped before the lease expired"
     );
-    let reaper = if lb.contains("on gpu-a sent no heartbeat") { &lb } else { &lc };
+    let reaper = if lb.contains("on gpu-a sent no heartbeat") {
+        &lb
+    } else {
+        &lc
+    };
     if held > 0 {
         assert!(
             reaper.contains("its runner on gpu-a sent no heartbeat and its lease expired"),

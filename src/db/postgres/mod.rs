@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod queue;
 pub mod session;
+pub mod snapshot;
 mod tls;
 
 use anyhow::{Context, Result};
