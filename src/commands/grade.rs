@@ -68,6 +68,89 @@ pub fn run(a: &GradeArgs, conn: &mut Connection) -> Result<u8> {
         }
     }
     tx.commit().context("cannot commit the grade jobs")?;
+    print(a, &rubric, rubric_id, &graders, outputs, new, waiting)
+}
+
+/// `grade` on PostgreSQL: the same checks and rows, in one transaction on the server.
+pub fn run_pg(a: &GradeArgs, client: &mut postgres::Client) -> Result<u8> {
+    use crate::db::postgres::{catalog, queue};
+    if let Some(g) = a.graders.iter().find(|g| g.trim().is_empty()) {
+        usage!("--grader {g:?}: a model name cannot be empty");
+    }
+    let mut graders: Vec<String> = Vec::new();
+    for g in &a.graders {
+        if !graders.contains(g) {
+            graders.push(g.clone());
+        }
+    }
+    let rubric = Rubric::resolve(&a.rubric)?;
+    let filter = super::scope_filter_pg(&a.scope, client)?;
+    for var in rubric.item_variables() {
+        let mut p = queue::Params::default();
+        let name = p.add(var.clone());
+        let cond = queue::scope(&filter, "j", "id", &mut p);
+        let r = client.query_one(
+            &format!(
+                "SELECT COUNT(*), MIN(j.batch || chr(31) || j.item_id) FROM jobs j
+                 JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
+                 WHERE NOT (i.vars::jsonb ? {name}) AND j.kind = 'generate'{cond}"
+            ),
+            &p.refs(),
+        )?;
+        let (missing, example): (i64, Option<String>) = (r.get(0), r.get(1));
+        if let Some((batch, item)) = example.as_deref().and_then(|e| e.split_once('\u{1f}')) {
+            usage!(
+                "rubric {}: {{{var}}} is neither {{prompt}}, {{output}} nor a variable of the items in scope: {missing} output(s) lack it (e.g. batch {batch:?} item {item:?}); nothing was queued",
+                rubric.name
+            );
+        }
+    }
+    let mut tx = client.transaction()?;
+    // New job ids in one range per command, as enqueue's.
+    tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('llmbatch enqueue'))")?;
+    let rubric_id = catalog::save_rubric(&mut tx, &rubric)?;
+    let mut p = queue::Params::default();
+    let cond = queue::scope(&filter, "j", "id", &mut p);
+    let r = tx.query_one(
+        &format!(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE j.state <> 'done') FROM jobs j
+             WHERE j.kind = 'generate'{cond}"
+        ),
+        &p.refs(),
+    )?;
+    let (outputs, waiting): (i64, i64) = (r.get(0), r.get(1));
+    if outputs == 0 {
+        usage!("no generated jobs match{}: nothing to grade", scope_text(a));
+    }
+    let mut new = 0i64;
+    for grader in &graders {
+        let mut p = queue::Params::default();
+        let g = p.add(grader.clone());
+        let rid = p.add(rubric_id);
+        let cond = queue::scope(&filter, "j", "id", &mut p);
+        new += tx.execute(
+            &format!(
+                "INSERT INTO jobs (batch, item_id, model, kind, parent_id, rubric_id, created_at, updated_at)
+                 SELECT j.batch, j.item_id, {g}, 'grade', j.id, {rid}, llmbatch_now_ms(), llmbatch_now_ms()
+                 FROM jobs j WHERE j.kind = 'generate'{cond} ORDER BY j.id
+                 ON CONFLICT DO NOTHING"
+            ),
+            &p.refs(),
+        )? as i64;
+    }
+    tx.commit().context("cannot commit the grade jobs")?;
+    print(a, &rubric, rubric_id, &graders, outputs, new, waiting)
+}
+
+fn print(
+    a: &GradeArgs,
+    rubric: &Rubric,
+    rubric_id: i64,
+    graders: &[String],
+    outputs: i64,
+    new: i64,
+    waiting: i64,
+) -> Result<u8> {
     let existing = outputs * graders.len() as i64 - new;
 
     match a.format.format {

@@ -22,10 +22,17 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         return worker::run();
     }
     let result = run_command(cli);
+    if db::postgres::is_url(&cli.db.to_string_lossy()) {
+        return result;
+    }
     result.map_err(|e| db::explain_busy(e, &cli.db))
 }
 
 fn run_command(cli: &Cli) -> Result<u8> {
+    let db_text = cli.db.to_string_lossy();
+    if db::postgres::is_url(&db_text) {
+        return on_postgres(cli, &db_text);
+    }
     // Commands that record new work may create the database (on a draft published when they
     // commit); reports never write; the others need it to exist (grade too: there is nothing
     // to grade in a new database).
@@ -51,6 +58,81 @@ fn run_command(cli: &Cli) -> Result<u8> {
     // Creating commands publish before they print; this only catches one that did not.
     db.publish()?;
     Ok(code)
+}
+
+/// Every command on a PostgreSQL database. Reads work on a consistent snapshot with the same
+/// code as on SQLite; commands that record new work publish a draft; the rest (run, reap,
+/// resume, grade) use the engine's own SQL.
+fn on_postgres(cli: &Cli, url: &str) -> Result<u8> {
+    use db::postgres::{self as pg, session::Session};
+    let target = pg::Target::parse(url)?;
+    let creates = matches!(
+        cli.command,
+        Command::Models(ModelsCommand::Set(_)) | Command::Enqueue(_)
+    );
+    let mut client = target.connect()?;
+    pg::migrate(&mut client, &target.shown, creates)?;
+    match &cli.command {
+        Command::Models(a @ ModelsCommand::Set(_)) => {
+            let mut db = Db::postgres_draft(target, client)?;
+            models::run(a, &mut db)
+        }
+        Command::Enqueue(a) => {
+            let mut db = Db::postgres_draft(target, client)?;
+            enqueue::run(a, &mut db)
+        }
+        Command::Models(a @ ModelsCommand::List(_)) => {
+            let mut db = Db::in_memory(pg::snapshot::snapshot(&mut client, &target.shown)?);
+            models::run(a, &mut db)
+        }
+        Command::Report(a) => {
+            let mut conn = pg::snapshot::snapshot(&mut client, &target.shown)?;
+            report::run(a, &mut conn)
+        }
+        Command::Export(a) => {
+            let mut conn = pg::snapshot::snapshot(&mut client, &target.shown)?;
+            export::run(a, &mut conn)
+        }
+        Command::Run(a) => {
+            let mut session = Session::with_client(target.clone(), client);
+            let ids = match &a.scope.ids_file {
+                Some(source) => Some(crate::ids::read(source)?),
+                None => None,
+            };
+            let filter = Filter {
+                batch: a.scope.batch.clone(),
+                models: a.scope.models.clone(),
+                ids: ids.is_some(),
+            };
+            if let Some(ids) = ids {
+                session.install_ids(ids)?;
+            }
+            let mut store = db::runner_store::Postgres { session };
+            let hb = crate::runner::heartbeat::Target::Postgres(Box::new(target));
+            run::run_on(a, &mut store, filter, hb, cli)
+        }
+        Command::Reap(a) => reap::run_pg(a, cli.quiet, &mut client),
+        Command::Resume(a) => resume::run_pg(a, &mut client),
+        Command::Grade(a) => grade::run_pg(a, &mut client),
+        Command::Worker => unreachable!("handled in dispatch"),
+    }
+}
+
+/// `--batch/--model/--ids-file` as a filter on PostgreSQL, the ids loaded into the connection.
+pub fn scope_filter_pg(scope: &ScopeArgs, client: &mut ::postgres::Client) -> Result<Filter> {
+    let ids = match &scope.ids_file {
+        Some(source) => {
+            let ids = crate::ids::read(source)?;
+            db::postgres::queue::install_ids(client, &ids)?;
+            true
+        }
+        None => false,
+    };
+    Ok(Filter {
+        batch: scope.batch.clone(),
+        models: scope.models.clone(),
+        ids,
+    })
 }
 
 /// Turns `--batch/--model/--ids-file` into a filter, loading the ids into the connection.

@@ -19,6 +19,22 @@ pub fn run(a: &ReapArgs, quiet: bool, conn: &mut Connection) -> Result<u8> {
         jobs::reap(&tx, &orphans)?
     };
     tx.commit()?;
+    print(a, quiet, &rows)
+}
+
+/// `reap` on PostgreSQL: orphans judged on the database's clock, each reap fenced.
+pub fn run_pg(a: &ReapArgs, quiet: bool, client: &mut postgres::Client) -> Result<u8> {
+    use crate::db::postgres::queue;
+    let orphans = queue::find_orphans(client, None)?;
+    let rows: Vec<(jobs::Orphan, &str)> = if a.dry_run {
+        orphans.into_iter().map(|o| (o, "")).collect()
+    } else {
+        queue::reap(client, &orphans)?
+    };
+    print(a, quiet, &rows)
+}
+
+fn print(a: &ReapArgs, quiet: bool, rows: &[(jobs::Orphan, &str)]) -> Result<u8> {
     let mut t = Table::new(
         "reaped",
         if a.dry_run { "Would reap" } else { "Reaped" },
@@ -36,7 +52,7 @@ pub fn run(a: &ReapArgs, quiet: bool, conn: &mut Connection) -> Result<u8> {
         "(no orphaned jobs{})",
         if a.dry_run { "" } else { ": nothing to reap" }
     );
-    for (o, state) in &rows {
+    for (o, state) in rows {
         t.push(vec![
             json!(o.job_id),
             json!(o.model),

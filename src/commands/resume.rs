@@ -12,6 +12,23 @@ pub fn run(a: &ResumeArgs, conn: &mut Connection) -> Result<u8> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let ids = jobs::resume(&tx, &filter, a.outcome, a.extra_attempts, a.dry_run)?;
     tx.commit()?;
+    print(a, &ids)
+}
+
+/// `resume` on PostgreSQL: one statement.
+pub fn run_pg(a: &ResumeArgs, client: &mut postgres::Client) -> Result<u8> {
+    let filter = super::scope_filter_pg(&a.scope, client)?;
+    let ids = crate::db::postgres::queue::resume(
+        client,
+        &filter,
+        a.outcome,
+        a.extra_attempts,
+        a.dry_run,
+    )?;
+    print(a, &ids)
+}
+
+fn print(a: &ResumeArgs, ids: &[i64]) -> Result<u8> {
     let verb = if a.dry_run { "would resume" } else { "resumed" };
     match a.format.format {
         Format::Json => crate::outln!(
@@ -19,7 +36,7 @@ pub fn run(a: &ResumeArgs, conn: &mut Connection) -> Result<u8> {
             json!({ "resumed": ids.len(), "dry_run": a.dry_run, "ids": ids })
         )?,
         Format::Ids => {
-            for id in &ids {
+            for id in ids {
                 crate::outln!("{id}")?;
             }
         }

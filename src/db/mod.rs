@@ -75,6 +75,8 @@ pub struct Db {
     pub conn: Connection,
     path: PathBuf,
     draft: Option<PathBuf>,
+    /// On PostgreSQL: `conn` is a draft in memory, published to the server by `publish`.
+    remote: Option<postgres::publish::Draft>,
 }
 
 impl Db {
@@ -88,6 +90,7 @@ impl Db {
                 conn,
                 path: path.to_path_buf(),
                 draft: Some(draft),
+                remote: None,
             });
         }
         if !path.exists() {
@@ -114,6 +117,28 @@ impl Db {
             conn,
             path: path.to_path_buf(),
             draft: None,
+            remote: None,
+        })
+    }
+
+    /// A database in memory: a snapshot of a PostgreSQL queue for a read command.
+    pub fn in_memory(conn: Connection) -> Db {
+        Db {
+            conn,
+            path: PathBuf::from(":memory:"),
+            draft: None,
+            remote: None,
+        }
+    }
+
+    /// A draft in memory published to a PostgreSQL database by [`Db::publish`].
+    pub fn postgres_draft(target: postgres::Target, client: ::postgres::Client) -> Result<Db> {
+        let (draft, conn) = postgres::publish::Draft::open(target, client)?;
+        Ok(Db {
+            conn,
+            path: PathBuf::from(":memory:"),
+            draft: None,
+            remote: Some(draft),
         })
     }
 
@@ -123,6 +148,14 @@ impl Db {
     /// transaction instead, and the ids of the jobs it added are returned. Afterwards this
     /// `Db` works on the real file. A no-op for a database that already existed.
     pub fn publish(&mut self) -> Result<Option<NewJobs>> {
+        if let Some(mut remote) = self.remote.take() {
+            let shown = remote.target.shown.clone();
+            let added = remote
+                .publish(&self.conn)
+                .with_context(|| format!("cannot write to {shown}"))?;
+            // Published once: what the command does next (print) reads the draft as it is.
+            return Ok(Some(added));
+        }
         let Some(draft) = self.draft.take() else {
             return Ok(None);
         };

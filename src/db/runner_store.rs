@@ -265,7 +265,7 @@ pub struct Postgres {
 
 impl RunnerStore for Postgres {
     fn register_runner(&mut self) -> Result<i64> {
-        self.session.with(|c| pg::queue::register(c))
+        self.session.with(pg::queue::register)
     }
 
     fn stop_runner(&mut self, runner_id: i64, reason: &str) -> Result<()> {
@@ -381,7 +381,7 @@ impl RunnerStore for Postgres {
                 "SELECT EXISTS (SELECT 1 FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
                  WHERE (j.state = 'running' OR (j.state = 'pending'
                         AND (j.parent_id IS NULL OR p.state IN ('running', 'done')
-                             OR (p.state = 'pending'{pcond} AND p.model <> ALL({s}::text[]))))
+                             OR (p.state = 'pending'{pcond} AND p.model <> ALL({s}::text[])))))
                    {cond} AND j.model <> ALL({s}::text[]))"
             );
             Ok(c.query_one(&sql, &p.refs())?.get(0))

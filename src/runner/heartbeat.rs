@@ -18,7 +18,7 @@ use crate::util::now_ms;
 #[derive(Debug, Clone)]
 pub enum Target {
     Sqlite(PathBuf),
-    Postgres(pg::Target),
+    Postgres(Box<pg::Target>),
 }
 
 /// What the heartbeat thread last managed.
@@ -37,14 +37,14 @@ pub struct Heartbeat {
 
 enum Conn {
     Sqlite(rusqlite::Connection),
-    Postgres(Session),
+    Postgres(Box<Session>),
 }
 
 impl Heartbeat {
     pub fn start(target: &Target, runner_id: i64, lease: Duration) -> Result<Heartbeat> {
         let mut conn = match target {
             Target::Sqlite(path) => Conn::Sqlite(crate::db::open_again(path)?),
-            Target::Postgres(t) => Conn::Postgres(Session::open(t.clone())?),
+            Target::Postgres(t) => Conn::Postgres(Box::new(Session::open((**t).clone())?)),
         };
         let (stop, rx) = mpsc::channel::<()>();
         let every = (lease / 3).max(Duration::from_millis(100));

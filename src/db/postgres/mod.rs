@@ -3,6 +3,7 @@
 //! queue's SQL (see [`queue`]). Times are the database's clock (`llmbatch_now_ms()`).
 
 pub mod catalog;
+pub mod publish;
 pub mod queue;
 pub mod session;
 pub mod snapshot;

@@ -26,13 +26,17 @@ impl Session {
     /// Connects now: a first connection that fails is an error, not a retry.
     pub fn open(target: Target) -> Result<Session> {
         let client = target.connect()?;
-        Ok(Session {
+        Ok(Session::with_client(target, client))
+    }
+
+    pub fn with_client(target: Target, client: Client) -> Session {
+        Session {
             target,
             client: Some(client),
             retry_at: None,
             pause: FIRST_PAUSE,
             ids: None,
-        })
+        }
     }
 
     /// The connection, reconnecting first if it was lost (and the pause has passed).

@@ -166,3 +166,20 @@ fn expired_leases_are_reaped_and_late_finishes_discarded() {
     let again = queue::claim(&mut c, rid, "m", &eps, 10.0, 60_000, &Filter::default()).unwrap();
     assert_eq!(again[0].number, 2);
 }
+
+#[test]
+fn runner_store_queries_parse() {
+    use crate::db::runner_store::{Postgres, RunnerStore};
+    let Some((t, c)) = fresh() else { return };
+    let mut s = Postgres {
+        session: super::session::Session::with_client(t, c),
+    };
+    let f = Filter::default();
+    s.work_left(&f, &[]).unwrap();
+    s.work_left(&f, &["m".to_string()]).unwrap();
+    s.next_ready_in("m", &f).unwrap();
+    s.count_open("m", &f).unwrap();
+    s.pending_models(&f).unwrap();
+    s.state_counts(&f).unwrap();
+    s.timeout_samples("m").unwrap();
+}
