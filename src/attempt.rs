@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::jobs::{Claim, Finish, Outcome};
+use crate::domain::{Claim, Finish, Outcome};
 use crate::exec::{self, template, ChildOutcome, ChildSpec, Status, StopSignal};
 use crate::models::{Backend, ModelConfig, Settings};
 use crate::text::{last_line, lossy, split_thinking};
@@ -360,6 +360,7 @@ pub fn signal_name(sig: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::JobKind;
 
     fn grade_job(backend: Backend, format: Option<Value>) -> AttemptJob {
         let mut model = ModelConfig::unconfigured("judge");
@@ -372,7 +373,7 @@ mod tests {
                 number: 1,
                 token: 1,
                 started_at: 0,
-                kind: "grade".into(),
+                kind: JobKind::Grade,
                 batch: "b".into(),
                 item_id: "1".into(),
                 model: "judge".into(),

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::db::jobs::Outcome;
+use crate::domain::Outcome;
 use crate::util::duration_arg;
 
 const EXIT_CODES: &str = "\
@@ -341,7 +341,7 @@ pub struct ResumeArgs {
     pub scope: ScopeArgs,
     /// Only jobs whose last attempt ended so.
     #[arg(long, value_enum)]
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<OutcomeArg>,
     /// Attempts granted to each job (default: a fresh budget, the model's max attempts).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub extra_attempts: Option<i64>,
@@ -402,7 +402,7 @@ pub struct ReportArgs {
     pub state: Option<String>,
     /// `jobs`: only jobs whose last attempt ended so.
     #[arg(long, value_enum)]
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<OutcomeArg>,
     /// `latency`: where the time went (load, prompt, generation, overhead), cold and warm apart.
     #[arg(long)]
     pub breakdown: bool,
@@ -417,6 +417,39 @@ pub enum GroupKey {
     Batch,
     Model,
     Endpoint,
+}
+
+/// An attempt's outcome as a flag value: the domain's [`Outcome`], named and explained here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutcomeArg(pub Outcome);
+
+impl clap::ValueEnum for OutcomeArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [OutcomeArg; Outcome::ALL.len()] = {
+            let mut all = [OutcomeArg(Outcome::Ok); Outcome::ALL.len()];
+            let mut i = 0;
+            while i < all.len() {
+                all[i] = OutcomeArg(Outcome::ALL[i]);
+                i += 1;
+            }
+            all
+        };
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.as_str()).help(self.0.about()))
+    }
+}
+
+impl From<GroupKey> for crate::db::GroupKey {
+    fn from(k: GroupKey) -> Self {
+        match k {
+            GroupKey::Batch => crate::db::GroupKey::Batch,
+            GroupKey::Model => crate::db::GroupKey::Model,
+            GroupKey::Endpoint => crate::db::GroupKey::Endpoint,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

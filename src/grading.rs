@@ -1,10 +1,9 @@
 //! Rubrics and verdicts: the prompt a grader answers, and reading its answer back.
 
 use anyhow::{Context, Result};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
 
-use crate::db::jobs::{Claim, Finish, Outcome};
+use crate::domain::{Claim, Finish, Outcome};
 use crate::exec::template;
 
 /// The built-in joke rubric.
@@ -149,74 +148,6 @@ impl Rubric {
             "required": self.fields,
         })
     }
-
-    pub fn load(conn: &Connection, id: i64) -> Result<Rubric> {
-        conn.query_row(
-            "SELECT name, body, pass_field, score_field, scale_min, scale_max, fields FROM rubrics WHERE id = ?1",
-            [id],
-            |r| {
-                let lo: Option<f64> = r.get(4)?;
-                let hi: Option<f64> = r.get(5)?;
-                let fields: String = r.get(6)?;
-                Ok(Rubric {
-                    id,
-                    name: r.get(0)?,
-                    body: r.get(1)?,
-                    pass_field: r.get(2)?,
-                    score_field: r.get(3)?,
-                    scale: lo.zip(hi),
-                    fields: serde_json::from_str(&fields).unwrap_or_default(),
-                })
-            },
-        )
-        .with_context(|| format!("rubric {id} is missing"))
-    }
-
-    /// Stores the rubric (once per name and template) and returns its id. A header changed
-    /// since (a fixed scale, say) is updated in place: it applies to verdicts read from now on.
-    pub fn save(&self, conn: &Connection) -> Result<i64> {
-        let existing: Option<i64> = conn
-            .query_row(
-                "SELECT id FROM rubrics WHERE name = ?1 AND body = ?2",
-                params![self.name, self.body],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(id) = existing {
-            let changed = conn.execute(
-                "UPDATE rubrics SET pass_field = ?1, score_field = ?2, scale_min = ?3,
-                        scale_max = ?4, fields = ?5
-                 WHERE id = ?6 AND (pass_field IS NOT ?1 OR score_field IS NOT ?2
-                        OR scale_min IS NOT ?3 OR scale_max IS NOT ?4 OR fields IS NOT ?5)",
-                params![
-                    self.pass_field,
-                    self.score_field,
-                    self.scale.map(|s| s.0),
-                    self.scale.map(|s| s.1),
-                    serde_json::to_string(&self.fields)?,
-                    id
-                ],
-            )?;
-            if changed > 0 {
-                log::info!("rubric {}: header updated", self.name);
-            }
-            return Ok(id);
-        }
-        conn.execute(
-            "INSERT INTO rubrics (name, body, pass_field, score_field, scale_min, scale_max, fields)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                self.name,
-                self.body,
-                self.pass_field,
-                self.score_field,
-                self.scale.map(|s| s.0),
-                self.scale.map(|s| s.1),
-                serde_json::to_string(&self.fields)?
-            ],
-        )?;
-        Ok(conn.last_insert_rowid())
-    }
 }
 
 /// The grader's prompt: the rubric filled with the item's prompt, the output and variables.
@@ -230,49 +161,17 @@ pub fn grade_prompt(rubric: &Rubric, claim: &Claim) -> Result<String> {
     template::render(&rubric.body, &lookup).with_context(|| format!("rubric {}", rubric.name))
 }
 
-/// Reads the verdict from an `ok` grader answer into `finish.timings["grade"]`; an unreadable
+/// Reads the verdict from an `ok` grader answer into `finish.verdict`; an unreadable
 /// answer turns the attempt into `parse` (retried within the budget, raw text kept).
 pub fn judge(rubric: &Rubric, finish: &mut Finish) {
     let text = finish.output.clone().unwrap_or_default();
     match parse_verdict(rubric, &text) {
-        Ok(v) => {
-            let timings = finish
-                .timings
-                .get_or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(m) = timings {
-                m.insert("grade".into(), v);
-            }
-        }
+        Ok(v) => finish.verdict = Some(v),
         Err(e) => {
             finish.outcome = Outcome::Parse;
             finish.error = Some(format!("unreadable verdict: {e}"));
         }
     }
-}
-
-/// Stores the verdict of a finished grade job.
-pub fn record(tx: &Transaction, claim: &Claim, finish: &Finish) -> Result<()> {
-    let v = finish
-        .timings
-        .as_ref()
-        .and_then(|t| t.get("grade"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    tx.execute(
-        "INSERT OR REPLACE INTO grades (job_id, graded_job_id, attempt_id, grader, pass, score, reason, fields)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            claim.job_id,
-            claim.parent_id,
-            claim.attempt_id,
-            claim.model,
-            v.get("pass").and_then(Value::as_bool).map(i64::from),
-            v.get("score").and_then(Value::as_f64),
-            v.get("reason").and_then(Value::as_str),
-            v.get("fields").map(Value::to_string).unwrap_or_else(|| "{}".into()),
-        ],
-    )?;
-    Ok(())
 }
 
 /// Splits `header --- body`. A header is there only when the file opens with one of the

@@ -1,8 +1,6 @@
 //! Per-model settings: the `models` table, and the defaults that make an unconfigured name
 //! mean "Ollama at $OLLAMA_HOST".
 
-use anyhow::{Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -199,86 +197,6 @@ pub fn normalize_endpoint(raw: &str, default_port: u16) -> String {
         format!("{host}:{default_port}")
     };
     format!("{scheme}://{host}{path}")
-}
-
-pub fn load(conn: &Connection, name: &str) -> Result<ModelConfig> {
-    let row = conn
-        .query_row(
-            "SELECT name, backend, command, endpoints, timeout_s, timeout_auto, concurrency,
-                    max_attempts, settings, api_key_env, rpm, tpm, price_in, price_out
-             FROM models WHERE name = ?1",
-            [name],
-            from_row,
-        )
-        .optional()
-        .with_context(|| format!("cannot read settings of model {name}"))?;
-    Ok(row.unwrap_or_else(|| ModelConfig::unconfigured(name)))
-}
-
-pub fn list(conn: &Connection) -> Result<Vec<ModelConfig>> {
-    let mut stmt = conn.prepare(
-        "SELECT name, backend, command, endpoints, timeout_s, timeout_auto, concurrency,
-                max_attempts, settings, api_key_env, rpm, tpm, price_in, price_out
-         FROM models ORDER BY name",
-    )?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn from_row(r: &rusqlite::Row) -> rusqlite::Result<ModelConfig> {
-    let endpoints: String = r.get(3)?;
-    let settings: String = r.get(8)?;
-    Ok(ModelConfig {
-        name: r.get(0)?,
-        backend: Backend::parse(&r.get::<_, String>(1)?),
-        command: r.get(2)?,
-        endpoints: serde_json::from_str(&endpoints).unwrap_or_default(),
-        timeout_s: r.get(4)?,
-        timeout_auto: r.get::<_, i64>(5)? != 0,
-        concurrency: r.get(6)?,
-        max_attempts: r.get(7)?,
-        settings: serde_json::from_str(&settings).unwrap_or_default(),
-        api_key_env: r.get(9)?,
-        rpm: r.get(10)?,
-        tpm: r.get(11)?,
-        price_in: r.get(12)?,
-        price_out: r.get(13)?,
-        configured: true,
-    })
-}
-
-pub fn save(conn: &Connection, m: &ModelConfig) -> Result<()> {
-    conn.execute(
-        "INSERT INTO models (name, backend, command, endpoints, timeout_s, timeout_auto,
-                             concurrency, max_attempts, settings, api_key_env, updated_at,
-                             rpm, tpm, price_in, price_out)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-         ON CONFLICT (name) DO UPDATE SET backend = excluded.backend, command = excluded.command,
-             endpoints = excluded.endpoints, timeout_s = excluded.timeout_s,
-             timeout_auto = excluded.timeout_auto, concurrency = excluded.concurrency,
-             max_attempts = excluded.max_attempts, settings = excluded.settings,
-             api_key_env = excluded.api_key_env, updated_at = excluded.updated_at,
-             rpm = excluded.rpm, tpm = excluded.tpm, price_in = excluded.price_in,
-             price_out = excluded.price_out",
-        params![
-            m.name,
-            m.backend.as_str(),
-            m.command,
-            serde_json::to_string(&m.endpoints)?,
-            m.timeout_s,
-            m.timeout_auto as i64,
-            m.concurrency,
-            m.max_attempts,
-            serde_json::to_string(&m.settings)?,
-            m.api_key_env,
-            crate::util::now_ms(),
-            m.rpm,
-            m.tpm,
-            m.price_in,
-            m.price_out,
-        ],
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,18 +1,16 @@
 //! `enqueue`: prompts (CSV or JSONL, file or stdin) × models into jobs, in one transaction.
 //! Idempotent: a (batch, item, model) already queued is counted, not added again.
 
-use anyhow::{Context, Result};
-use rusqlite::{params, TransactionBehavior};
+use anyhow::Result;
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::cli::{EnqueueArgs, Format, InputFormat};
-use crate::db::Db;
+use crate::db::{Enqueue, NewItem, Store};
 use crate::exec::template;
 use crate::report::render::{render, Table};
 use crate::usage;
-use crate::util::now_ms;
 
 /// One input record: where it came from, its id and variables.
 struct Record {
@@ -28,7 +26,7 @@ struct Counts {
     existing: u64,
 }
 
-pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
+pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
     let template = match &a.template {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             crate::error::UsageError(format!("cannot read template {}: {e}", path.display()))
@@ -46,22 +44,10 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
         usage!("the batch name is empty: pass --batch NAME");
     }
 
-    // Each job's item is written just before it in this same transaction, so the foreign key
-    // holds by construction: checking it row by row cost a tenth of a large enqueue. (On an
-    // error the transaction rolls back and the command ends; nothing else uses the connection.)
-    let conn = &mut db.conn;
-    conn.pragma_update(None, "foreign_keys", "OFF")?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // This transaction is the only writer, and ids only grow: the new jobs are the ids
-    // between the highest before and the highest after.
-    let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
-        Ok(tx.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?)
-    };
-    let mut first_new = max_id(&tx)? + 1;
+    let mut tx = db.enqueue()?;
     let mut counts = Counts::default();
     {
-        let mut sink = Sink::new(&tx, &batch, &a.models, template.as_deref(), &name)?;
-        sink.first_new = first_new;
+        let mut sink = Sink::new(&mut *tx, &batch, &a.models, template.as_deref(), &name)?;
         sink.format = format;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
@@ -76,9 +62,8 @@ pub fn run(a: &EnqueueArgs, db: &mut Db) -> Result<u8> {
             format.expected()
         );
     }
-    let mut last_new = max_id(&tx)?;
-    tx.commit().context("cannot commit the enqueued jobs")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let added = tx.commit()?;
+    let (mut first_new, mut last_new) = (added.first, added.last);
     if let Some(merged) = db.publish()? {
         // Another enqueue created the database meanwhile: ours was merged into it.
         let jobs = counts.new + counts.existing;
@@ -309,22 +294,19 @@ const CHUNK: usize = 128;
 
 /// Writes items and jobs in chunks, counting new and existing ones.
 struct Sink<'a> {
-    tx: &'a rusqlite::Transaction<'a>,
+    tx: &'a mut dyn Enqueue,
     batch: &'a str,
     models: &'a [String],
     template: Option<&'a str>,
     name: &'a str,
-    now: i64,
     /// Records waiting for the next chunk, with their rendered prompt and variables JSON.
     pending: Vec<(Record, String, String)>,
-    /// The first job id of this enqueue: an item with an older job was queued before it.
-    first_new: i64,
     format: InputFormat,
 }
 
 impl<'a> Sink<'a> {
     fn new(
-        tx: &'a rusqlite::Transaction<'a>,
+        tx: &'a mut dyn Enqueue,
         batch: &'a str,
         models: &'a [String],
         template: Option<&'a str>,
@@ -339,9 +321,7 @@ impl<'a> Sink<'a> {
             models,
             template,
             name,
-            now: now_ms(),
             pending: Vec::with_capacity(CHUNK),
-            first_new: 0,
             format: InputFormat::Csv,
         })
     }
@@ -363,36 +343,25 @@ impl<'a> Sink<'a> {
             return Ok(());
         }
         let n = self.pending.len();
-        let rows = vec!["(?, ?, ?, ?)"; n].join(", ");
-        let mut items = self.tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO items (batch, item_id, prompt, vars) VALUES {rows}"
-        ))?;
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 4);
-        for (rec, prompt, vars) in &self.pending {
-            args.extend([&self.batch as &dyn rusqlite::ToSql, &rec.id, prompt, vars]);
-        }
-        if items.execute(args.as_slice())? < n {
+        let items: Vec<NewItem> = self
+            .pending
+            .iter()
+            .map(|(rec, prompt, vars)| NewItem {
+                id: &rec.id,
+                prompt,
+                vars,
+            })
+            .collect();
+        if let Some(stored) = self.tx.add_items(self.batch, &items)? {
             // Some ids were there already (or twice in this input): an item never changes
             // once queued, so each must come again exactly as stored.
-            let mut stored = self.tx.prepare_cached(
-                "SELECT prompt, vars FROM items WHERE batch = ?1 AND item_id = ?2",
-            )?;
-            // Every queued item has jobs; those of an earlier enqueue have older ids.
-            let mut earlier = self.tx.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = ?1 AND item_id = ?2
-                                AND kind = 'generate' AND id < ?3)",
-            )?;
-            for (rec, prompt, vars) in &self.pending {
-                let (old_prompt, old_vars): (String, String) = stored
-                    .query_row(params![self.batch, rec.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let differs = differences(&old_prompt, &old_vars, prompt, vars, &rec.vars);
+            for ((rec, prompt, vars), old) in self.pending.iter().zip(stored) {
+                let differs = differences(&old.prompt, &old.vars, prompt, vars, &rec.vars);
                 if differs.is_empty() {
                     continue;
                 }
                 let what = differs.join(", ");
-                let queued_before: bool =
-                    earlier.query_row(params![self.batch, rec.id, self.first_new], |r| r.get(0))?;
-                if queued_before {
+                if self.tx.queued_before(self.batch, &rec.id)? {
                     usage!(
                         "{} line {}: item {:?} is already in batch {:?} with a different {what}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
                         self.name, rec.line, rec.id, self.batch
@@ -410,23 +379,12 @@ impl<'a> Sink<'a> {
         }
         counts.items += n as u64;
         let jobs = n * self.models.len();
-        let rows = vec!["(?, ?, ?, 'generate', ?, ?)"; jobs].join(", ");
-        let mut insert = self.tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at) VALUES {rows}"
-        ))?;
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(jobs * 5);
-        for (rec, _, _) in &self.pending {
-            for model in self.models {
-                args.extend([
-                    &self.batch as &dyn rusqlite::ToSql,
-                    &rec.id,
-                    model,
-                    &self.now,
-                    &self.now,
-                ]);
-            }
-        }
-        let new = insert.execute(args.as_slice())? as u64;
+        let ids: Vec<&str> = self
+            .pending
+            .iter()
+            .map(|(rec, _, _)| rec.id.as_str())
+            .collect();
+        let new = self.tx.add_jobs(self.batch, &ids, self.models)?;
         counts.new += new;
         counts.existing += jobs as u64 - new;
         self.pending.clear();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 
 use crate::cli::{ExportArgs, ExportFormat};
-use crate::db::jobs::Filter;
+use crate::db::Filter;
 
 /// Token counts under the names the backends use (normalized, Ollama native, OpenAI usage).
 const PROMPT_TOKENS: &str = "CASE WHEN json_valid(a.timings) THEN COALESCE(
@@ -18,8 +18,9 @@ const OUTPUT_TOKENS: &str = "CASE WHEN json_valid(a.timings) THEN COALESCE(
     json_extract(a.timings, '$.output_tokens'), json_extract(a.timings, '$.completion_tokens'),
     json_extract(a.timings, '$.eval_count'), json_extract(a.timings, '$.usage.completion_tokens')) END";
 
-pub fn run(a: &ExportArgs, conn: &mut Connection) -> Result<u8> {
-    let filter = super::scope_filter(&a.scope, conn)?;
+pub fn run(a: &ExportArgs, db: &mut crate::db::Db) -> Result<u8> {
+    let filter = super::scope_filter(&a.scope, db)?;
+    let conn = &db.conn;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let written = match a.format {
         ExportFormat::Jsonl => jsonl(conn, &filter, a.with_grades, &mut out),

@@ -15,7 +15,7 @@ pub mod worker;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command, ModelsCommand, ScopeArgs};
-use crate::db::{self, jobs::Filter, Access, Db};
+use crate::db::{self, Access, Db, Filter, QueueStore};
 
 pub fn dispatch(cli: &Cli) -> Result<u8> {
     if let Command::Worker = cli.command {
@@ -29,10 +29,6 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
 }
 
 fn run_command(cli: &Cli) -> Result<u8> {
-    let db_text = cli.db.to_string_lossy();
-    if db::postgres::is_url(&db_text) {
-        return on_postgres(cli, &db_text);
-    }
     // Commands that record new work may create the database (on a draft published when they
     // commit); reports never write; the others need it to exist (grade too: there is nothing
     // to grade in a new database).
@@ -43,16 +39,20 @@ fn run_command(cli: &Cli) -> Result<u8> {
         }
         _ => Access::Write,
     };
+    let db_text = cli.db.to_string_lossy();
+    if db::postgres::is_url(&db_text) {
+        return on_postgres(cli, &db_text, access);
+    }
     let mut db = Db::open(&cli.db, access)?;
     let code = match &cli.command {
         Command::Models(a) => models::run(a, &mut db)?,
         Command::Enqueue(a) => enqueue::run(a, &mut db)?,
-        Command::Run(a) => run::run(a, &mut db.conn, cli)?,
-        Command::Reap(a) => reap::run(a, cli.quiet, &mut db.conn)?,
-        Command::Resume(a) => resume::run(a, &mut db.conn)?,
-        Command::Grade(a) => grade::run(a, &mut db.conn)?,
-        Command::Report(a) => report::run(a, &mut db.conn)?,
-        Command::Export(a) => export::run(a, &mut db.conn)?,
+        Command::Run(a) => run::run(a, &db, cli)?,
+        Command::Reap(a) => reap::run(a, cli.quiet, &db)?,
+        Command::Resume(a) => resume::run(a, &db)?,
+        Command::Grade(a) => grade::run(a, &db)?,
+        Command::Report(a) => report::run(a, &mut db)?,
+        Command::Export(a) => export::run(a, &mut db)?,
         Command::Worker => unreachable!("handled in dispatch"),
     };
     // Creating commands publish before they print; this only catches one that did not.
@@ -60,73 +60,46 @@ fn run_command(cli: &Cli) -> Result<u8> {
     Ok(code)
 }
 
-/// Every command on a PostgreSQL database. Reads work on a consistent snapshot with the same
-/// code as on SQLite; commands that record new work publish a draft; the rest (run, reap,
-/// resume, grade) use the engine's own SQL.
-fn on_postgres(cli: &Cli, url: &str) -> Result<u8> {
-    use db::postgres::{self as pg, session::Session};
-    let target = pg::Target::parse(url)?;
-    let creates = matches!(
-        cli.command,
-        Command::Models(ModelsCommand::Set(_)) | Command::Enqueue(_)
-    );
-    let mut client = target.connect()?;
-    pg::migrate(&mut client, &target.shown, creates)?;
+/// Every command on a PostgreSQL database through the same store traits; the reports (which
+/// read SQL directly for now) read a consistent snapshot of it with the SQLite code, so they
+/// give the same numbers.
+fn on_postgres(cli: &Cli, url: &str, access: Access) -> Result<u8> {
+    let mut store = db::postgres::open(url, access == Access::Create)?;
     match &cli.command {
-        Command::Models(a @ ModelsCommand::Set(_)) => {
-            let mut db = Db::postgres_draft(target, client)?;
-            models::run(a, &mut db)
-        }
-        Command::Enqueue(a) => {
-            let mut db = Db::postgres_draft(target, client)?;
-            enqueue::run(a, &mut db)
-        }
-        Command::Models(a @ ModelsCommand::List(_)) => {
-            let mut db = Db::in_memory(pg::snapshot::snapshot(&mut client, &target.shown)?);
-            models::run(a, &mut db)
-        }
-        Command::Report(a) => {
-            let mut conn = pg::snapshot::snapshot(&mut client, &target.shown)?;
-            report::run(a, &mut conn)
-        }
-        Command::Export(a) => {
-            let mut conn = pg::snapshot::snapshot(&mut client, &target.shown)?;
-            export::run(a, &mut conn)
-        }
-        Command::Run(a) => {
-            let mut session = Session::with_client(target.clone(), client);
-            let ids = match &a.scope.ids_file {
-                Some(source) => Some(crate::ids::read(source)?),
-                None => None,
-            };
-            let filter = Filter {
-                batch: a.scope.batch.clone(),
-                models: a.scope.models.clone(),
-                ids: ids.is_some(),
-            };
-            if let Some(ids) = ids {
-                session.install_ids(ids)?;
-            }
-            let mut store = db::runner_store::Postgres { session };
-            let hb = crate::runner::heartbeat::Target::Postgres(Box::new(target));
-            run::run_on(a, &mut store, filter, hb, cli)
-        }
-        Command::Reap(a) => reap::run_pg(a, cli.quiet, &mut client),
-        Command::Resume(a) => resume::run_pg(a, &mut client),
-        Command::Grade(a) => grade::run_pg(a, &mut client),
+        Command::Models(a) => models::run(a, &mut store),
+        Command::Enqueue(a) => enqueue::run(a, &mut store),
+        Command::Run(a) => run::run(a, &store, cli),
+        Command::Reap(a) => reap::run(a, cli.quiet, &store),
+        Command::Resume(a) => resume::run(a, &store),
+        Command::Grade(a) => grade::run(a, &store),
+        Command::Report(a) => report::run(a, &mut Db::in_memory(store.snapshot()?)),
+        Command::Export(a) => export::run(a, &mut Db::in_memory(store.snapshot()?)),
         Command::Worker => unreachable!("handled in dispatch"),
     }
 }
 
-/// `--batch/--model/--ids-file` as a filter on PostgreSQL, the ids loaded into the connection.
-pub fn scope_filter_pg(scope: &ScopeArgs, client: &mut ::postgres::Client) -> Result<Filter> {
+/// The jobs `--batch`, `--model` and `--ids-file` select; an id naming no job is bad input.
+pub fn scope_filter(scope: &ScopeArgs, store: &dyn QueueStore) -> Result<Filter> {
     let ids = match &scope.ids_file {
         Some(source) => {
             let ids = crate::ids::read(source)?;
-            db::postgres::queue::install_ids(client, &ids)?;
-            true
+            let unknown = store.unknown_ids(&ids)?;
+            if !unknown.is_empty() {
+                let shown: Vec<String> = unknown.iter().take(20).map(i64::to_string).collect();
+                let more = if unknown.len() > 20 {
+                    format!(" and {} more", unknown.len() - 20)
+                } else {
+                    String::new()
+                };
+                crate::usage!(
+                    "{} unknown job id(s) in the ids file: {}{more}",
+                    unknown.len(),
+                    shown.join(", ")
+                );
+            }
+            Some(ids)
         }
-        None => false,
+        None => None,
     };
     Ok(Filter {
         batch: scope.batch.clone(),
@@ -135,24 +108,6 @@ pub fn scope_filter_pg(scope: &ScopeArgs, client: &mut ::postgres::Client) -> Re
     })
 }
 
-/// Turns `--batch/--model/--ids-file` into a filter, loading the ids into the connection.
-pub fn scope_filter(scope: &ScopeArgs, conn: &rusqlite::Connection) -> Result<Filter> {
-    let ids = match &scope.ids_file {
-        Some(source) => {
-            let ids = crate::ids::read(source)?;
-            crate::db::jobs::install_ids(conn, &ids)?;
-            true
-        }
-        None => false,
-    };
-    Ok(Filter {
-        batch: scope.batch.clone(),
-        models: scope.models.clone(),
-        ids,
-    })
-}
-
-/// ISO-8601 UTC with milliseconds, for log files.
 pub fn iso_time_ms(ms: i64) -> String {
     let base = iso_time(ms);
     format!("{}.{:03}Z", base.trim_end_matches('Z'), ms.rem_euclid(1000))

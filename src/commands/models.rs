@@ -1,27 +1,26 @@
 //! `models set` / `models list`: per-model settings.
 
 use anyhow::Result;
-use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::cli::{ModelSetArgs, ModelsCommand};
-use crate::db::Db;
+use crate::db::{Catalog, Store};
 use crate::models::{self, Backend, ModelConfig};
 use crate::report::render::{render, Table};
 use crate::usage;
 
-pub fn run(cmd: &ModelsCommand, db: &mut Db) -> Result<u8> {
+pub fn run(cmd: &ModelsCommand, db: &mut dyn Store) -> Result<u8> {
     match cmd {
         ModelsCommand::Set(a) => set(a, db),
         ModelsCommand::List(f) => {
-            let tables = [list_table(&db.conn)?];
+            let tables = [list_table(db)?];
             render(&tables, f.format, &mut std::io::stdout().lock())?;
             Ok(0)
         }
     }
 }
 
-fn set(a: &ModelSetArgs, db: &mut Db) -> Result<u8> {
+fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
     if a.name.trim().is_empty() {
         usage!("models set: the model name cannot be empty");
     }
@@ -39,7 +38,7 @@ fn set(a: &ModelSetArgs, db: &mut Db) -> Result<u8> {
             usage!("model {}: --endpoint {e:?} is not a server URL: {why} (e.g. http://gpu1:11434 or https://api.openai.com/v1)", a.name);
         }
     }
-    let mut m = models::load(&db.conn, &a.name)?;
+    let mut m = db.model(&a.name)?;
     let was_configured = m.configured;
     if let Some(b) = a.backend {
         m.backend = b;
@@ -137,7 +136,7 @@ fn set(a: &ModelSetArgs, db: &mut Db) -> Result<u8> {
         m.price_out = Some(p);
     }
     validate(&m)?;
-    models::save(&db.conn, &m)?;
+    db.save_model(&m)?;
     db.publish()?;
     let verb = if was_configured { "updated" } else { "added" };
     crate::outln!("{verb} model {}: {}", m.name, describe(&m))?;
@@ -233,7 +232,7 @@ fn timeout_text(m: &ModelConfig) -> String {
     }
 }
 
-fn list_table(conn: &Connection) -> Result<Table> {
+fn list_table(catalog: &dyn Catalog) -> Result<Table> {
     let mut t = Table::new(
         "models",
         "Models",
@@ -253,7 +252,7 @@ fn list_table(conn: &Connection) -> Result<Table> {
             "price_out",
         ],
     );
-    for m in models::list(conn)? {
+    for m in catalog.models()? {
         let target = match m.backend {
             Backend::Command => m.command.clone().unwrap_or_default(),
             _ => m.effective_endpoints().join(" "),

@@ -2,22 +2,23 @@
 //! each computed once; or, with `--format html`, one page of all of them.
 
 use anyhow::Result;
-use rusqlite::Connection;
 
 use crate::cli::{Format, ReportArgs, Section};
+use crate::db::Db;
 use crate::report::data::Sections;
 use crate::report::{breakdown, cost, models, page, render, sections, throughput, Query};
 use crate::util::now_ms;
 
-pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
-    let filter = super::scope_filter(&a.scope, conn)?;
+pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
+    let filter = super::scope_filter(&a.scope, db)?;
+    let conn = &db.conn;
     let q = Query {
         filter,
         since_ms: a.since.map(|d| now_ms() - d.as_millis() as i64),
-        by: a.by.clone(),
+        by: a.by.iter().map(|&k| k.into()).collect(),
     };
     if a.format == Format::Html {
-        let sections = Sections::new(conn, &q);
+        let sections = Sections::new(db, &q);
         page::write(&sections, &mut std::io::stdout().lock())?;
         return Ok(0);
     }
@@ -30,7 +31,7 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
             Section::Failures,
             Section::Models,
         ];
-        if cost::any_priced(conn)? {
+        if cost::any_priced(db)? {
             default.push(Section::Cost);
         }
         default
@@ -41,7 +42,7 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
         return ids(a, conn, &q, &wanted);
     }
     // Each section is computed once, however many others (the leaderboard) read it.
-    let s = Sections::new(conn, &q);
+    let s = Sections::new(db, &q);
     let mut tables = Vec::new();
     for section in wanted {
         match section {
@@ -53,13 +54,18 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
                 }
             }
             Section::Failures => tables.push(s.failures()?.clone()),
-            Section::Jobs => tables.push(sections::jobs(conn, &q, a.state.as_deref(), a.outcome)?),
+            Section::Jobs => tables.push(sections::jobs(
+                conn,
+                &q,
+                a.state.as_deref(),
+                a.outcome.map(|o| o.0),
+            )?),
             Section::Runners => tables.push(sections::runners(conn, &q)?),
             Section::Timeouts => tables.push(s.timeouts()?.clone()),
-            Section::Throughput => tables.push(throughput::throughput(conn, &q)?),
+            Section::Throughput => tables.push(throughput::throughput(db, conn, &q)?),
             Section::Grades => tables.extend(s.grades()?.iter().cloned()),
             Section::Models => tables.push(models::leaderboard(&s)?.table()),
-            Section::Cost => tables.push(cost::cost(conn, &q)?),
+            Section::Cost => tables.push(cost::cost(db, &q)?),
         }
     }
     render::render(&tables, a.format, &mut std::io::stdout().lock())?;
@@ -68,18 +74,18 @@ pub fn run(a: &ReportArgs, conn: &mut Connection) -> Result<u8> {
 
 /// `--format ids`: the ids of the jobs behind a section, for `| llmbatch resume --ids-file -`.
 /// `jobs` lists what its filters select; `failures` the failed jobs (of `--outcome`, if given).
-fn ids(a: &ReportArgs, conn: &Connection, q: &Query, wanted: &[Section]) -> Result<u8> {
+fn ids(a: &ReportArgs, conn: &rusqlite::Connection, q: &Query, wanted: &[Section]) -> Result<u8> {
     let mut tables = Vec::new();
     for section in wanted {
         match section {
             Section::Jobs => {
-                tables.push(sections::jobs(conn, q, a.state.as_deref(), a.outcome)?)
+                tables.push(sections::jobs(conn, q, a.state.as_deref(), a.outcome.map(|o| o.0))?)
             }
             Section::Failures => tables.push(sections::jobs(
                 conn,
                 q,
                 Some(a.state.as_deref().unwrap_or("failed")),
-                a.outcome,
+                a.outcome.map(|o| o.0),
             )?),
             other => crate::usage!(
                 "--format ids lists jobs: use it with `report jobs` or `report failures`, not {other:?}"

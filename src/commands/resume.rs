@@ -1,34 +1,19 @@
 //! `resume`: failed and cancelled jobs back to pending with a fresh (or given) attempt budget.
 
 use anyhow::Result;
-use rusqlite::{Connection, TransactionBehavior};
 use serde_json::json;
 
 use crate::cli::{Format, ResumeArgs};
-use crate::db::jobs;
+use crate::db::{ResumeParams, Store};
 
-pub fn run(a: &ResumeArgs, conn: &mut Connection) -> Result<u8> {
-    let filter = super::scope_filter(&a.scope, conn)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let ids = jobs::resume(&tx, &filter, a.outcome, a.extra_attempts, a.dry_run)?;
-    tx.commit()?;
-    print(a, &ids)
-}
-
-/// `resume` on PostgreSQL: one statement.
-pub fn run_pg(a: &ResumeArgs, client: &mut postgres::Client) -> Result<u8> {
-    let filter = super::scope_filter_pg(&a.scope, client)?;
-    let ids = crate::db::postgres::queue::resume(
-        client,
-        &filter,
-        a.outcome,
-        a.extra_attempts,
-        a.dry_run,
-    )?;
-    print(a, &ids)
-}
-
-fn print(a: &ResumeArgs, ids: &[i64]) -> Result<u8> {
+pub fn run(a: &ResumeArgs, store: &dyn Store) -> Result<u8> {
+    let filter = super::scope_filter(&a.scope, store)?;
+    let ids = store.resume(&ResumeParams {
+        filter: &filter,
+        outcome: a.outcome.map(|o| o.0),
+        extra_attempts: a.extra_attempts,
+        dry_run: a.dry_run,
+    })?;
     let verb = if a.dry_run { "would resume" } else { "resumed" };
     match a.format.format {
         Format::Json => crate::outln!(
@@ -36,7 +21,7 @@ fn print(a: &ResumeArgs, ids: &[i64]) -> Result<u8> {
             json!({ "resumed": ids.len(), "dry_run": a.dry_run, "ids": ids })
         )?,
         Format::Ids => {
-            for id in ids {
+            for id in &ids {
                 crate::outln!("{id}")?;
             }
         }

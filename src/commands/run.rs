@@ -1,37 +1,23 @@
 //! `run`: work the queue until nothing in scope is left, then say what happened.
 
 use anyhow::Result;
-use rusqlite::Connection;
 use std::io::IsTerminal;
 
 use crate::cli::{Cli, RunArgs};
-use crate::db::jobs::Filter;
-use crate::db::runner_store::{self, RunnerStore};
+use crate::db::Store;
 use crate::error::{EXIT_ERROR, EXIT_FAILED, EXIT_OK};
-use crate::runner::{self, heartbeat, signals, FailureLimit, RunOptions};
+use crate::runner::{self, signals, FailureLimit, RunOptions};
 use crate::util::human_secs;
 
-pub fn run(a: &RunArgs, conn: &mut Connection, cli: &Cli) -> Result<u8> {
-    let filter = super::scope_filter(&a.scope, conn)?;
-    let target = heartbeat::Target::Sqlite(cli.db.clone());
-    run_on(a, &mut runner_store::Sqlite(conn), filter, target, cli)
-}
-
-/// `run` on a queue of either engine.
-pub fn run_on(
-    a: &RunArgs,
-    store: &mut dyn RunnerStore,
-    filter: Filter,
-    heartbeat_db: heartbeat::Target,
-    cli: &Cli,
-) -> Result<u8> {
+pub fn run(a: &RunArgs, store: &dyn Store, cli: &Cli) -> Result<u8> {
+    let filter = super::scope_filter(&a.scope, store)?;
     let max_failures = a
         .max_failures
         .as_deref()
         .map(FailureLimit::parse)
         .transpose()?;
     let opts = RunOptions {
-        heartbeat_db,
+        db_path: cli.db.clone(),
         filter,
         jobs: a.jobs.map(|j| j as usize),
         limit: a.limit,

@@ -2,15 +2,13 @@
 //! and anything else that shows money (typed rows, rendered elsewhere).
 
 use anyhow::Result;
-use rusqlite::Connection;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use super::render::Table;
 use super::Query;
-use crate::db::cost::token_sums;
-use crate::db::jobs::Filter;
-use crate::models::{self, ModelConfig};
+use crate::db::{AttemptScope, Filter, GroupKey, Store};
+use crate::models::ModelConfig;
 
 /// The tokens one attempt used, as its server reported them.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -63,26 +61,28 @@ pub struct CostRow {
     pub cost_per_1k_jobs_usd: Option<f64>,
 }
 
-/// The grouping columns of a cost query: the report's, with the model always among them
+/// The grouping keys of a cost query: the report's, with the model always among them
 /// (prices are per model).
-fn keys(q: &Query) -> Vec<(&'static str, &'static str)> {
-    let mut cols = q.group_cols();
-    if !cols.iter().any(|c| c.0 == "model") {
-        cols.push(("model", "model"));
+fn keys(q: &Query) -> Vec<GroupKey> {
+    let mut keys = q.group_keys();
+    if !keys.contains(&GroupKey::Model) {
+        keys.push(GroupKey::Model);
     }
-    cols
+    keys
 }
 
 /// Tokens and cost per group, over successful and failed attempts alike, at today's prices.
-pub fn rows(conn: &Connection, q: &Query) -> Result<(Vec<&'static str>, Vec<CostRow>)> {
-    let cols = keys(q);
-    let exprs: Vec<&str> = cols.iter().map(|c| c.1).collect();
-    let (cond, args) = q.attempt_sql("a");
+pub fn rows(store: &dyn Store, q: &Query) -> Result<(Vec<&'static str>, Vec<CostRow>)> {
+    let keys = keys(q);
+    let scope = AttemptScope {
+        filter: q.filter.clone(),
+        since_ms: q.since_ms,
+    };
     let mut configs: HashMap<String, ModelConfig> = HashMap::new();
     let mut out = Vec::new();
-    for s in token_sums(conn, &exprs, &cond, args)? {
+    for s in store.token_sums(&scope, &keys)? {
         if !configs.contains_key(&s.model) {
-            configs.insert(s.model.clone(), models::load(conn, &s.model)?);
+            configs.insert(s.model.clone(), store.model(&s.model)?);
         }
         let cost = price(
             &configs[&s.model],
@@ -102,22 +102,22 @@ pub fn rows(conn: &Connection, q: &Query) -> Result<(Vec<&'static str>, Vec<Cost
                 .map(|c| c * 1000.0 / s.jobs as f64),
         });
     }
-    Ok((cols.iter().map(|c| c.0).collect(), out))
+    Ok((keys.iter().map(|k| k.column()).collect(), out))
 }
 
 /// The recorded cost of everything in `filter`'s scope, over all runs (for `run --max-cost`).
-pub fn spent(conn: &Connection, filter: &Filter) -> Result<f64> {
+pub fn spent(store: &dyn Store, filter: &Filter) -> Result<f64> {
     let q = Query {
         filter: filter.clone(),
         since_ms: None,
         by: Vec::new(),
     };
-    Ok(rows(conn, &q)?.1.iter().filter_map(|r| r.cost_usd).sum())
+    Ok(rows(store, &q)?.1.iter().filter_map(|r| r.cost_usd).sum())
 }
 
 /// Whether any model has prices (then the default `report` shows cost).
-pub fn any_priced(conn: &Connection) -> Result<bool> {
-    Ok(models::list(conn)?.iter().any(ModelConfig::priced))
+pub fn any_priced(store: &dyn Store) -> Result<bool> {
+    Ok(store.models()?.iter().any(ModelConfig::priced))
 }
 
 /// Rounds USD for display without hiding fractions of a cent.
@@ -125,8 +125,8 @@ fn usd(v: f64) -> Value {
     json!((v * 1e6).round() / 1e6)
 }
 
-pub fn cost(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cols, rows) = rows(conn, q)?;
+pub fn cost(store: &dyn Store, q: &Query) -> Result<Table> {
+    let (cols, rows) = rows(store, q)?;
     let mut header = cols.clone();
     header.extend([
         "attempts",

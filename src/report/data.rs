@@ -7,10 +7,11 @@ use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use super::render::Table;
-use super::{grades, sections, speed, timeouts, Query};
-use crate::cli::GroupKey;
+use super::{cost, grades, sections, speed, timeouts, Query};
+use crate::db::{Db, GroupKey, Store};
 
 pub struct Sections<'a> {
+    pub store: &'a dyn Store,
     pub conn: &'a Connection,
     /// The scope and grouping asked for.
     pub q: &'a Query,
@@ -24,6 +25,7 @@ pub struct Sections<'a> {
     timeouts: OnceCell<Table>,
     grades: OnceCell<Vec<Table>>,
     tokens: OnceCell<BTreeMap<String, f64>>,
+    model_cost: OnceCell<Table>,
 }
 
 /// `OnceCell::get_or_try_init` is not stable yet: the same, by hand.
@@ -36,9 +38,10 @@ fn once<T>(cell: &OnceCell<T>, make: impl FnOnce() -> Result<T>) -> Result<&T> {
 }
 
 impl<'a> Sections<'a> {
-    pub fn new(conn: &'a Connection, q: &'a Query) -> Sections<'a> {
+    pub fn new(db: &'a Db, q: &'a Query) -> Sections<'a> {
         Sections {
-            conn,
+            store: db,
+            conn: &db.conn,
             q,
             by_model: Query {
                 filter: q.filter.clone(),
@@ -53,6 +56,7 @@ impl<'a> Sections<'a> {
             timeouts: OnceCell::new(),
             grades: OnceCell::new(),
             tokens: OnceCell::new(),
+            model_cost: OnceCell::new(),
         }
     }
 
@@ -100,7 +104,9 @@ impl<'a> Sections<'a> {
     }
 
     pub fn timeouts(&self) -> Result<&Table> {
-        once(&self.timeouts, || timeouts::timeouts(self.conn, self.q))
+        once(&self.timeouts, || {
+            timeouts::timeouts(self.store, self.conn, self.q)
+        })
     }
 
     /// `grades`, `graders`, `agreement`.
@@ -110,5 +116,10 @@ impl<'a> Sections<'a> {
 
     pub fn tokens_per_s(&self) -> Result<&BTreeMap<String, f64>> {
         once(&self.tokens, || speed::tokens_per_s(self.conn, self.q))
+    }
+
+    /// Tokens and cost per model (empty cost where a model has no prices).
+    pub fn model_cost(&self) -> Result<&Table> {
+        once(&self.model_cost, || cost::cost(self.store, &self.by_model))
     }
 }

@@ -20,8 +20,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 use std::collections::BTreeSet;
 
-use crate::cli::GroupKey;
-use crate::db::jobs::Filter;
+use crate::db::{Filter, GroupKey};
 
 /// What every section is asked about: which jobs, since when, grouped how.
 pub struct Query {
@@ -50,6 +49,17 @@ impl Query {
             args.push(SqlValue::Integer(since));
         }
         (sql, args)
+    }
+
+    /// The grouping keys in column order (default: model).
+    pub fn group_keys(&self) -> Vec<GroupKey> {
+        if self.by.is_empty() {
+            return vec![GroupKey::Model];
+        }
+        [GroupKey::Batch, GroupKey::Model, GroupKey::Endpoint]
+            .into_iter()
+            .filter(|k| self.by.contains(k))
+            .collect()
     }
 
     /// Grouping columns on attempts (default: model).
@@ -92,7 +102,7 @@ pub fn models_in_scope(conn: &Connection, q: &Query) -> Result<Vec<String>> {
             names.extend(skip_scan(conn, "jobs", &format!(" AND state = '{state}'"))?);
         }
     }
-    if q.filter.batch.is_none() && !q.filter.ids && q.filter.models.is_empty() {
+    if q.filter.batch.is_none() && q.filter.ids.is_none() && q.filter.models.is_empty() {
         return Ok(names.into_iter().collect());
     }
     // Keep the models with jobs in scope (a configured model with none is left out).

@@ -3,7 +3,7 @@
 //! by quality — grades when there are any, else the success rate — then by p95 latency, with
 //! ties and missing data said in a `note`, and one sentence naming the best model and why.
 //!
-//! A new column (cost, say) is one field on [`Entry`], one line in [`Entry::cells`] and one
+//! A new column is one field on [`Entry`], one line in [`Entry::cells`] and one
 //! name in [`COLUMNS`].
 
 use anyhow::Result;
@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::data::Sections;
 use super::render::Table;
-use crate::db::jobs::Outcome;
+use crate::domain::Outcome;
 
 /// The leaderboard's columns, in order (snake_case, as in JSON).
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 17] = [
     "rank",
     "model",
     "done",
@@ -29,6 +29,8 @@ pub const COLUMNS: [&str; 15] = [
     "p50_s",
     "p95_s",
     "tokens_per_s",
+    "cost_usd",
+    "cost_per_1k_jobs_usd",
     "top_failure",
     "top_failure_n",
     "advised_timeout_s",
@@ -73,6 +75,9 @@ pub struct Entry {
     pub p50_s: Option<f64>,
     pub p95_s: Option<f64>,
     pub tokens_per_s: Option<f64>,
+    /// What its attempts cost at the model's prices; None where it has none.
+    pub cost_usd: Option<f64>,
+    pub cost_per_1k_jobs_usd: Option<f64>,
     /// The most frequent charged failure outcome and its count of attempts.
     pub top_failure: Option<(String, i64)>,
     pub advised_timeout_s: Option<f64>,
@@ -105,6 +110,8 @@ impl Entry {
             num(self.p50_s),
             num(self.p95_s),
             num(self.tokens_per_s),
+            num(self.cost_usd),
+            num(self.cost_per_1k_jobs_usd),
             self.top_failure
                 .as_ref()
                 .map_or(Value::Null, |(k, _)| json!(k)),
@@ -183,11 +190,13 @@ pub fn leaderboard(s: &Sections) -> Result<Leaderboard> {
     let grades = &s.grades()?[0];
     let timeouts = s.timeouts()?;
     let tokens = s.tokens_per_s()?;
+    let cost = s.model_cost()?;
 
     let status_rows = by_model(status);
     let latency_rows = by_model(latency);
     let failure_rows = by_model(failures);
     let timeout_rows = by_model(timeouts);
+    let cost_rows = by_model(cost);
 
     let mut names: BTreeSet<String> = status_rows.keys().cloned().collect();
     names.extend(latency_rows.keys().cloned());
@@ -218,6 +227,10 @@ pub fn leaderboard(s: &Sections) -> Result<Leaderboard> {
             e.p95_s = cell(latency, r, "p95_s").as_f64();
         }
         e.tokens_per_s = tokens.get(&model).copied();
+        if let Some(r) = cost_rows.get(&model) {
+            e.cost_usd = cell(cost, r, "cost_usd").as_f64();
+            e.cost_per_1k_jobs_usd = cell(cost, r, "cost_per_1k_jobs_usd").as_f64();
+        }
         if let Some(r) = failure_rows.get(&model) {
             e.top_failure = top_failure(failures, r);
         }

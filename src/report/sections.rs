@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::render::{secs, Table};
 use super::{rank, Query};
-use crate::db::jobs::Outcome;
+use crate::domain::Outcome;
 use crate::util::now_ms;
 
 /// Per model: jobs in each state, grade jobs waiting on their parent, the oldest running age.

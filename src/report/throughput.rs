@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use super::render::Table;
 use super::Query;
+use crate::db::Store;
 use crate::util::{human_secs, now_ms};
 
 /// The window when no --since is given.
@@ -26,7 +27,7 @@ struct Row {
     running: i64,
 }
 
-pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
+pub fn throughput(store: &dyn Store, conn: &Connection, q: &Query) -> Result<Table> {
     let now = now_ms();
     let since = q.since_ms.unwrap_or(now - DEFAULT_WINDOW_MS);
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
@@ -87,7 +88,7 @@ pub fn throughput(conn: &Connection, q: &Query) -> Result<Table> {
         let start = row.first_start.map_or(since, |s| s.max(since));
         let elapsed_s = ((now - start) as f64 / 1000.0).max(1.0);
         let per_hour = row.done as f64 * 3600.0 / elapsed_s;
-        let paced = paced_per_hour(&crate::models::load(conn, &model)?, &row);
+        let paced = paced_per_hour(&store.model(&model)?, &row);
         let rate = paced.map_or(per_hour, |p| p.min(per_hour));
         let eta =
             (row.pending > 0 && rate > 0.0).then(|| (row.pending as f64 / rate * 3600.0).round());

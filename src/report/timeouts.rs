@@ -7,10 +7,11 @@ use serde_json::json;
 
 use super::render::{secs, Table};
 use super::Query;
+use crate::db::Store;
 use crate::timeouts::{self, ADVICE_MAX_S, ADVICE_MIN_S, ADVICE_MIN_SAMPLES, ADVICE_WINDOW_MS};
 use crate::util::now_ms;
 
-pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
+pub fn timeouts(store: &dyn Store, conn: &Connection, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "timeouts",
         "Timeouts: configured vs observed (n, p99 and advice over the last 7 days)",
@@ -30,14 +31,11 @@ pub fn timeouts(conn: &Connection, q: &Query) -> Result<Table> {
     let since = q.since_ms.unwrap_or(now_ms() - ADVICE_WINDOW_MS);
     let mut few = Vec::new();
     for name in super::models_in_scope(conn, q)? {
-        let model = crate::models::load(conn, &name)?;
-        let (n, p99_ms, max_ms) = timeouts::samples(conn, &name)?;
+        let model = store.model(&name)?;
+        let sample = timeouts::samples(store, &name)?;
+        let (n, p99_ms, max_ms) = (sample.count, sample.p99_ms, sample.max_ms);
         let advice = timeouts::advise(n, p99_ms);
-        // What `run` gives an attempt now (the same rule as timeouts::effective).
-        let effective = match advice {
-            Some(a) if model.timeout_auto => a,
-            _ => model.timeout(),
-        };
+        let effective = timeouts::effective_secs(&model, advice);
         let seen: i64 = conn.query_row(
             "SELECT COUNT(*) FROM attempts a
              WHERE a.model = ? AND a.outcome = 'timeout' AND a.started_at >= ?",

@@ -4,22 +4,12 @@
 //! whose heartbeat could not be renewed for a lease may have been reaped elsewhere.
 
 use anyhow::Result;
-use rusqlite::params;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::db::postgres::{self as pg, session::Session};
-use crate::util::now_ms;
-
-/// Where the heartbeat connects.
-#[derive(Debug, Clone)]
-pub enum Target {
-    Sqlite(PathBuf),
-    Postgres(Box<pg::Target>),
-}
+use crate::db::Store;
 
 /// What the heartbeat thread last managed.
 struct Pulse {
@@ -35,17 +25,9 @@ pub struct Heartbeat {
     pulse: Arc<Mutex<Pulse>>,
 }
 
-enum Conn {
-    Sqlite(rusqlite::Connection),
-    Postgres(Box<Session>),
-}
-
 impl Heartbeat {
-    pub fn start(target: &Target, runner_id: i64, lease: Duration) -> Result<Heartbeat> {
-        let mut conn = match target {
-            Target::Sqlite(path) => Conn::Sqlite(crate::db::open_again(path)?),
-            Target::Postgres(t) => Conn::Postgres(Box::new(Session::open((**t).clone())?)),
-        };
+    /// Renews the runner's leases through `store`, a handle of its own.
+    pub fn start(store: Box<dyn Store>, runner_id: i64, lease: Duration) -> Result<Heartbeat> {
         let (stop, rx) = mpsc::channel::<()>();
         let every = (lease / 3).max(Duration::from_millis(100));
         let lease_ms = lease.as_millis() as i64;
@@ -58,7 +40,7 @@ impl Heartbeat {
             .name("heartbeat".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                    let result = beat(&mut conn, runner_id, lease_ms);
+                    let result = store.renew_leases(runner_id, lease_ms);
                     let Ok(mut p) = shared.lock() else { return };
                     match result {
                         Ok(()) => {
@@ -79,7 +61,7 @@ impl Heartbeat {
         })
     }
 
-    /// Why the heartbeat has not been renewed for `lease`, if it has not.
+    /// Why the heartbeat has not been renewed for over `lease`, if it has not.
     pub fn stale_for(&self, lease: Duration) -> Option<String> {
         let p = self.pulse.lock().ok()?;
         (p.renewed.elapsed() > lease)
@@ -92,30 +74,6 @@ impl Drop for Heartbeat {
         let _ = self.stop.send(());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
-        }
-    }
-}
-
-fn beat(conn: &mut Conn, runner_id: i64, lease_ms: i64) -> Result<()> {
-    match conn {
-        Conn::Sqlite(conn) => {
-            let now = now_ms();
-            conn.execute(
-                "UPDATE runners SET heartbeat_at = ?1 WHERE id = ?2",
-                params![now, runner_id],
-            )?;
-            conn.execute(
-                "UPDATE jobs SET lease_expires_at = ?1 WHERE runner_id = ?2 AND state = 'running'",
-                params![now + lease_ms, runner_id],
-            )?;
-            Ok(())
-        }
-        Conn::Postgres(session) => {
-            let live = session.with(|c| pg::queue::beat(c, runner_id, lease_ms))?;
-            if !live {
-                anyhow::bail!("this runner was marked stopped by another (found dead)");
-            }
-            Ok(())
         }
     }
 }

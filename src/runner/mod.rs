@@ -2,23 +2,25 @@
 //! attempt to a pool thread (which runs a child process), and records what comes back —
 //! finishes and the next claims in one transaction. It never blocks on a model.
 
-pub mod heartbeat;
+mod heartbeat;
 mod lane;
 mod pace;
 mod pool;
 pub mod signals;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::attempt::{self, AttemptJob};
-use crate::db::jobs::{self, Claim, Filter, Finish, Next, Outcome};
-use crate::db::runner_store::{self, RunnerStore};
+use crate::db::{ClaimParams, Filter, FinishParams, NewRunner, RecordAndClaimParams, Store};
+use crate::domain::{self, Claim, Finish, JobState, Next, Outcome};
 use crate::exec::StopSignal;
+use crate::reaper::{self, Orphan};
 use crate::util::human_secs;
 use lane::{End, Lane, Reach};
 
@@ -70,8 +72,7 @@ impl FailureLimit {
 }
 
 pub struct RunOptions {
-    /// How the heartbeat thread reaches the database (its own connection).
-    pub heartbeat_db: heartbeat::Target,
+    pub db_path: PathBuf,
     pub filter: Filter,
     pub jobs: Option<usize>,
     pub limit: Option<u64>,
@@ -116,10 +117,7 @@ struct Done {
 }
 
 struct Coordinator<'a> {
-    store: &'a mut dyn RunnerStore,
-    heartbeat: Option<heartbeat::Heartbeat>,
-    /// Since when the heartbeat has gone unrenewed for over a lease: claims are paused.
-    stale_since: Option<Instant>,
+    store: &'a dyn Store,
     opts: RunOptions,
     runner_id: i64,
     lanes: BTreeMap<String, Lane>,
@@ -135,24 +133,23 @@ struct Coordinator<'a> {
     summary: Summary,
     started: Instant,
     next_reap: Instant,
+    heartbeat: Option<heartbeat::Heartbeat>,
+    /// Since when the heartbeat has gone unrenewed for over a lease: claims are paused.
+    stale_since: Option<Instant>,
     /// Since when the database has failed every pass (busy or unreachable).
     db_trouble_since: Option<Instant>,
 }
 
 /// Runs jobs in scope until none is left (or a stop condition), then reports what it did.
-pub fn run(store: &mut dyn RunnerStore, opts: RunOptions) -> Result<Summary> {
-    let runner_id = store
-        .register_runner()
-        .context("cannot register this runner")?;
+pub fn run(store: &dyn Store, opts: RunOptions) -> Result<Summary> {
+    let runner_id = register(store)?;
     let stop = Arc::new(StopSignal::default());
     let signals = signals::SignalWatch::install(stop.clone())?;
-    let heartbeat = heartbeat::Heartbeat::start(&opts.heartbeat_db, runner_id, opts.lease)?;
+    let heartbeat = heartbeat::Heartbeat::start(store.reopen()?, runner_id, opts.lease)?;
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     let mut coord = Coordinator {
         store,
-        heartbeat: Some(heartbeat),
-        stale_since: None,
         runner_id,
         lanes: BTreeMap::new(),
         pool: pool::Pool::new(opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512)),
@@ -169,6 +166,8 @@ pub fn run(store: &mut dyn RunnerStore, opts: RunOptions) -> Result<Summary> {
         summary: Summary::default(),
         started,
         next_reap: started,
+        heartbeat: Some(heartbeat),
+        stale_since: None,
         db_trouble_since: None,
         opts,
     };
@@ -202,23 +201,33 @@ pub fn run(store: &mut dyn RunnerStore, opts: RunOptions) -> Result<Summary> {
     Ok(summary)
 }
 
+fn register(store: &dyn Store) -> Result<i64> {
+    let pid = std::process::id() as i64;
+    store.register_runner(&NewRunner {
+        host: crate::util::hostname(),
+        pid,
+        pid_start: crate::util::pid_start(pid),
+        boot_id: crate::util::boot_id(),
+    })
+}
+
 impl Coordinator<'_> {
     /// One line of what was found, then the orphans of dead runners back in the queue.
     fn startup(&mut self) -> Result<()> {
         if self.opts.max_cost.is_some() {
-            self.summary.spent = self.store.spent(&self.opts.filter)?;
+            self.summary.spent = crate::report::cost::spent(self.store, &self.opts.filter)?;
         }
-        let counts: HashMap<String, i64> = self.store.state_counts(&self.opts.filter)?;
-        let orphans = self.store.find_orphans(self.runner_id)?;
-        let n = |s: &str| counts.get(s).copied().unwrap_or(0);
+        let counts = self.store.state_counts(&self.opts.filter)?;
+        let orphans = reaper::find_orphans(self.store, Some(self.runner_id))?;
+        let n = |s: JobState| counts.get(&s).copied().unwrap_or(0);
         log::info!(
             "runner {} found {} pending, {} running ({} orphaned), {} done, {} failed",
             self.runner_id,
-            n("pending"),
-            n("running"),
+            n(JobState::Pending),
+            n(JobState::Running),
             orphans.iter().filter(|o| self.in_scope(o)).count(),
-            n("done"),
-            n("failed")
+            n(JobState::Done),
+            n(JobState::Failed)
         );
         self.reap_now(orphans)?;
         self.refresh_lanes()?;
@@ -230,30 +239,30 @@ impl Coordinator<'_> {
         Ok(())
     }
 
-    fn reap_now(&mut self, orphans: Vec<jobs::Orphan>) -> Result<()> {
+    /// Reaps when `found` holds orphans (judged again as they are put back).
+    fn reap_now(&mut self, found: Vec<Orphan>) -> Result<()> {
         self.next_reap = Instant::now() + (self.opts.lease / 2).max(Duration::from_millis(500));
-        if orphans.is_empty() {
+        if found.is_empty() {
             return Ok(());
         }
-        let reaped = self.store.reap(&orphans)?;
+        let reaped = reaper::reap(self.store, Some(self.runner_id))?;
         for (o, state) in &reaped {
             log::warn!(
-                "reaped job {} ({}): {}; back to {state}",
-                o.job_id,
-                o.model,
-                o.reason
+                "reaped job {} ({}): {}; back to {}",
+                o.job.job_id,
+                o.job.model,
+                o.reason,
+                state.as_str()
             );
-            if *state == "failed" && self.in_scope(o) {
+            if *state == JobState::Failed && self.in_scope(o) {
                 self.summary.failed += 1;
             }
         }
         Ok(())
     }
 
-    fn in_scope(&self, o: &jobs::Orphan) -> bool {
-        let f = &self.opts.filter;
-        f.batch.as_ref().is_none_or(|b| *b == o.batch)
-            && (f.models.is_empty() || f.models.contains(&o.model))
+    fn in_scope(&self, o: &Orphan) -> bool {
+        self.opts.filter.covers(&o.job.batch, &o.job.model)
     }
 
     /// Opens a lane for every model with pending work in scope.
@@ -262,30 +271,26 @@ impl Coordinator<'_> {
         for name in names {
             if let Some(lane) = self.lanes.get_mut(&name) {
                 if lane.in_flight == 0 {
-                    let config = self.store.load_model(&name)?;
-                    let timeout =
-                        crate::timeouts::effective(&config, || self.store.timeout_samples(&name))?;
+                    let config = self.store.model(&name)?;
+                    let timeout = crate::timeouts::effective(self.store, &config)?;
                     lane.reconfigure(config, timeout);
                 } else if lane.model.timeout_auto {
                     // `--timeout auto` follows the advice as successes come in; new claims
                     // get it, attempts in flight keep theirs.
-                    lane.timeout = crate::timeouts::effective(&lane.model, || {
-                        self.store.timeout_samples(&name)
-                    })?;
+                    lane.timeout = crate::timeouts::effective(self.store, &lane.model)?;
                 }
                 continue;
             }
-            let config = self.store.load_model(&name)?;
+            let config = self.store.model(&name)?;
             if !config.configured {
                 log::info!(
                     "model {name} is not configured: using Ollama at {} (see `llmbatch models set`)",
                     config.effective_endpoints().join(", ")
                 );
             }
-            let timeout =
-                crate::timeouts::effective(&config, || self.store.timeout_samples(&name))?;
+            let timeout = crate::timeouts::effective(self.store, &config)?;
             let mut lane = Lane::new(config, timeout);
-            if let Some(multi) = self.multi.clone() {
+            if let Some(multi) = &self.multi {
                 let total = self.count_open(&name)?;
                 let bar = multi.add(ProgressBar::new(total));
                 bar.set_style(
@@ -301,8 +306,8 @@ impl Coordinator<'_> {
         Ok(())
     }
 
-    fn count_open(&mut self, model: &str) -> Result<u64> {
-        self.store.count_open(model, &self.opts.filter)
+    fn count_open(&self, model: &str) -> Result<u64> {
+        self.store.open_jobs(&self.opts.filter, model)
     }
 
     fn work(&mut self, signals: &signals::SignalWatch) -> Result<()> {
@@ -318,30 +323,22 @@ impl Coordinator<'_> {
             self.gather(&mut pending);
             let claiming = self.may_claim();
             if claiming && Instant::now() >= self.next_reap {
-                match self.store.find_orphans(self.runner_id) {
-                    Ok(orphans) => {
+                let found = reaper::find_orphans(self.store, Some(self.runner_id));
+                match self.soft(found)? {
+                    Some(orphans) => {
                         let reaped = self.reap_now(orphans);
                         self.soft(reaped)?;
                     }
-                    Err(e) if self.store.transient(&e) => {
-                        log::warn!("cannot look for orphans now, will retry: {e:#}");
-                        self.next_reap = Instant::now() + TICK;
-                    }
-                    Err(e) => return Err(e),
+                    None => self.next_reap = Instant::now() + TICK,
                 }
                 // New models, and jobs put back by a reap or `resume`, get their lanes now.
                 let refreshed = self.refresh_lanes();
                 self.soft(refreshed)?;
             }
-            let dispatched = match self.record_and_claim(&mut pending, claiming) {
-                Ok(n) => n,
-                Err(e) if self.store.transient(&e) => {
-                    // Results stay in `pending` and are recorded on the next pass.
-                    self.db_trouble(e)?;
-                    0
-                }
-                Err(e) => return Err(e),
-            };
+            // Results stay in `pending` while the database cannot take them (busy, or
+            // PostgreSQL restarting), and are recorded on a later pass.
+            let recorded = self.record_and_claim(&mut pending, claiming);
+            let dispatched = self.soft(recorded)?.unwrap_or(0);
             self.check_unreachable();
             for lane in self.lanes.values() {
                 lane.refresh_bar();
@@ -456,14 +453,14 @@ impl Coordinator<'_> {
             return false;
         }
         // A runner whose heartbeat has not been renewed for a lease may have been reaped by
-        // another host: it must not take more work until it is renewed again.
+        // another host: it takes no more work until the heartbeat is renewed again.
         if let Some(hb) = &self.heartbeat {
             let stale = hb.stale_for(self.opts.lease);
             if stale.is_some() != self.stale_since.is_some() {
                 self.stale_since = stale.is_some().then(Instant::now);
-                match stale {
-                    Some(ref why) => log::warn!(
-                        "heartbeat not renewed for {} ({why}): stopped claiming, since this runner's jobs may have been reaped",
+                match &stale {
+                    Some(why) => log::warn!(
+                        "heartbeat not renewed for over {} ({why}): stopped claiming, since this runner's jobs may have been reaped",
                         human_secs(self.opts.lease.as_secs_f64())
                     ),
                     None => log::warn!("heartbeat renewed again: claiming again"),
@@ -576,9 +573,8 @@ impl Coordinator<'_> {
             return Ok(dispatched);
         }
         let retry_base = self.opts.retry_base.as_millis() as i64;
-        let lease_ms = self.opts.lease.as_millis() as i64;
         let stopping = self.summary.signal.is_some() || self.stop.level() > 0;
-        let mut nexts = Vec::with_capacity(results.len());
+        let mut decided = Vec::with_capacity(results.len());
         for done in results.iter_mut() {
             if stopping {
                 interrupted_by_stop(&mut done.finish);
@@ -588,47 +584,52 @@ impl Coordinator<'_> {
                 .get(&done.claim.model)
                 .expect("lane of a claimed job");
             let budget = done.claim.max_attempts.unwrap_or(lane.model.max_attempts);
-            nexts.push(jobs::decide(&done.claim, &done.finish, budget, retry_base));
+            decided.push(domain::decide(
+                &done.claim,
+                &done.finish,
+                budget,
+                retry_base,
+            ));
         }
-        let recorded: Vec<runner_store::Result1> = results
+        let timeouts: Vec<f64> = plan
             .iter()
-            .zip(&nexts)
-            .map(|(d, next)| runner_store::Result1 {
-                claim: &d.claim,
-                finish: &d.finish,
-                next: *next,
-            })
+            .map(|(model, _)| self.lanes[model].timeout.as_secs_f64())
             .collect();
-        let wants: Vec<runner_store::Want> = plan
-            .iter()
-            .map(|(model, slots)| runner_store::Want {
-                model,
-                slots,
-                timeout_s: self.lanes[model].timeout.as_secs_f64(),
-            })
-            .collect();
-        let (kept, got) = self.store.record_and_claim(
-            self.runner_id,
-            &recorded,
-            &wants,
-            lease_ms,
-            &self.opts.filter,
-        )?;
-        drop(recorded);
-        drop(wants);
-        self.db_trouble_since = None;
+        let recorded = self.store.record_and_claim(&RecordAndClaimParams {
+            runner_id: self.runner_id,
+            lease_ms: self.opts.lease.as_millis() as i64,
+            filter: &self.opts.filter,
+            finishes: results
+                .iter()
+                .zip(&decided)
+                .map(|(done, &next)| FinishParams {
+                    claim: &done.claim,
+                    finish: &done.finish,
+                    next,
+                })
+                .collect(),
+            claims: plan
+                .iter()
+                .zip(&timeouts)
+                .map(|((model, slots), &timeout_s)| ClaimParams {
+                    model,
+                    endpoints: slots,
+                    timeout_s,
+                })
+                .collect(),
+        })?;
+        let decided: Vec<(Next, bool)> = decided.into_iter().zip(recorded.kept).collect();
         let claims: Vec<(String, usize, Vec<Claim>)> = plan
-            .iter()
-            .zip(got)
-            .map(|((model, slots), got)| (model.clone(), slots.len(), got))
+            .into_iter()
+            .zip(recorded.claims)
+            .map(|((model, slots), got)| (model, slots.len(), got))
             .collect();
-        for ((done, next), kept) in results.drain(..).zip(nexts).zip(kept) {
+        for (done, (next, kept)) in results.drain(..).zip(decided) {
             self.account(done, next, kept);
         }
         for (model, wanted, got) in claims {
             if got.len() < wanted {
-                let idled = self.idle_lane(&model);
-                self.soft(idled)?;
+                self.idle_lane(&model)?;
             }
             for claim in got {
                 self.dispatch(claim)?;
@@ -720,7 +721,7 @@ impl Coordinator<'_> {
 
     /// Nothing runnable now: look again when the earliest backoff ends (or within a tick).
     fn idle_lane(&mut self, model: &str) -> Result<()> {
-        let next = self.store.next_ready_in(model, &self.opts.filter)?;
+        let next = self.store.next_runnable_in(&self.opts.filter, model)?;
         let wait = match next {
             Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(TICK),
             _ => TICK,
@@ -832,7 +833,7 @@ impl Coordinator<'_> {
         if let Some(r) = self.rubrics.get(&id) {
             return Ok(r.clone());
         }
-        let r = Arc::new(self.store.load_rubric(id)?);
+        let r = Arc::new(self.store.rubric(id)?);
         self.rubrics.insert(id, r.clone());
         Ok(r)
     }
@@ -1050,7 +1051,7 @@ impl Coordinator<'_> {
     /// Whether any job in scope may still run: pending (not in a stopped lane, and not waiting
     /// on a parent that failed, or that is pending where this run will never take it: out of
     /// scope or in a stopped lane) or running under another runner.
-    fn work_left(&mut self) -> Result<bool> {
+    fn work_left(&self) -> Result<bool> {
         let stopped: Vec<String> = self
             .lanes
             .iter()
@@ -1063,8 +1064,11 @@ impl Coordinator<'_> {
     /// A transient database error (see [`Self::db_trouble`]) becomes None; others stay errors.
     fn soft<T>(&mut self, r: Result<T>) -> Result<Option<T>> {
         match r {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if self.store.transient(&e) => {
+            Ok(v) => {
+                self.db_trouble_since = None;
+                Ok(Some(v))
+            }
+            Err(e) if crate::db::is_transient(&e) => {
                 self.db_trouble(e)?;
                 Ok(None)
             }
@@ -1072,14 +1076,14 @@ impl Coordinator<'_> {
         }
     }
 
-    /// The database could not be written just now (a busy file, PostgreSQL restarting):
-    /// results wait in memory and the next pass tries again — for at most
+    /// The database could not be used just now (a busy file, PostgreSQL restarting): what
+    /// waits to be recorded stays in memory and a later pass tries again — for at most
     /// [`DB_OUTAGE_LIMIT`], after which the runner stops with the error.
     fn db_trouble(&mut self, e: anyhow::Error) -> Result<()> {
         let since = *self.db_trouble_since.get_or_insert_with(Instant::now);
         if since.elapsed() > DB_OUTAGE_LIMIT {
             return Err(e.context(format!(
-                "the database stayed unreachable for {}",
+                "the database stayed unavailable for {}",
                 human_secs(DB_OUTAGE_LIMIT.as_secs_f64())
             )));
         }
@@ -1087,9 +1091,9 @@ impl Coordinator<'_> {
             log::warn!("database busy, will retry: {e:#}");
         } else {
             log::warn!("database unavailable, will retry: {e:#}");
+            // Do not spin while it is down; the session reconnects with its own pauses.
+            self.nap(Duration::from_millis(200));
         }
-        // Do not spin while it is down.
-        self.nap(Duration::from_millis(200));
         Ok(())
     }
 }

@@ -71,7 +71,7 @@ fn leaderboard_ranks_by_success_then_p95_when_nothing_is_graded() {
     );
     let csv = env.stdout(&["report", "models", "--format", "csv"]);
     assert!(
-        csv.starts_with("rank,model,done,failed,success_rate,graders,grade_pass_rate,mean_score,p50_s,p95_s,tokens_per_s,top_failure,top_failure_n,advised_timeout_s,note\n1,fast,25,0,1.000,0,,,0.140,0.860,10000.000,,,10.000,same success rate as steady: ordered by p95\n"),
+        csv.starts_with("rank,model,done,failed,success_rate,graders,grade_pass_rate,mean_score,p50_s,p95_s,tokens_per_s,cost_usd,cost_per_1k_jobs_usd,top_failure,top_failure_n,advised_timeout_s,note\n1,fast,25,0,1.000,0,,,0.140,0.860,10000.000,,,,,10.000,same success rate as steady: ordered by p95\n"),
         "{csv}"
     );
 }

@@ -413,6 +413,26 @@ fn cost_report_has_exact_figures() {
                    "output_tokens": 580, "cost_usd": 0.001212, "cost_per_1k_jobs_usd": 0.606}),
         ]
     );
+    // The leaderboard and the page show the same cost per model.
+    let board = env.report_json(&["models"]);
+    let cost_of = |m: &str| {
+        board["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == m)
+            .map(|r| (r["cost_usd"].clone(), r["cost_per_1k_jobs_usd"].clone()))
+            .unwrap()
+    };
+    assert_eq!(cost_of("gpt"), (json!(0.00003), json!(0.006)));
+    assert_eq!(cost_of("llama"), (json!(0.001212), json!(0.606)));
+    assert_eq!(cost_of("free"), (Value::Null, Value::Null));
+    let page = env.stdout(&["report", "--format", "html"]);
+    assert!(
+        page.contains("<section id=\"cost\"><h2>Cost</h2>"),
+        "no cost section"
+    );
+    assert!(page.contains("$0.0012"), "llama's cost is not on the page");
     // --by batch splits gpt over its two batches.
     let rows = cost_rows(&env.report_json(&["cost", "--by", "batch"]));
     let gpt_b1 = rows

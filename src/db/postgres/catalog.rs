@@ -2,9 +2,8 @@
 
 use anyhow::{Context, Result};
 use postgres::{GenericClient, Row};
-use serde_json::Value;
 
-use crate::db::jobs::{Claim, Finish};
+use crate::db::store::DurationSample;
 use crate::grading::Rubric;
 use crate::models::{Backend, ModelConfig};
 
@@ -148,59 +147,33 @@ pub fn save_rubric(c: &mut impl GenericClient, r: &Rubric) -> Result<i64> {
     .get(0))
 }
 
-/// Stores the verdict of a finished grade job.
-pub fn record_grade(c: &mut impl GenericClient, claim: &Claim, finish: &Finish) -> Result<()> {
-    let v = finish
-        .timings
-        .as_ref()
-        .and_then(|t| t.get("grade"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    c.execute(
-        "INSERT INTO grades (job_id, graded_job_id, attempt_id, grader, pass, score, reason, fields)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (job_id) DO UPDATE SET graded_job_id = excluded.graded_job_id,
-             attempt_id = excluded.attempt_id, grader = excluded.grader, pass = excluded.pass,
-             score = excluded.score, reason = excluded.reason, fields = excluded.fields",
-        &[
-            &claim.job_id,
-            &claim.parent_id,
-            &claim.attempt_id,
-            &claim.model,
-            &v.get("pass").and_then(Value::as_bool).map(i64::from),
-            &v.get("score").and_then(Value::as_f64),
-            &v.get("reason").and_then(Value::as_str),
-            &v.get("fields")
-                .map(Value::to_string)
-                .unwrap_or_else(|| "{}".into()),
-        ],
-    )?;
-    Ok(())
-}
-
-/// Successful attempts of the model in the advice window: count, nearest-rank p99 and max
-/// (ms), the same definition as on SQLite.
-pub fn timeout_samples(
+/// Successful attempts of the model started in the last `window_ms` (database time): count,
+/// nearest-rank p99 and max (ms), the same definition as on SQLite.
+pub fn ok_durations(
     c: &mut impl GenericClient,
     model: &str,
-) -> Result<(i64, Option<i64>, Option<i64>)> {
-    let window = crate::timeouts::ADVICE_WINDOW_MS;
+    window_ms: i64,
+) -> Result<DurationSample> {
     let r = c.query_one(
         "SELECT COUNT(*), MAX(duration_ms), llmbatch_now_ms() - $2 FROM attempts
          WHERE model = $1 AND outcome = 'ok' AND started_at >= llmbatch_now_ms() - $2",
-        &[&model, &window],
+        &[&model, &window_ms],
     )?;
-    let (n, max, since): (i64, Option<i64>, i64) = (r.get(0), r.get(1), r.get(2));
-    if n == 0 {
-        return Ok((0, None, None));
+    let (count, max_ms, since): (i64, Option<i64>, i64) = (r.get(0), r.get(1), r.get(2));
+    if count == 0 {
+        return Ok(DurationSample::default());
     }
-    let rank = ((n as f64) * 0.99).ceil() as i64;
-    let p99: Option<i64> = c
+    let rank = ((count as f64) * 0.99).ceil() as i64;
+    let p99_ms: Option<i64> = c
         .query_opt(
             "SELECT duration_ms FROM attempts WHERE model = $1 AND outcome = 'ok' AND started_at >= $2
              ORDER BY duration_ms DESC LIMIT 1 OFFSET $3",
-            &[&model, &since, &(n - rank)],
+            &[&model, &since, &(count - rank)],
         )?
         .map(|r| r.get(0));
-    Ok((n, p99, max))
+    Ok(DurationSample {
+        count,
+        p99_ms,
+        max_ms,
+    })
 }

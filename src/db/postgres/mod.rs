@@ -3,10 +3,10 @@
 //! queue's SQL (see [`queue`]). Times are the database's clock (`llmbatch_now_ms()`).
 
 pub mod catalog;
-pub mod publish;
 pub mod queue;
 pub mod session;
 pub mod snapshot;
+pub mod store;
 mod tls;
 
 use anyhow::{Context, Result};
@@ -240,6 +240,15 @@ fn pgpass_fields(line: &str) -> Vec<String> {
     fields
 }
 
+/// Opens a PostgreSQL database for a command: connected, its tables made or upgraded
+/// (`create`), or refused when it has none.
+pub fn open(url: &str, create: bool) -> Result<store::PgStore> {
+    let target = Target::parse(url)?;
+    let mut client = target.connect()?;
+    migrate(&mut client, &target.shown, create)?;
+    Ok(store::PgStore::new(target, client))
+}
+
 /// Creates or upgrades llmbatch's tables in the database, under a lock so two hosts starting
 /// at once migrate once. `create` false: a database without our tables is refused (a read or
 /// a run on the wrong database must not create an empty queue in it).
@@ -336,3 +345,9 @@ mod tests {
 
 #[cfg(test)]
 mod tests_server;
+
+/// Whether an error means the server could not be reached or the connection was lost: the
+/// work may be retried on a new connection (a runner rides out a restart).
+pub fn is_disconnect(err: &anyhow::Error) -> bool {
+    session::is_disconnect(err)
+}

@@ -1,15 +1,16 @@
 //! The queue on PostgreSQL: every transition of `jobs.state`, each one statement (or one
-//! short transaction) judged on the database's clock. Claims lock with `FOR UPDATE SKIP
-//! LOCKED` inside a CTE, never `IN (subquery … LIMIT)` (PostgreSQL BUG #15715: a nested-loop
-//! plan may update more rows than the limit). Every finish and reap is fenced by lease token.
+//! short transaction) judged on the database's clock (`llmbatch_now_ms()`). Claims lock with
+//! `FOR UPDATE SKIP LOCKED` inside a CTE, never `IN (subquery … LIMIT)` (PostgreSQL BUG #15715:
+//! a nested-loop plan may update more rows than the limit). Every finish and rescue is fenced
+//! by the lease token.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use postgres::types::ToSql;
 use postgres::GenericClient;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::db::jobs::{Claim, Filter, Finish, Next, Orphan, Outcome};
-use crate::util::now_ms;
+use crate::db::store::*;
+use crate::domain::{Claim, Finish, JobKind, JobState, Next};
 
 /// Query parameters built up with the SQL that uses them: [`Params::add`] returns `$n`.
 #[derive(Default)]
@@ -29,8 +30,8 @@ impl Params {
     }
 }
 
-/// ` AND …` conditions of a filter on the jobs table under `alias` (job id column `id_col`).
-pub fn scope(filter: &Filter, alias: &str, id_col: &str, p: &mut Params) -> String {
+/// ` AND …` conditions of a filter on the jobs table under `alias`.
+pub fn scope(filter: &Filter, alias: &str, p: &mut Params) -> String {
     let mut sql = String::new();
     if let Some(b) = &filter.batch {
         sql.push_str(&format!(" AND {alias}.batch = {}", p.add(b.clone())));
@@ -41,118 +42,72 @@ pub fn scope(filter: &Filter, alias: &str, id_col: &str, p: &mut Params) -> Stri
             p.add(filter.models.clone())
         ));
     }
-    if filter.ids {
+    if let Some(ids) = &filter.ids {
         sql.push_str(&format!(
-            " AND {alias}.{id_col} IN (SELECT id FROM pg_temp.scope_ids)"
+            " AND {alias}.id = ANY({}::bigint[])",
+            p.add(ids.clone())
         ));
     }
     sql
 }
 
-/// Loads job ids into this connection's `pg_temp.scope_ids`; an id with no job is a usage
-/// error listing them.
-pub fn install_ids(c: &mut impl GenericClient, ids: &[i64]) -> Result<()> {
-    c.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS scope_ids (id BIGINT PRIMARY KEY); DELETE FROM pg_temp.scope_ids;",
-    )?;
-    c.execute(
-        "INSERT INTO pg_temp.scope_ids SELECT DISTINCT unnest($1::bigint[]) ON CONFLICT DO NOTHING",
-        &[&ids],
-    )?;
-    let unknown: Vec<i64> = c
-        .query(
-            "SELECT s.id FROM pg_temp.scope_ids s WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = s.id) ORDER BY s.id",
-            &[],
+pub fn register(c: &mut impl GenericClient, r: &NewRunner) -> Result<i64> {
+    Ok(c.query_one(
+        "INSERT INTO runners (host, pid, pid_start, boot_id, started_at, heartbeat_at)
+         VALUES ($1, $2, $3, $4, llmbatch_now_ms(), llmbatch_now_ms()) RETURNING id",
+        &[&r.host, &r.pid, &r.pid_start, &r.boot_id],
+    )?
+    .get(0))
+}
+
+/// Renews the runner's heartbeat and its running jobs' leases by `lease_ms` from the
+/// database's now. An error when the runner is no longer registered as live (another host
+/// found it dead and marked it stopped): its leases are then not renewed.
+pub fn renew(c: &mut impl GenericClient, runner_id: i64, lease_ms: i64) -> Result<()> {
+    let live: i64 = c
+        .query_one(
+            "WITH r AS (UPDATE runners SET heartbeat_at = llmbatch_now_ms()
+                        WHERE id = $1 AND stopped_at IS NULL RETURNING id),
+                  j AS (UPDATE jobs SET lease_expires_at = llmbatch_now_ms() + $2
+                        WHERE runner_id = $1 AND state = 'running' AND EXISTS (SELECT 1 FROM r)
+                        RETURNING id)
+             SELECT COUNT(*) FROM r",
+            &[&runner_id, &lease_ms],
         )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !unknown.is_empty() {
-        let shown: Vec<String> = unknown.iter().take(20).map(i64::to_string).collect();
-        let more = if unknown.len() > 20 {
-            format!(" and {} more", unknown.len() - 20)
-        } else {
-            String::new()
-        };
-        crate::usage!(
-            "{} unknown job id(s) in the ids file: {}{more}",
-            unknown.len(),
-            shown.join(", ")
-        );
+        .get(0);
+    if live == 0 {
+        anyhow::bail!("runner {runner_id} is marked stopped (found dead by another runner)");
     }
     Ok(())
 }
 
-/// Registers a runner; its start and heartbeat are the database's time.
-pub fn register(c: &mut impl GenericClient) -> Result<i64> {
-    let pid = std::process::id() as i64;
-    let row = c
-        .query_one(
-            "INSERT INTO runners (host, pid, pid_start, boot_id, started_at, heartbeat_at)
-             VALUES ($1, $2, $3, $4, llmbatch_now_ms(), llmbatch_now_ms()) RETURNING id",
-            &[
-                &crate::util::hostname(),
-                &pid,
-                &crate::util::pid_start(pid),
-                &crate::util::boot_id(),
-            ],
-        )
-        .context("cannot register this runner")?;
-    Ok(row.get(0))
-}
-
-pub fn stop_runner(c: &mut impl GenericClient, runner_id: i64, reason: &str) -> Result<()> {
-    c.execute(
-        "UPDATE runners SET stopped_at = llmbatch_now_ms(), stop_reason = $1 WHERE id = $2",
-        &[&reason, &runner_id],
-    )?;
-    Ok(())
-}
-
-/// Renews the runner's heartbeat and the leases of its running jobs by `lease_ms` from the
-/// database's now. False when the runner is no longer registered as live (found dead and
-/// marked stopped by another host): then its leases are not renewed.
-pub fn beat(c: &mut impl GenericClient, runner_id: i64, lease_ms: i64) -> Result<bool> {
-    let row = c.query_one(
-        "WITH r AS (UPDATE runners SET heartbeat_at = llmbatch_now_ms()
-                    WHERE id = $1 AND stopped_at IS NULL RETURNING id),
-              j AS (UPDATE jobs SET lease_expires_at = llmbatch_now_ms() + $2
-                    WHERE runner_id = $1 AND state = 'running' AND EXISTS (SELECT 1 FROM r)
-                    RETURNING id)
-         SELECT (SELECT COUNT(*) FROM r)",
-        &[&runner_id, &lease_ms],
-    )?;
-    Ok(row.get::<_, i64>(0) > 0)
-}
-
-/// Claims up to `endpoints.len()` runnable jobs of `model`, one per endpoint slot, in one
+/// Claims up to `endpoints.len()` runnable jobs of a model, one per endpoint slot, in one
 /// statement: rows locked with SKIP LOCKED in a CTE, then state, attempt number, lease token,
 /// lease expiry (database time) and the attempt row written together.
 pub fn claim(
     c: &mut impl GenericClient,
     runner_id: i64,
-    model: &str,
-    endpoints: &[String],
-    timeout_s: f64,
     lease_ms: i64,
     filter: &Filter,
+    want: &ClaimParams,
 ) -> Result<Vec<Claim>> {
-    if endpoints.is_empty() {
+    if want.endpoints.is_empty() {
         return Ok(Vec::new());
     }
     let mut p = Params::default();
-    let m = p.add(model.to_string());
-    let cond = scope(filter, "j", "id", &mut p);
-    let limit = p.add(endpoints.len() as i64);
+    let m = p.add(want.model.to_string());
+    let cond = scope(filter, "j", &mut p);
+    let limit = p.add(want.endpoints.len() as i64);
     let runner = p.add(runner_id);
-    let tokens: Vec<i64> = endpoints
+    let tokens: Vec<i64> = want
+        .endpoints
         .iter()
         .map(|_| fastrand::i64(1..i64::MAX))
         .collect();
     let tokens = p.add(tokens);
     let lease = p.add(lease_ms);
-    let eps = p.add(endpoints.to_vec());
-    let timeout = p.add(timeout_s);
+    let eps = p.add(want.endpoints.to_vec());
+    let timeout = p.add(want.timeout_s);
     let sql = format!(
         "WITH picked AS (
              SELECT j.id FROM jobs j
@@ -196,10 +151,10 @@ pub fn claim(
             number: r.get(2),
             token: r.get(3),
             started_at: r.get(4),
-            kind: r.get(5),
+            kind: JobKind::parse(r.get::<_, &str>(5)).unwrap_or(JobKind::Generate),
             batch: r.get(6),
             item_id: r.get(7),
-            model: model.to_string(),
+            model: want.model.to_string(),
             endpoint: r.get(15),
             prompt: r.get(8),
             vars: serde_json::from_str(r.get::<_, &str>(9)).unwrap_or_default(),
@@ -214,16 +169,12 @@ pub fn claim(
 
 /// Records an attempt's end and moves its job in one statement, fenced by the lease token:
 /// if the job is no longer ours (reaped meanwhile), nothing is written and false is returned.
-/// A retry's backoff counts from the database's now: only its length comes from this host.
-pub fn finish(c: &mut impl GenericClient, claim: &Claim, f: &Finish, next: Next) -> Result<bool> {
+/// A retry's wait counts from the database's now. A finished grade's verdict is stored too.
+pub fn finish(c: &mut impl GenericClient, fp: &FinishParams) -> Result<bool> {
+    let (claim, f, next) = (fp.claim, fp.finish, fp.next);
     let charged = f.outcome.charged() as i64;
-    let state = match next {
-        Next::Done => "done",
-        Next::Retry(_) => "pending",
-        Next::Failed => "failed",
-    };
     let delay: Option<i64> = match next {
-        Next::Retry(t) => Some((t - now_ms()).max(0)),
+        Next::Retry(d) => Some(d.max(0)),
         _ => None,
     };
     let last_error = match next {
@@ -233,7 +184,7 @@ pub fn finish(c: &mut impl GenericClient, claim: &Claim, f: &Finish, next: Next)
             .clone()
             .or_else(|| Some(f.outcome.as_str().to_string())),
     };
-    let timings = f.timings.as_ref().map(Value::to_string);
+    let timings = stored_timings(f).map(|t| t.to_string());
     let row = c.query_one(
         "WITH moved AS (
              UPDATE jobs SET state = $1, charged = charged + $2,
@@ -251,9 +202,9 @@ pub fn finish(c: &mut impl GenericClient, claim: &Claim, f: &Finish, next: Next)
              WHERE id = $18 AND outcome IS NULL AND EXISTS (SELECT 1 FROM moved)
              RETURNING id
          )
-         SELECT (SELECT COUNT(*) FROM moved)",
+         SELECT COUNT(*) FROM moved",
         &[
-            &state,
+            &next.state().as_str(),
             &charged,
             &delay,
             &f.outcome.as_str(),
@@ -273,65 +224,94 @@ pub fn finish(c: &mut impl GenericClient, claim: &Claim, f: &Finish, next: Next)
             &claim.attempt_id,
         ],
     )?;
-    Ok(row.get::<_, i64>(0) > 0)
+    let kept = row.get::<_, i64>(0) > 0;
+    if kept && next == Next::Done && claim.kind == JobKind::Grade {
+        record_grade(c, claim, f)?;
+    }
+    Ok(kept)
 }
 
-/// Finds orphans: running jobs whose lease expired on the database's clock, or whose runner is
-/// known dead. Only a runner of this host and boot is judged by its process (gone, pid reused,
-/// suspended); a runner anywhere else is judged by its lease alone, so a host whose clock is
-/// off never reaps a live runner. Jobs of `self_runner` are never orphans.
-pub fn find_orphans(c: &mut impl GenericClient, self_runner: Option<i64>) -> Result<Vec<Orphan>> {
+/// The attempt's timings as stored: a grade job's verdict is kept there too, under `grade`.
+fn stored_timings(f: &Finish) -> Option<Value> {
+    let Some(verdict) = &f.verdict else {
+        return f.timings.clone();
+    };
+    let mut timings = f
+        .timings
+        .clone()
+        .unwrap_or_else(|| Value::Object(Map::new()));
+    if let Value::Object(m) = &mut timings {
+        m.insert("grade".into(), verdict.clone());
+    }
+    Some(timings)
+}
+
+fn record_grade(c: &mut impl GenericClient, claim: &Claim, f: &Finish) -> Result<()> {
+    let v = f.verdict.clone().unwrap_or(Value::Null);
+    c.execute(
+        "INSERT INTO grades (job_id, graded_job_id, attempt_id, grader, pass, score, reason, fields)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (job_id) DO UPDATE SET graded_job_id = excluded.graded_job_id,
+             attempt_id = excluded.attempt_id, grader = excluded.grader, pass = excluded.pass,
+             score = excluded.score, reason = excluded.reason, fields = excluded.fields",
+        &[
+            &claim.job_id,
+            &claim.parent_id,
+            &claim.attempt_id,
+            &claim.model,
+            &v.get("pass").and_then(Value::as_bool).map(i64::from),
+            &v.get("score").and_then(Value::as_f64),
+            &v.get("reason").and_then(Value::as_str),
+            &v.get("fields")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "{}".into()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Running jobs not held by `except_runner`, with their runner's record; how long ago each
+/// lease expired is judged on the database's clock.
+pub fn find_stuck(c: &mut impl GenericClient, except_runner: Option<i64>) -> Result<Vec<StuckJob>> {
     let rows = c.query(
         "SELECT j.id, j.model, j.batch, j.runner_id,
                 llmbatch_now_ms() - COALESCE(j.lease_expires_at, 0), COALESCE(j.lease_token, 0),
-                j.attempt_id, j.max_attempts, r.host, r.pid, r.pid_start, r.boot_id, r.stopped_at
+                j.attempt_id, j.max_attempts, r.id, r.host, r.pid, r.pid_start, r.boot_id,
+                r.stopped_at
          FROM jobs j LEFT JOIN runners r ON r.id = j.runner_id
-         WHERE j.state = 'running' AND j.runner_id IS DISTINCT FROM $1",
-        &[&self_runner],
+         WHERE j.state = 'running' AND j.runner_id IS DISTINCT FROM $1
+         ORDER BY j.id",
+        &[&except_runner],
     )?;
-    let mut orphans = Vec::new();
-    for r in rows {
-        let mut o = Orphan {
+    Ok(rows
+        .iter()
+        .map(|r| StuckJob {
             job_id: r.get(0),
             model: r.get(1),
             batch: r.get(2),
             runner_id: r.get(3),
-            runner: String::new(),
             lease_expired_ms: r.get(4),
-            reason: String::new(),
             token: r.get(5),
             attempt_id: r.get(6),
             max_attempts: r.get(7),
-            leftovers: None,
-        };
-        let host: Option<String> = r.get(8);
-        let pid: Option<i64> = r.get(9);
-        let start: Option<String> = r.get(10);
-        let boot: Option<String> = r.get(11);
-        let stopped: Option<i64> = r.get(12);
-        if let Some(reason) = orphan_reason(
-            &mut o,
-            host.as_deref(),
-            pid,
-            start.as_deref(),
-            boot.as_deref(),
-            stopped,
-        ) {
-            o.reason = reason;
-            orphans.push(o);
-        }
-    }
-    Ok(orphans)
+            runner: r.get::<_, Option<i64>>(8).map(|id| RunnerRecord {
+                id,
+                host: r.get(9),
+                pid: r.get(10),
+                pid_start: r.get(11),
+                boot_id: r.get(12),
+                stopped: r.get::<_, Option<i64>>(13).is_some(),
+            }),
+        })
+        .collect())
 }
 
-/// Reaps orphans in one short transaction: the attempt ends `lost`, uncharged, and the job goes
-/// back to pending (or to failed once lost more times than its budget). Fenced by token.
-pub fn reap(c: &mut impl GenericClient, orphans: &[Orphan]) -> Result<Vec<(Orphan, &'static str)>> {
-    let mut tx = c.transaction()?;
-    let mut reaped = Vec::new();
-    for o in orphans {
-        let error = format!("lost: {}", o.reason);
-        let row = tx.query_opt(
+/// Puts stuck jobs back: the attempt ends `lost`, uncharged, and the job goes back to pending
+/// (or to failed once lost more often than its budget). Fenced by token.
+pub fn rescue(c: &mut impl GenericClient, jobs: &[Rescue]) -> Result<Vec<(usize, JobState)>> {
+    let mut rescued = Vec::new();
+    for (i, o) in jobs.iter().enumerate() {
+        let row = c.query_opt(
             "WITH budget AS (
                  SELECT COALESCE($1::bigint, (SELECT max_attempts FROM models WHERE name = $2), $3) AS b,
                         (SELECT COUNT(*) FROM attempts WHERE job_id = $4 AND outcome = 'lost') AS lost
@@ -355,131 +335,46 @@ pub fn reap(c: &mut impl GenericClient, orphans: &[Orphan]) -> Result<Vec<(Orpha
                 &o.model,
                 &crate::models::DEFAULT_MAX_ATTEMPTS,
                 &o.job_id,
-                &error,
+                &o.error,
                 &o.token,
                 &o.attempt_id,
             ],
         )?;
         if let Some(row) = row {
-            let state: String = row.get(0);
-            reaped.push((
-                o.clone(),
-                if state == "failed" {
-                    "failed"
-                } else {
-                    "pending"
-                },
-            ));
+            let state = JobState::parse(row.get::<_, &str>(0)).unwrap_or(JobState::Pending);
+            rescued.push((i, state));
         }
     }
-    // A runner found dead here is marked stopped, so reports stop calling it live.
-    for runner_id in orphans.iter().filter_map(|o| o.runner_id) {
-        let row = tx.query_opt(
-            "SELECT host, pid, pid_start, boot_id FROM runners WHERE id = $1 AND stopped_at IS NULL",
-            &[&runner_id],
-        )?;
-        if let Some(r) = row {
-            let (host, pid, start, boot): (String, i64, Option<String>, Option<String>) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            if crate::util::runner_life(&host, pid, start.as_deref(), boot.as_deref()).dead() {
-                tx.execute(
-                    "UPDATE runners SET stopped_at = GREATEST(llmbatch_now_ms(), heartbeat_at),
-                            stop_reason = 'died' WHERE id = $1",
-                    &[&runner_id],
-                )?;
-            }
-        }
-    }
-    tx.commit()?;
-    // What a dead local runner's attempts left running must not go on beside the retry.
-    let mut tokens: Vec<&String> = orphans
-        .iter()
-        .filter_map(|o| o.leftovers.as_ref())
-        .collect();
-    tokens.sort();
-    tokens.dedup();
-    for token in tokens {
-        let n = crate::exec::kill_leftovers(token);
-        if n > 0 {
-            log::warn!("killed {n} process(es) left running by dead runner {token}");
-        }
-    }
-    Ok(reaped)
+    Ok(rescued)
 }
 
-/// Why a running job is an orphan, if it is: its runner is unknown, stopped, or, on this host
-/// and boot only, gone; or its lease expired on the database's clock while its runner is on
-/// another host (or suspended here). A live runner of this host keeps its jobs.
-fn orphan_reason(
-    o: &mut Orphan,
-    host: Option<&str>,
-    pid: Option<i64>,
-    start: Option<&str>,
-    boot: Option<&str>,
-    stopped: Option<i64>,
-) -> Option<String> {
-    use crate::util::RunnerLife;
-    o.runner = match (host, pid) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        _ => "unknown".into(),
-    };
-    let pid_n = pid.unwrap_or(0);
-    let life = host.map(|h| crate::util::runner_life(h, pid_n, start, boot));
-    let expired = o.lease_expired_ms > 0;
-    if pid.is_none() {
-        Some("its runner is unknown".to_string())
-    } else if stopped.is_some() {
-        Some("its runner has stopped".to_string())
-    } else if life == Some(RunnerLife::EarlierBoot) {
-        Some("its runner belongs to an earlier boot".to_string())
-    } else if life == Some(RunnerLife::Gone) {
-        o.leftovers = Some(crate::util::runner_token(pid_n, start));
-        Some(format!("its runner (pid {pid_n}) is gone"))
-    } else if life.is_some_and(|l| l.holds_jobs(expired)) {
-        None
-    } else if expired {
-        let who = match life {
-            Some(RunnerLife::Suspended) => {
-                format!("its runner (pid {pid_n}) is suspended and its ")
-            }
-            Some(RunnerLife::Remote) => format!(
-                "its runner on {} sent no heartbeat and its ",
-                host.unwrap_or("?")
-            ),
-            _ => "its ".to_string(),
-        };
-        Some(format!(
-            "{who}lease expired {} ago",
-            crate::util::human_secs(o.lease_expired_ms as f64 / 1000.0)
-        ))
-    } else {
-        None
-    }
+pub fn mark_runners_died(c: &mut impl GenericClient, runner_ids: &[i64]) -> Result<()> {
+    c.execute(
+        "UPDATE runners SET stopped_at = GREATEST(llmbatch_now_ms(), heartbeat_at),
+                stop_reason = 'died'
+         WHERE id = ANY($1::bigint[]) AND stopped_at IS NULL",
+        &[&runner_ids],
+    )?;
+    Ok(())
 }
 
 /// Puts failed and cancelled jobs matching the filter back to pending, each with `extra` more
 /// attempts (default: a fresh budget of its model's max attempts). Returns their ids.
-pub fn resume(
-    c: &mut impl GenericClient,
-    filter: &Filter,
-    outcome: Option<Outcome>,
-    extra: Option<i64>,
-    dry_run: bool,
-) -> Result<Vec<i64>> {
+pub fn resume(c: &mut impl GenericClient, rp: &ResumeParams) -> Result<Vec<i64>> {
     let mut p = Params::default();
-    let cond = scope(filter, "j", "id", &mut p);
+    let cond = scope(rp.filter, "j", &mut p);
     let mut sql = format!("SELECT j.id FROM jobs j WHERE j.state IN ('failed', 'cancelled'){cond}");
-    if let Some(o) = outcome {
+    if let Some(o) = rp.outcome {
         sql.push_str(&format!(
             " AND j.last_outcome = {}",
             p.add(o.as_str().to_string())
         ));
     }
-    if dry_run {
+    if rp.dry_run {
         sql.push_str(" ORDER BY j.id");
         return Ok(c.query(&sql, &p.refs())?.iter().map(|r| r.get(0)).collect());
     }
-    let e = p.add(extra);
+    let e = p.add(rp.extra_attempts);
     let d = p.add(crate::models::DEFAULT_MAX_ATTEMPTS);
     let sql = format!(
         "UPDATE jobs SET state = 'pending', not_before = 0, updated_at = llmbatch_now_ms(),
@@ -514,20 +409,4 @@ pub fn release_runner(c: &mut impl GenericClient, runner_id: i64) -> Result<usiz
         &[&runner_id],
     )?;
     Ok(row.get::<_, i64>(0) as usize)
-}
-
-/// The earliest `not_before` of a pending job of `model` in scope, as a wait from now on the
-/// database's clock (None: nothing pending).
-pub fn next_ready_in(
-    c: &mut impl GenericClient,
-    model: &str,
-    filter: &Filter,
-) -> Result<Option<i64>> {
-    let mut p = Params::default();
-    let m = p.add(model.to_string());
-    let cond = scope(filter, "j", "id", &mut p);
-    let sql = format!(
-        "SELECT MIN(j.not_before) - llmbatch_now_ms() FROM jobs j WHERE j.state = 'pending' AND j.model = {m}{cond}"
-    );
-    Ok(c.query_one(&sql, &p.refs())?.get(0))
 }

@@ -14,9 +14,6 @@ pub struct Session {
     /// When the next reconnection may be tried, and how long the pause after it will be.
     retry_at: Option<Instant>,
     pause: Duration,
-    /// The job ids of `--ids-file`, loaded again into each new connection (they live in a
-    /// temporary table, which a connection takes with it).
-    ids: Option<Vec<i64>>,
 }
 
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
@@ -35,7 +32,6 @@ impl Session {
             client: Some(client),
             retry_at: None,
             pause: FIRST_PAUSE,
-            ids: None,
         }
     }
 
@@ -56,13 +52,7 @@ impl Session {
                     .into());
                 }
             }
-            let connected = self.target.connect().and_then(|mut c| {
-                if let Some(ids) = &self.ids {
-                    super::queue::install_ids(&mut c, ids)?;
-                }
-                Ok(c)
-            });
-            match connected {
+            match self.target.connect() {
                 Ok(c) => {
                     if self.retry_at.is_some() {
                         log::warn!("reconnected to {}", self.target.shown);
@@ -79,13 +69,6 @@ impl Session {
             }
         }
         Ok(self.client.as_mut().expect("connected"))
-    }
-
-    /// Loads `--ids-file` ids into the connection, now and after every reconnection.
-    pub fn install_ids(&mut self, ids: Vec<i64>) -> Result<()> {
-        super::queue::install_ids(self.client()?, &ids)?;
-        self.ids = Some(ids);
-        Ok(())
     }
 
     /// Runs `f` on the connection; a connection lost meanwhile is dropped, so the next call

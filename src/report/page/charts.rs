@@ -231,9 +231,7 @@ pub fn failure_mix(failures: &Table, order: &[String]) -> Result<(String, Vec<St
         .iter()
         .filter(|c| {
             let c = c.as_str();
-            crate::db::jobs::Outcome::ALL
-                .iter()
-                .any(|o| o.as_str() == c)
+            crate::domain::Outcome::ALL.iter().any(|o| o.as_str() == c)
         })
         .cloned()
         .collect();

@@ -375,13 +375,13 @@ pub fn page(d: &PageData) -> Result<String> {
         "<header><h1>llmbatch report</h1><p>{} · generated {}</p>\
          <nav><a href=\"#models\">Leaderboard</a><a href=\"#latency\">Latency</a><a href=\"#failures\">Failures</a>\
          <a href=\"#throughput\">Throughput</a><a href=\"#grades\">Grades</a><a href=\"#timeouts\">Timeouts</a>\
-         <a href=\"#failed\">Failed jobs</a></nav></header>",
+         <a href=\"#cost\">Cost</a><a href=\"#failed\">Failed jobs</a></nav></header>",
         escape(&d.scope),
         escape(&d.generated)
     );
 
-    // Each section in page order; a new one (cost) is one more entry here.
-    let sections: [(&str, &str, String); 7] = [
+    // Each section in page order; a new one is one more entry here.
+    let sections: [(&str, &str, String); 8] = [
         ("models", "Leaderboard", leaderboard(d)),
         ("latency", "Latency", latency(d, &colour, &model_key)?),
         ("failures", "Failures", failures(d, &order)?),
@@ -392,6 +392,7 @@ pub fn page(d: &PageData) -> Result<String> {
         ),
         ("grades", "Grades", grades(d, &order)?),
         ("timeouts", "Timeout advice", timeouts(d, &order)?),
+        ("cost", "Cost", cost(d)),
         ("failed", "Failed jobs", failed(d)),
     ];
     for (id, title, html) in sections {
@@ -453,7 +454,7 @@ fn num_cell(v: Option<f64>, text: impl Fn(f64) -> String) -> LeaderCell {
 /// The leaderboard's columns on the page, from the same entries as `report models`; related
 /// values share a cell so the table fits a laptop screen. A new column is one line here.
 #[allow(clippy::type_complexity)]
-const LEADER_COLUMNS: [(&str, fn(&Entry) -> LeaderCell); 10] = [
+const LEADER_COLUMNS: [(&str, fn(&Entry) -> LeaderCell); 11] = [
     ("#", |e| {
         num_cell(e.rank.map(|r| r as f64), |r| format!("{r}"))
     }),
@@ -497,6 +498,7 @@ const LEADER_COLUMNS: [(&str, fn(&Entry) -> LeaderCell); 10] = [
     ("tokens/s", |e| {
         num_cell(e.tokens_per_s, |t| format!("{t:.1}"))
     }),
+    ("cost", |e| num_cell(e.cost_usd, |c| format!("${c:.4}"))),
     ("top failure", |e| match &e.top_failure {
         Some((kind, n)) => (format!("{kind} ×{n}"), Some(*n as f64), ""),
         None => ("—".to_string(), None, "na"),
@@ -684,5 +686,15 @@ fn failed(d: &PageData) -> String {
         &["id", "model", "batch", "item", "outcome", "error"],
         "",
     ));
+    out
+}
+
+fn cost(d: &PageData) -> String {
+    let mut out = String::from(
+        "<p class=\"lead\">Tokens of successful and failed attempts alike, at each model's prices \
+         (<code>llmbatch models set NAME --price-in USD --price-out USD</code>, per million tokens). \
+         A model without prices shows its tokens and no cost.</p>",
+    );
+    out.push_str(&table(&d.cost, &[], ""));
     out
 }

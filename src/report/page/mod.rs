@@ -33,6 +33,8 @@ pub struct PageData {
     /// `grades`, `graders`, `agreement`.
     pub grades: Vec<Table>,
     pub timeouts: Table,
+    /// Tokens and cost per model.
+    pub cost: Table,
     pub failed_jobs: Table,
 }
 
@@ -50,6 +52,7 @@ pub fn collect(s: &Sections) -> Result<PageData> {
         timeline: timeline::timeline(s.conn, q)?,
         grades: s.grades()?.to_vec(),
         timeouts: s.timeouts()?.clone(),
+        cost: s.model_cost()?.clone(),
         failed_jobs: failed::failed_jobs(s.conn, q, FAILED_CAP)?,
         leaderboard,
     })
@@ -66,7 +69,7 @@ impl PageData {
             &self.timeline,
         ];
         all.extend(self.grades.iter());
-        all.extend([&self.timeouts, &self.failed_jobs]);
+        all.extend([&self.timeouts, &self.cost, &self.failed_jobs]);
         all
     }
 
@@ -97,7 +100,7 @@ fn scope_text(s: &Sections) -> String {
     } else {
         format!("models {}", f.models.join(", "))
     });
-    if f.ids {
+    if f.ids.is_some() {
         parts.push("the jobs of an ids file".to_string());
     }
     parts.push(match s.q.since_ms {

@@ -6,47 +6,59 @@ use anyhow::Result;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 
+use crate::db::store::{AttemptScope, GroupKey, TokenSum};
+
 const PROMPT: &str =
     "COALESCE(json_extract(a.timings, '$.prompt_tokens'), json_extract(a.timings, '$.prompt_eval_count'), 0)";
 const OUTPUT: &str =
     "COALESCE(json_extract(a.timings, '$.completion_tokens'), json_extract(a.timings, '$.eval_count'), 0)";
 
-/// Tokens of one group of finished attempts (successful and failed alike).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenSum {
-    /// The group's key columns, in the order asked for.
-    pub key: Vec<String>,
-    pub model: String,
-    pub attempts: i64,
-    /// Distinct jobs with a charged attempt in the group: throttled, unreachable or
-    /// interrupted attempts never reached the model, and a job they alone touched cost nothing.
-    pub jobs: i64,
-    pub prompt_tokens: i64,
-    pub output_tokens: i64,
+impl GroupKey {
+    /// The SQL expression of the key on attempts.
+    pub fn expr(self) -> &'static str {
+        match self {
+            GroupKey::Batch => "batch",
+            GroupKey::Model => "model",
+            GroupKey::Endpoint => "COALESCE(endpoint, '')",
+        }
+    }
 }
 
-/// Sums per group of `keys` (SQL expressions on attempts `a`, `model` among them) over the
-/// finished attempts matching `cond` (` AND …` on `a`, with `args`).
+impl AttemptScope {
+    /// ` AND …` conditions on the attempts table under `alias`, with their parameters.
+    pub fn sql(&self, alias: &str) -> (String, Vec<SqlValue>) {
+        let (mut sql, mut args) = self.filter.sql_on(alias, "job_id");
+        if let Some(since) = self.since_ms {
+            sql.push_str(&format!(" AND {alias}.started_at >= ?"));
+            args.push(SqlValue::Integer(since));
+        }
+        (sql, args)
+    }
+}
+
+/// Sums per group of `by` (the model among them) over the finished attempts in scope.
 pub fn token_sums(
     conn: &Connection,
-    keys: &[&str],
-    cond: &str,
-    args: Vec<SqlValue>,
+    scope: &AttemptScope,
+    by: &[GroupKey],
 ) -> Result<Vec<TokenSum>> {
-    let key_list = keys.join(", ");
-    let model_at = keys
+    let key_list = by.iter().map(|k| k.expr()).collect::<Vec<_>>().join(", ");
+    let model_at = by
         .iter()
-        .position(|k| *k == "model")
+        .position(|k| *k == GroupKey::Model)
         .expect("cost groups include the model");
+    let (cond, args) = scope.sql("a");
     let sql = format!(
         "SELECT {key_list}, COUNT(*), COUNT(DISTINCT CASE WHEN a.charged = 1 THEN a.job_id END), SUM({PROMPT}), SUM({OUTPUT})
          FROM attempts a WHERE a.outcome IS NOT NULL{cond}
          GROUP BY {key_list} ORDER BY {key_list}"
     );
     let mut stmt = conn.prepare(&sql)?;
-    let k = keys.len();
+    let k = by.len();
     let rows = stmt.query_map(params_from_iter(args), |r| {
-        let key = crate::report::group_key(r, k)?;
+        let key = (0..k)
+            .map(|i| r.get::<_, String>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(TokenSum {
             model: key[model_at].clone(),
             key,

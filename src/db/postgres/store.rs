@@ -1,0 +1,453 @@
+//! The store traits on PostgreSQL. One connection per handle (a runner's coordinator has one,
+//! its heartbeat another, from [`Store::reopen`]); it comes back after a restart (see
+//! [`Session`]). No transaction is left open between calls, so none is held across a model
+//! call.
+
+use anyhow::Result;
+use postgres::Client;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::queue::{self, Params};
+use super::session::Session;
+use super::{catalog, Target};
+use crate::db::store::*;
+use crate::domain::JobState;
+use crate::grading::Rubric;
+use crate::models::ModelConfig;
+
+pub struct PgStore {
+    session: RefCell<Session>,
+}
+
+impl PgStore {
+    pub fn new(target: Target, client: Client) -> PgStore {
+        PgStore {
+            session: RefCell::new(Session::with_client(target, client)),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        self.session.borrow_mut().with(f)
+    }
+
+    pub fn target(&self) -> Target {
+        self.session.borrow().target.clone()
+    }
+
+    /// A consistent snapshot of the queue in an SQLite database in memory, for the reports.
+    pub fn snapshot(&self) -> Result<rusqlite::Connection> {
+        let shown = self.session.borrow().target.shown.clone();
+        self.with(|c| super::snapshot::snapshot(c, &shown))
+    }
+}
+
+impl QueueStore for PgStore {
+    fn register_runner(&self, runner: &NewRunner) -> Result<i64> {
+        self.with(|c| queue::register(c, runner))
+    }
+
+    fn renew_leases(&self, runner_id: i64, lease_ms: i64) -> Result<()> {
+        self.with(|c| queue::renew(c, runner_id, lease_ms))
+    }
+
+    fn stop_runner(&self, runner_id: i64, reason: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runners SET stopped_at = llmbatch_now_ms(), stop_reason = $1 WHERE id = $2",
+                &[&reason, &runner_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn mark_runners_died(&self, runner_ids: &[i64]) -> Result<()> {
+        self.with(|c| queue::mark_runners_died(c, runner_ids))
+    }
+
+    fn record_and_claim(&self, p: &RecordAndClaimParams) -> Result<Recorded> {
+        self.with(|c| {
+            // One short transaction; it ends before any claimed attempt starts.
+            let mut tx = c.transaction()?;
+            let mut done = Recorded::default();
+            for f in &p.finishes {
+                done.kept.push(queue::finish(&mut tx, f)?);
+            }
+            for want in &p.claims {
+                let started = std::time::Instant::now();
+                let got = queue::claim(&mut tx, p.runner_id, p.lease_ms, p.filter, want)?;
+                log::debug!(
+                    target: "llmbatch::claim",
+                    "claimed {} job(s): claim took {:.3} ms",
+                    got.len(),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+                done.claims.push(got);
+            }
+            tx.commit()?;
+            Ok(done)
+        })
+    }
+
+    fn find_stuck(&self, except_runner: Option<i64>) -> Result<Vec<StuckJob>> {
+        self.with(|c| queue::find_stuck(c, except_runner))
+    }
+
+    fn rescue(&self, jobs: &[Rescue]) -> Result<Vec<(usize, JobState)>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let rescued = queue::rescue(&mut tx, jobs)?;
+            tx.commit()?;
+            Ok(rescued)
+        })
+    }
+
+    fn reap(
+        &self,
+        except_runner: Option<i64>,
+        pick: &mut dyn FnMut(Vec<StuckJob>) -> Vec<Rescue>,
+    ) -> Result<Vec<(usize, JobState)>> {
+        self.with(|c| {
+            // Short: the jobs are judged from what was read, and each rescue is fenced by its
+            // token, so no lock is needed while `pick` looks at processes.
+            let mut tx = c.transaction()?;
+            let chosen = pick(queue::find_stuck(&mut tx, except_runner)?);
+            let rescued = queue::rescue(&mut tx, &chosen)?;
+            tx.commit()?;
+            Ok(rescued)
+        })
+    }
+
+    fn release_runner(&self, runner_id: i64) -> Result<usize> {
+        self.with(|c| queue::release_runner(c, runner_id))
+    }
+
+    fn resume(&self, p: &ResumeParams) -> Result<Vec<i64>> {
+        self.with(|c| queue::resume(c, p))
+    }
+
+    fn enqueue_grades(&self, p: &EnqueueGradesParams) -> Result<GradesQueued> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            // New job ids of one command form one range, as an enqueue's.
+            tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('llmbatch enqueue'))")?;
+            let rubric_id = catalog::save_rubric(&mut tx, p.rubric)?;
+            let mut q = Params::default();
+            let cond = queue::scope(p.filter, "j", &mut q);
+            let r = tx.query_one(
+                &format!(
+                    "SELECT COUNT(*), COUNT(*) FILTER (WHERE j.state <> 'done') FROM jobs j
+                     WHERE j.kind = 'generate'{cond}"
+                ),
+                &q.refs(),
+            )?;
+            let mut queued = GradesQueued {
+                rubric_id,
+                outputs: r.get(0),
+                waiting: r.get(1),
+                new: 0,
+            };
+            if queued.outputs == 0 {
+                return Ok(queued);
+            }
+            for grader in p.graders {
+                let mut q = Params::default();
+                let g = q.add(grader.clone());
+                let rid = q.add(rubric_id);
+                let cond = queue::scope(p.filter, "j", &mut q);
+                queued.new += tx.execute(
+                    &format!(
+                        "INSERT INTO jobs (batch, item_id, model, kind, parent_id, rubric_id, created_at, updated_at)
+                         SELECT j.batch, j.item_id, {g}, 'grade', j.id, {rid}, llmbatch_now_ms(), llmbatch_now_ms()
+                         FROM jobs j WHERE j.kind = 'generate'{cond}
+                           AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = 'grade'
+                                           AND o.parent_id = j.id AND o.model = {g} AND o.rubric_id = {rid})
+                         ORDER BY j.id
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    &q.refs(),
+                )? as i64;
+            }
+            tx.commit()?;
+            Ok(queued)
+        })
+    }
+
+    fn enqueue(&self) -> Result<Box<dyn Enqueue + '_>> {
+        PgEnqueue::begin(self).map(|e| Box::new(e) as Box<dyn Enqueue>)
+    }
+
+    fn unknown_ids(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT DISTINCT u.id FROM unnest($1::bigint[]) AS u(id)
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.id) ORDER BY u.id",
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+    }
+
+    fn state_counts(&self, filter: &Filter) -> Result<HashMap<JobState, i64>> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql =
+                format!("SELECT j.state, COUNT(*) FROM jobs j WHERE true{cond} GROUP BY j.state");
+            Ok(c.query(&sql, &p.refs())?
+                .iter()
+                .filter_map(|r| JobState::parse(r.get::<_, &str>(0)).map(|s| (s, r.get(1))))
+                .collect())
+        })
+    }
+
+    fn pending_models(&self, filter: &Filter) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql = format!(
+                "SELECT DISTINCT j.model FROM jobs j WHERE j.state = 'pending'{cond} ORDER BY 1"
+            );
+            Ok(c.query(&sql, &p.refs())?.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn open_jobs(&self, filter: &Filter, model: &str) -> Result<u64> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let m = p.add(model.to_string());
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql = format!(
+                "SELECT COUNT(*) FROM jobs j WHERE j.state IN ('pending', 'running') AND j.model = {m}{cond}"
+            );
+            Ok(c.query_one(&sql, &p.refs())?.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn next_runnable_in(&self, filter: &Filter, model: &str) -> Result<Option<i64>> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let m = p.add(model.to_string());
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql = format!(
+                "SELECT MIN(j.not_before) - llmbatch_now_ms() FROM jobs j
+                 WHERE j.state = 'pending' AND j.model = {m}{cond}"
+            );
+            Ok(c.query_one(&sql, &p.refs())?.get(0))
+        })
+    }
+
+    fn work_left(&self, filter: &Filter, stopped: &[String]) -> Result<bool> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let s = p.add(stopped.to_vec());
+            let pcond = queue::scope(filter, "p", &mut p);
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
+                 WHERE (j.state = 'running' OR (j.state = 'pending'
+                        AND (j.parent_id IS NULL OR p.state IN ('running', 'done')
+                             OR (p.state = 'pending'{pcond} AND p.model <> ALL({s}::text[])))))
+                   {cond} AND j.model <> ALL({s}::text[]))"
+            );
+            Ok(c.query_one(&sql, &p.refs())?.get(0))
+        })
+    }
+
+    fn items_missing_var(&self, filter: &Filter, name: &str) -> Result<MissingVar> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let n = p.add(name.to_string());
+            let cond = queue::scope(filter, "j", &mut p);
+            let r = c.query_one(
+                &format!(
+                    "SELECT COUNT(*), MIN(j.batch || chr(31) || j.item_id) FROM jobs j
+                     JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
+                     WHERE NOT (i.vars::jsonb ? {n}) AND j.kind = 'generate'{cond}"
+                ),
+                &p.refs(),
+            )?;
+            let example: Option<String> = r.get(1);
+            Ok(MissingVar {
+                count: r.get(0),
+                example: example.and_then(|e| {
+                    e.split_once('\u{1f}')
+                        .map(|(b, i)| (b.to_string(), i.to_string()))
+                }),
+            })
+        })
+    }
+}
+
+/// An enqueue on PostgreSQL: one transaction, under a lock that makes concurrent enqueues
+/// (and grade) take turns, so the jobs one adds have one range of ids. Claims never wait for
+/// it.
+struct PgEnqueue<'a> {
+    session: RefCell<std::cell::RefMut<'a, Session>>,
+    first_new: i64,
+    done: bool,
+}
+
+impl<'a> PgEnqueue<'a> {
+    fn begin(store: &'a PgStore) -> Result<PgEnqueue<'a>> {
+        let mut session = store.session.borrow_mut();
+        let first_new = session.with(|c| {
+            c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('llmbatch enqueue'))")?;
+            Ok(
+                c.query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs", &[])?
+                    .get::<_, i64>(0),
+            )
+        })?;
+        Ok(PgEnqueue {
+            session: RefCell::new(session),
+            first_new,
+            done: false,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        // The session is held for the whole enqueue; a lost connection ends it (the
+        // transaction is gone with it).
+        self.session.borrow_mut().with(f)
+    }
+}
+
+impl Drop for PgEnqueue<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self
+                .session
+                .get_mut()
+                .with(|c| Ok(c.batch_execute("ROLLBACK")?));
+        }
+    }
+}
+
+impl Enqueue for PgEnqueue<'_> {
+    fn add_items(&self, batch: &str, items: &[NewItem]) -> Result<Option<Vec<StoredItem>>> {
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<&str> = items.iter().map(|i| i.id).collect();
+        let prompts: Vec<&str> = items.iter().map(|i| i.prompt).collect();
+        let vars: Vec<&str> = items.iter().map(|i| i.vars).collect();
+        self.with(|c| {
+            let added = c.execute(
+                "INSERT INTO items (batch, item_id, prompt, vars)
+                 SELECT $1, i, p, v FROM unnest($2::text[], $3::text[], $4::text[]) AS d(i, p, v)
+                 ON CONFLICT DO NOTHING",
+                &[&batch, &ids, &prompts, &vars],
+            )?;
+            if added as usize == items.len() {
+                return Ok(None);
+            }
+            let rows = c.query(
+                "SELECT m.prompt, m.vars FROM unnest($2::text[]) WITH ORDINALITY AS d(i, n)
+                 JOIN items m ON m.batch = $1 AND m.item_id = d.i ORDER BY d.n",
+                &[&batch, &ids],
+            )?;
+            Ok(Some(
+                rows.iter()
+                    .map(|r| StoredItem {
+                        prompt: r.get(0),
+                        vars: r.get(1),
+                    })
+                    .collect(),
+            ))
+        })
+    }
+
+    fn queued_before(&self, batch: &str, item_id: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = $1 AND item_id = $2
+                                AND kind = 'generate' AND id < $3)",
+                &[&batch, &item_id, &self.first_new],
+            )?
+            .get(0))
+        })
+    }
+
+    fn add_jobs(&self, batch: &str, item_ids: &[&str], models: &[String]) -> Result<u64> {
+        if item_ids.is_empty() || models.is_empty() {
+            return Ok(0);
+        }
+        self.with(|c| {
+            Ok(c.execute(
+                "INSERT INTO jobs (batch, item_id, model, kind, created_at, updated_at)
+                 SELECT $1, i.id, m.name, 'generate', llmbatch_now_ms(), llmbatch_now_ms()
+                 FROM unnest($2::text[]) WITH ORDINALITY AS i(id, n)
+                 CROSS JOIN unnest($3::text[]) WITH ORDINALITY AS m(name, k)
+                 -- Rows already there are left out before they draw an id, so the new jobs'
+                 -- ids are one range (ON CONFLICT alone would spend ids on them).
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = 'generate'
+                                   AND o.batch = $1 AND o.item_id = i.id AND o.model = m.name)
+                 ORDER BY i.n, m.k
+                 ON CONFLICT DO NOTHING",
+                &[&batch, &item_ids, &models],
+            )?)
+        })
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<NewJobs> {
+        let last = self.with(|c| {
+            let last: i64 = c
+                .query_one("SELECT COALESCE(MAX(id), 0) FROM jobs", &[])?
+                .get(0);
+            c.batch_execute("COMMIT")?;
+            Ok(last)
+        })?;
+        self.done = true;
+        Ok(NewJobs {
+            first: self.first_new,
+            last,
+        })
+    }
+}
+
+impl Catalog for PgStore {
+    fn model(&self, name: &str) -> Result<ModelConfig> {
+        self.with(|c| catalog::load_model(c, name))
+    }
+
+    fn models(&self) -> Result<Vec<ModelConfig>> {
+        self.with(catalog::list_models)
+    }
+
+    fn save_model(&self, model: &ModelConfig) -> Result<()> {
+        self.with(|c| catalog::save_model(c, model))
+    }
+
+    fn rubric(&self, id: i64) -> Result<Rubric> {
+        self.with(|c| catalog::load_rubric(c, id))
+    }
+
+    fn ok_durations(&self, model: &str, window_ms: i64) -> Result<DurationSample> {
+        self.with(|c| catalog::ok_durations(c, model, window_ms))
+    }
+}
+
+impl ReportSource for PgStore {
+    fn token_sums(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<TokenSum>> {
+        // The same sums, from a snapshot read with the SQLite code: one definition.
+        let conn = self.snapshot()?;
+        crate::db::sqlite::cost::token_sums(&conn, scope, by)
+    }
+}
+
+impl Store for PgStore {
+    fn reopen(&self) -> Result<Box<dyn Store>> {
+        let target = self.target();
+        let client = target.connect()?;
+        Ok(Box::new(PgStore::new(target, client)))
+    }
+
+    fn publish(&mut self) -> Result<Option<NewJobs>> {
+        Ok(None)
+    }
+}

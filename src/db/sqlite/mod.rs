@@ -1,0 +1,594 @@
+//! The SQLite engine: one database file, pragmas on every open, migrations by
+//! `PRAGMA user_version`; the store traits implemented with SQLite's SQL.
+
+pub mod catalog;
+pub mod cost;
+mod jobs;
+mod queue;
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Access, NewJobs};
+use crate::error::UsageError;
+use crate::usage;
+
+/// Migrations in order. Never remove or edit an entry once shipped: add a new file.
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_init", include_str!("../../../sql/001_init.sql")),
+    ("002_grades", include_str!("../../../sql/002_grades.sql")),
+    (
+        "003_report_indexes",
+        include_str!("../../../sql/003_report_indexes.sql"),
+    ),
+    (
+        "004_backpressure_cost",
+        include_str!("../../../sql/004_backpressure_cost.sql"),
+    ),
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The longest `LLMBATCH_BUSY_TIMEOUT` taken.
+const BUSY_TIMEOUT_MAX: Duration = Duration::from_secs(86400);
+
+/// How long a writer waits for another to finish before giving up: 30 s, or
+/// `LLMBATCH_BUSY_TIMEOUT` (a duration such as `2m`, at most 24h).
+pub fn busy_timeout() -> Duration {
+    static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        let default = Duration::from_secs(30);
+        let Ok(text) = std::env::var("LLMBATCH_BUSY_TIMEOUT") else {
+            return default;
+        };
+        // A bad value must not stop a cron job that worked yesterday: say so, use the default.
+        // SQLite counts the wait in i32 milliseconds; a day is already far beyond any use.
+        let wait = crate::util::parse_duration(&text).and_then(|d| {
+            if d > BUSY_TIMEOUT_MAX {
+                anyhow::bail!("{text:?} is longer than the limit of 24h");
+            }
+            Ok(d)
+        });
+        wait.unwrap_or_else(|e| {
+            log::warn!("warning: LLMBATCH_BUSY_TIMEOUT: {e:#}; using the default 30s");
+            default
+        })
+    })
+}
+
+/// An open database. A command allowed to create a missing one works on a draft: a private
+/// file next to the target, published under the target's name by [`Db::publish`] once the
+/// command has committed. So a command that fails creates nothing, and nothing is ever
+/// deleted that another process could have written to.
+pub struct Db {
+    pub conn: Connection,
+    path: PathBuf,
+    draft: Option<PathBuf>,
+}
+
+impl Db {
+    pub fn open(path: &Path, access: Access) -> Result<Db> {
+        if access == Access::Create && !path.exists() {
+            remove_stale_drafts(path);
+            let draft = draft_path(path);
+            let conn = open_rw(&draft, true)
+                .with_context(|| format!("cannot create database {}", path.display()))?;
+            return Ok(Db {
+                conn,
+                path: path.to_path_buf(),
+                draft: Some(draft),
+            });
+        }
+        if !path.exists() {
+            return Err(missing(path));
+        }
+        if path.is_dir() {
+            usage!(
+                "--db {}: is a directory, not a database file",
+                path.display()
+            );
+        }
+        if access != Access::Read && !writable(path) {
+            // SQLite would quietly open it read-only and leave `-wal`/`-shm` behind.
+            anyhow::bail!(
+                "cannot write database {}: the file is read-only (report and export still work)",
+                path.display()
+            );
+        }
+        let conn = match access {
+            Access::Read => open_read(path)?,
+            _ => open_rw(path, false)?,
+        };
+        Ok(Db {
+            conn,
+            path: path.to_path_buf(),
+            draft: None,
+        })
+    }
+
+    /// Puts a committed draft in place under the database's name: a hard link, which never
+    /// replaces a database another process created meanwhile. In that case (or where the file
+    /// system has no hard links) the draft's rows are merged into that database in one
+    /// transaction instead, and the ids of the jobs it added are returned. Afterwards this
+    /// `Db` works on the real file. A no-op for a database that already existed.
+    pub fn publish(&mut self) -> Result<Option<NewJobs>> {
+        let Some(draft) = self.draft.take() else {
+            return Ok(None);
+        };
+        // Close the draft first: its WAL is checkpointed and removed, the file is complete.
+        let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        conn.close().map_err(|(_, e)| e)?;
+        let merged = match std::fs::hard_link(&draft, &self.path) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                log::info!(
+                    "cannot link {} into place ({e}): merging it into {}",
+                    draft.display(),
+                    self.path.display()
+                );
+                merge(&draft, &self.path).map(Some)
+            }
+        };
+        remove_draft(&draft);
+        let merged = merged?;
+        self.conn = open_rw(&self.path, false)?;
+        Ok(merged)
+    }
+}
+
+/// Copies what a draft holds (models, items, jobs: all a creating command writes) into the
+/// database at `path`, in one transaction, with the rule enqueue applies: an item already
+/// there must be the same.
+fn merge(draft: &Path, path: &Path) -> Result<NewJobs> {
+    let mut conn = open_rw(path, true)?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS draft",
+        [draft.to_string_lossy().as_ref()],
+    )?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let changed: Option<(String, String, bool)> = tx
+        .query_row(
+            "SELECT d.batch, d.item_id, d.prompt <> m.prompt FROM draft.items d
+             JOIN main.items m ON m.batch = d.batch AND m.item_id = d.item_id
+             WHERE d.prompt <> m.prompt OR d.vars <> m.vars LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if let Some((batch, id, prompt)) = changed {
+        usage!(
+            "item {id:?} is already in batch {batch:?} with a different {}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
+            if prompt { "prompt" } else { "field" }
+        );
+    }
+    let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
+        Ok(
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM main.jobs", [], |r| {
+                r.get(0)
+            })?,
+        )
+    };
+    let first = max_id(&tx)? + 1;
+    tx.execute_batch(
+        "INSERT OR REPLACE INTO main.models SELECT * FROM draft.models;
+         INSERT OR IGNORE INTO main.items SELECT * FROM draft.items;
+         INSERT OR IGNORE INTO main.jobs (batch, item_id, model, kind, created_at, updated_at)
+             SELECT batch, item_id, model, kind, created_at, updated_at FROM draft.jobs
+             WHERE kind = 'generate' ORDER BY id;",
+    )?;
+    let last = max_id(&tx)?;
+    tx.commit()?;
+    conn.execute("DETACH DATABASE draft", [])?;
+    Ok(NewJobs { first, last })
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // A draft not published belongs to a command that failed: it was never visible.
+        if let Some(draft) = self.draft.take() {
+            if let Ok(conn) = Connection::open_in_memory() {
+                drop(std::mem::replace(&mut self.conn, conn));
+            }
+            remove_draft(&draft);
+        }
+    }
+}
+
+/// A name no other process opens: hidden, next to the target (a hard link needs the same
+/// file system), unique to this process and moment.
+fn draft_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "llmbatch.db".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    path.with_file_name(format!(".{name}.draft-{}-{nanos}", std::process::id()))
+}
+
+/// Drafts whose process is gone (killed before it could publish or remove its draft): no
+/// one will ever publish them.
+fn remove_stale_drafts(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.draft-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn remove_draft(draft: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = draft.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+fn missing(path: &Path) -> anyhow::Error {
+    UsageError(format!(
+        "no database at {} — create one with `llmbatch enqueue` (or `llmbatch models set`), or point --db / LLMBATCH_DB at the right file",
+        path.display()
+    ))
+    .into()
+}
+
+/// Opens read-write and migrates, checking the schema version before anything is written.
+fn open_rw(path: &Path, create: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let mut conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(busy_timeout())?;
+    check_version(&conn, path)?;
+    configure(&conn).with_context(|| format!("cannot configure database {}", path.display()))?;
+    migrate(&mut conn).with_context(|| format!("cannot migrate database {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Opens for a read command. The file is never written: where we may write the file and its
+/// directory, a read-write connection under `query_only` (its `-wal`/`-shm` are removed on
+/// close, as for any clean close); where we may not, a read-only one. A read-only connection
+/// would create `-wal`/`-shm` it can never remove, or fail where it cannot create them; so
+/// when no writer is active (no `-wal`) and none can start (not writable), it reads the file
+/// as immutable. An older schema is upgraded first where the file is writable.
+fn open_read(path: &Path) -> Result<Connection> {
+    let writable = writable(path) && path.parent().is_none_or(writable_dir);
+    let conn = if writable {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.pragma_update(None, "query_only", "ON")?;
+        conn
+    } else {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let immutable = !Path::new(&wal).exists();
+        let uri = format!(
+            "file:{}?mode=ro{}",
+            uri_path(path),
+            if immutable { "&immutable=1" } else { "" }
+        );
+        Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open database {} read-only", path.display()))?
+    };
+    conn.busy_timeout(busy_timeout())?;
+    let version = check_version(&conn, path)?;
+    if version == 0 {
+        let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if tables == 0 {
+            usage!(
+                "{} is empty, not an llmbatch database — create one with `llmbatch enqueue`, or point --db / LLMBATCH_DB at the right file",
+                path.display()
+            );
+        }
+    }
+    if version < SCHEMA_VERSION {
+        if !writable {
+            usage!(
+                "database {} has schema version {version}, older than this llmbatch ({SCHEMA_VERSION}), and cannot be upgraded here because it is read-only; run any llmbatch command where it is writable first",
+                path.display()
+            );
+        }
+        drop(conn);
+        drop(open_rw(path, false)?);
+        return open_read(path);
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn writable(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; access() only reads it.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+fn writable_dir(dir: &Path) -> bool {
+    writable(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+}
+
+/// A path as the path part of an SQLite `file:` URI (percent-encoding what a URI reserves).
+fn uri_path(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = String::new();
+    for b in abs.as_os_str().as_encoded_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(*b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Refuses a database newer than this binary: before anything is written to it.
+fn check_version(conn: &Connection, path: &Path) -> Result<i64> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .with_context(|| format!("cannot read database {}", path.display()))?;
+    if version > SCHEMA_VERSION {
+        return Err(UsageError(format!(
+            "database {} has schema version {version}, newer than this llmbatch understands ({SCHEMA_VERSION}); upgrade llmbatch",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(version)
+}
+
+/// An empty database in memory with the current schema, foreign keys off (for loading).
+pub fn memory() -> Result<Connection> {
+    let mut conn = Connection::open_in_memory()?;
+    migrate(&mut conn)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+/// Opens an already-migrated database for a helper thread (heartbeat).
+fn open_again(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(busy_timeout())?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+impl Db {
+    /// A database in memory holding `conn` (a snapshot of a PostgreSQL queue, read by the
+    /// report code as any file). Another handle on it is not possible: it is for one command.
+    pub fn in_memory(conn: Connection) -> Db {
+        Db {
+            conn,
+            path: PathBuf::from(":memory:"),
+            draft: None,
+        }
+    }
+
+    /// Another connection to this database (already published), for another thread.
+    pub fn open_again(path: &Path) -> Result<Db> {
+        Ok(Db {
+            conn: open_again(path)?,
+            path: path.to_path_buf(),
+            draft: None,
+        })
+    }
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    // A migration that rebuilds a table (SQLite's way to change a constraint) drops it while
+    // other tables still refer to it: foreign keys are off meanwhile (they cannot change inside
+    // a transaction) and checked before the migration commits.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = apply(conn);
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    result
+}
+
+fn apply(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Another process may have migrated while we waited for the write lock.
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (name, sql) in &MIGRATIONS[version.min(SCHEMA_VERSION) as usize..] {
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {name} failed"))?;
+    }
+    let broken: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+        r.get(0)
+    })?;
+    if broken > 0 {
+        anyhow::bail!("{broken} row(s) would break a foreign key after migrating: not applied");
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Whether an error is SQLite's "database is locked / busy" (after the busy timeout).
+pub fn is_busy(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
+        )
+    })
+}
+
+/// Adds to a "database is locked" error who holds the file: the live runners on it.
+pub fn explain_busy(err: anyhow::Error, path: &Path) -> anyhow::Error {
+    if !is_busy(&err) {
+        return err;
+    }
+    let holders = Connection::open(path)
+        .and_then(|c| {
+            let mut stmt = c.prepare(
+                "SELECT host || ':' || pid FROM runners WHERE stopped_at IS NULL ORDER BY id DESC LIMIT 10",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .unwrap_or_default();
+    let who = if holders.is_empty() {
+        "another process (no llmbatch runner is registered as live)".to_string()
+    } else {
+        format!(
+            "another process; runners registered as live: {}",
+            holders.join(", ")
+        )
+    };
+    err.context(format!(
+        "{} stayed locked for {}s by {who}",
+        path.display(),
+        busy_timeout().as_secs_f64()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_twice_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(open_rw(&path, true).unwrap());
+        let conn = open_rw(&path, true).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    /// A database of schema 3 with a graded attempt (grades refer to attempts) upgrades: the
+    /// rebuilt attempts keep every row and the foreign keys hold, and `throttled` is accepted.
+    #[test]
+    fn upgrade_from_3_keeps_attempts_and_grades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (_, sql) in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 3;
+                 INSERT INTO items VALUES ('b', '1', 'p', '{}');
+                 INSERT INTO jobs (id, batch, item_id, model, created_at, updated_at)
+                     VALUES (1, 'b', '1', 'm', 0, 0);
+                 INSERT INTO jobs (id, batch, item_id, model, kind, parent_id, created_at, updated_at)
+                     VALUES (2, 'b', '1', 'judge', 'grade', 1, 0, 0);
+                 INSERT INTO attempts (id, job_id, number, model, batch, started_at, outcome, timings)
+                     VALUES (7, 2, 1, 'judge', 'b', 5, 'ok', '{\"eval_count\": 3}');
+                 INSERT INTO grades (job_id, graded_job_id, attempt_id, grader, pass)
+                     VALUES (2, 1, 7, 'judge', 1);",
+            )
+            .unwrap();
+        }
+        let conn = open_rw(&path, false).unwrap();
+        let (n, timings): (i64, String) = conn
+            .query_row(
+                "SELECT COUNT(*), MAX(timings) FROM attempts JOIN grades ON grades.attempt_id = attempts.id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, timings.as_str()), (1, r#"{"eval_count": 3}"#));
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        conn.execute(
+            "INSERT INTO attempts (job_id, number, model, batch, started_at, outcome)
+             VALUES (1, 1, 'm', 'b', 6, 'throttled')",
+            [],
+        )
+        .unwrap();
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' AND sql IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 4);
+    }
+
+    #[test]
+    fn uri_paths_escape_what_a_uri_reserves() {
+        assert_eq!(
+            uri_path(Path::new("/data/evals 1/a?b#c%d.db")),
+            "/data/evals%201/a%3Fb%23c%25d.db"
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open_rw(&path, true).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = open_rw(&path, false).unwrap_err();
+        assert!(format!("{err:#}").contains("newer"), "{err:#}");
+    }
+}
+
+#[cfg(test)]
+crate::store_conformance!(conformance, || {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conformance.db");
+    let mut db = crate::db::Db::open(&path, crate::db::Access::Create).unwrap();
+    db.publish().unwrap();
+    (dir, Box::new(db) as Box<dyn crate::db::Store>)
+});
