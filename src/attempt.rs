@@ -145,7 +145,7 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
         ("LLMBATCH_ITEM_ID".to_string(), c.item_id.clone()),
         (
             "LLMBATCH_RUNNER".to_string(),
-            crate::util::own_runner_token().to_string(),
+            crate::liveness::own_runner_token().to_string(),
         ),
     ];
     let (argv, stdin) = match job.model.backend {

@@ -25,6 +25,7 @@ pub mod error;
 pub mod exec;
 pub mod grading;
 pub mod ids;
+pub mod liveness;
 pub mod logging;
 pub mod models;
 pub mod reaper;

@@ -6,7 +6,8 @@ use anyhow::Result;
 
 use crate::db::{QueueStore, Rescue, StuckJob};
 use crate::domain::JobState;
-use crate::util::{human_secs, runner_life, runner_token, RunnerLife};
+use crate::liveness::{runner_life, runner_token, RunnerLife};
+use crate::util::human_secs;
 
 /// A running job whose runner is gone or whose lease ran out.
 #[derive(Debug, Clone)]

@@ -60,7 +60,7 @@ pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
                 a.state.as_deref(),
                 a.outcome.map(|o| o.0),
             )?),
-            Section::Runners => tables.push(sections::runners(conn, &q)?),
+            Section::Runners => tables.push(sections::runners(db, &q)?),
             Section::Timeouts => tables.push(s.timeouts()?.clone()),
             Section::Throughput => tables.push(throughput::throughput(db, conn, &q)?),
             Section::Grades => tables.extend(s.grades()?.iter().cloned()),

@@ -4,6 +4,7 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod postgres;
+pub mod report;
 pub mod sqlite;
 pub mod store;
 

@@ -21,6 +21,8 @@ use crate::domain::{Claim, Finish, JobState, Next, Outcome};
 use crate::grading::Rubric;
 use crate::models::ModelConfig;
 
+pub use super::report::*;
+
 /// Which jobs a command works on: `--batch`, `--model`, `--ids-file`. Plain data: each
 /// engine binds it as it likes.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -303,52 +305,6 @@ pub struct DurationSample {
     pub count: i64,
     pub p99_ms: Option<i64>,
     pub max_ms: Option<i64>,
-}
-
-/// What a report groups by, besides what it shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum GroupKey {
-    Batch,
-    Model,
-    Endpoint,
-}
-
-impl GroupKey {
-    pub fn column(self) -> &'static str {
-        match self {
-            GroupKey::Batch => "batch",
-            GroupKey::Model => "model",
-            GroupKey::Endpoint => "endpoint",
-        }
-    }
-}
-
-/// The attempts a report looks at: jobs in `filter`, attempts started since `since_ms`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AttemptScope {
-    pub filter: Filter,
-    pub since_ms: Option<i64>,
-}
-
-/// Tokens of one group of finished attempts (successful and failed alike).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenSum {
-    /// The group's key values, in the order asked for (an attempt with no endpoint: "").
-    pub key: Vec<String>,
-    pub model: String,
-    pub attempts: i64,
-    /// Distinct jobs with a charged attempt in the group: throttled, unreachable or
-    /// interrupted attempts never reached the model, and a job they alone touched cost nothing.
-    pub jobs: i64,
-    pub prompt_tokens: i64,
-    pub output_tokens: i64,
-}
-
-/// Typed rows for the report sections.
-pub trait ReportSource {
-    /// Token sums per group of `by` (which holds `Model`: prices are per model) over the
-    /// finished attempts in scope, ordered by the group.
-    fn token_sums(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<TokenSum>>;
 }
 
 /// An open database of any engine.

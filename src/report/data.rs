@@ -72,7 +72,7 @@ impl<'a> Sections<'a> {
 
     /// `status` and, when jobs are running, `running`.
     pub fn status(&self) -> Result<&[Table]> {
-        Ok(once(&self.status, || sections::status(self.conn, self.q))?)
+        Ok(once(&self.status, || sections::status(self.store, self.q))?)
     }
 
     /// Latency grouped as asked (`--by`).
@@ -104,9 +104,7 @@ impl<'a> Sections<'a> {
     }
 
     pub fn timeouts(&self) -> Result<&Table> {
-        once(&self.timeouts, || {
-            timeouts::timeouts(self.store, self.conn, self.q)
-        })
+        once(&self.timeouts, || timeouts::timeouts(self.store, self.q))
     }
 
     /// `grades`, `graders`, `agreement`.
@@ -115,7 +113,7 @@ impl<'a> Sections<'a> {
     }
 
     pub fn tokens_per_s(&self) -> Result<&BTreeMap<String, f64>> {
-        once(&self.tokens, || speed::tokens_per_s(self.conn, self.q))
+        once(&self.tokens, || speed::tokens_per_s(self.store, self.q))
     }
 
     /// Tokens and cost per model (empty cost where a model has no prices).

@@ -2,43 +2,31 @@
 //! error, newest first, capped, with the count of the rest.
 
 use anyhow::Result;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::json;
 
 use super::render::Table;
 use super::Query;
+use crate::db::ReportSource;
 
 /// Characters of the last error shown.
 pub const EXCERPT: usize = 160;
 
-pub fn failed_jobs(conn: &Connection, q: &Query, cap: usize) -> Result<Table> {
-    let (cond, args) = q.job_sql("j", "updated_at");
+pub fn failed_jobs(src: &dyn ReportSource, q: &Query, cap: usize) -> Result<Table> {
     let mut t = Table::new(
         "failed_jobs",
         "Failed jobs",
         &["id", "model", "batch", "item", "outcome", "error"],
     );
     t.empty = "(no failed jobs)".to_string();
-    let total: i64 = conn.query_row(
-        &format!("SELECT COUNT(*) FROM jobs j WHERE j.state = 'failed'{cond}"),
-        params_from_iter(args.clone()),
-        |r| r.get(0),
-    )?;
-    let sql = format!(
-        "SELECT j.id, j.model, j.batch, j.item_id, j.last_outcome, j.last_error FROM jobs j
-         WHERE j.state = 'failed'{cond} ORDER BY j.updated_at DESC, j.id DESC LIMIT {cap}"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let err: Option<String> = r.get(5)?;
+    let (total, jobs) = src.failed_jobs(&q.scope(), cap)?;
+    for j in jobs {
         t.push(vec![
-            json!(r.get::<_, i64>(0)?),
-            json!(r.get::<_, String>(1)?),
-            json!(r.get::<_, String>(2)?),
-            json!(r.get::<_, String>(3)?),
-            json!(r.get::<_, Option<String>>(4)?),
-            json!(err.map(|e| excerpt(&e))),
+            json!(j.id),
+            json!(j.model),
+            json!(j.batch),
+            json!(j.item_id),
+            json!(j.outcome),
+            json!(j.error.map(|e| excerpt(&e))),
         ]);
     }
     let rest = total - t.rows.len() as i64;

@@ -17,10 +17,9 @@ pub mod timeouts;
 
 use anyhow::Result;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
-use std::collections::BTreeSet;
+use rusqlite::Connection;
 
-use crate::db::{Filter, GroupKey};
+use crate::db::{AttemptScope, Filter, GroupKey, ReportSource};
 
 /// What every section is asked about: which jobs, since when, grouped how.
 pub struct Query {
@@ -31,6 +30,14 @@ pub struct Query {
 }
 
 impl Query {
+    /// The attempts (or jobs) the query covers, as the store takes them.
+    pub fn scope(&self) -> AttemptScope {
+        AttemptScope {
+            filter: self.filter.clone(),
+            since_ms: self.since_ms,
+        }
+    }
+
     /// Conditions on the attempts table under `alias`.
     pub fn attempt_sql(&self, alias: &str) -> (String, Vec<SqlValue>) {
         let (mut sql, mut args) = self.filter.sql_on(alias, "job_id");
@@ -87,51 +94,14 @@ pub fn rank(p: f64, n: i64) -> i64 {
 }
 
 /// Models a per-model section covers: configured ones and those with jobs or attempts, within
-/// the filter. Distinct names come from index skip-scans, so a million rows cost nothing.
-pub fn models_in_scope(conn: &Connection, q: &Query) -> Result<Vec<String>> {
-    let mut names: BTreeSet<String> = BTreeSet::new();
-    if !q.filter.models.is_empty() {
-        names.extend(q.filter.models.iter().cloned());
-    } else {
-        let mut stmt = conn.prepare_cached("SELECT name FROM models")?;
-        for n in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            names.insert(n?);
-        }
-        names.extend(skip_scan(conn, "attempts", "")?);
-        for state in ["pending", "running", "done", "failed", "cancelled"] {
-            names.extend(skip_scan(conn, "jobs", &format!(" AND state = '{state}'"))?);
-        }
-    }
-    if q.filter.batch.is_none() && q.filter.ids.is_none() && q.filter.models.is_empty() {
-        return Ok(names.into_iter().collect());
-    }
-    // Keep the models with jobs in scope (a configured model with none is left out).
-    let (cond, args) = q.filter.sql("j");
-    let sql = format!("SELECT EXISTS (SELECT 1 FROM jobs j WHERE j.model = ?{cond})");
-    let mut stmt = conn.prepare(&sql)?;
-    let mut kept = Vec::new();
-    for name in names {
-        let mut all = vec![SqlValue::Text(name.clone())];
-        all.extend(args.iter().cloned());
-        if stmt.query_row(params_from_iter(all), |r| r.get::<_, bool>(0))? {
-            kept.push(name);
-        }
-    }
-    Ok(kept)
+/// the filter.
+pub fn models_in_scope(src: &dyn ReportSource, q: &Query) -> Result<Vec<String>> {
+    src.models_in_scope(&q.filter)
 }
 
 /// Distinct `model` values of a table with an index leading on it (after `cond`'s equality).
 pub fn skip_scan(conn: &Connection, table: &str, cond: &str) -> Result<Vec<String>> {
-    let sql = format!(
-        "WITH RECURSIVE m(x) AS (
-             SELECT (SELECT MIN(model) FROM {table} WHERE 1 = 1{cond})
-             UNION ALL
-             SELECT (SELECT MIN(model) FROM {table} WHERE model > m.x{cond}) FROM m WHERE m.x IS NOT NULL)
-         SELECT x FROM m WHERE x IS NOT NULL"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    crate::db::sqlite::report::skip_scan(conn, table, cond)
 }
 
 /// The first `k` columns of a row: the group a report row belongs to (model, batch, …).

@@ -8,56 +8,15 @@ use std::collections::BTreeMap;
 
 use super::render::{secs, Table};
 use super::{rank, Query};
+use crate::db::ReportSource;
 use crate::domain::Outcome;
+use crate::liveness::runner_state;
 use crate::util::now_ms;
 
 /// Per model: jobs in each state, grade jobs waiting on their parent, the oldest running age.
 /// With --since: the jobs enqueued within the window.
-pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
-    let (cond, args) = q.job_sql("j", "created_at");
-    let now = now_ms();
-    // [pending, waiting, running, done, failed, cancelled], oldest running start.
-    let mut models: BTreeMap<String, ([i64; 6], Option<i64>)> = BTreeMap::new();
-    // Counts per (state, model) range of the claim index: no job row is read, and a plain
-    // COUNT over a range is three times as fast as one GROUP BY over the whole index.
-    let sql = format!("SELECT COUNT(*) FROM jobs j WHERE j.state = ? AND j.model = ?{cond}");
-    let mut count = conn.prepare(&sql)?;
-    const STATES: [&str; 6] = ["pending", "", "running", "done", "failed", "cancelled"];
-    for (i, state) in STATES.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
-        for model in super::skip_scan(conn, "jobs", &format!(" AND state = '{state}'"))? {
-            let mut all = vec![
-                SqlValue::Text(state.to_string()),
-                SqlValue::Text(model.clone()),
-            ];
-            all.extend(args.iter().cloned());
-            let n: i64 = count.query_row(params_from_iter(all), |r| r.get(0))?;
-            if n > 0 {
-                models.entry(model).or_default().0[i] += n;
-            }
-        }
-    }
-    // Pending jobs whose parent is not done yet wait (grade jobs); only pending rows are read.
-    let sql = format!(
-        "SELECT j.model, COUNT(*) FROM jobs j JOIN jobs p ON p.id = j.parent_id
-         WHERE j.state = 'pending' AND p.state <> 'done'{cond} GROUP BY j.model"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args.clone()))?;
-    while let Some(r) = rows.next()? {
-        let waiting: i64 = r.get(1)?;
-        let counts = &mut models.entry(r.get(0)?).or_default().0;
-        counts[0] -= waiting;
-        counts[1] += waiting;
-    }
-    let sql = format!(
-        "SELECT j.model, MIN(a.started_at) FROM jobs j JOIN attempts a ON a.id = j.attempt_id
-         WHERE j.state = 'running'{cond} GROUP BY j.model"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        models.entry(r.get(0)?).or_default().1 = r.get(1)?;
-    }
+pub fn status(src: &dyn ReportSource, q: &Query) -> Result<Vec<Table>> {
+    let (models, now) = src.status(&q.scope())?;
     let mut t = Table::new(
         "status",
         "Status",
@@ -73,14 +32,14 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
         ],
     );
     let mut pending_total = 0;
-    for (model, (counts, oldest)) in models {
-        pending_total += counts[0];
+    for (model, m) in models {
+        pending_total += m.counts[0];
         let mut row = vec![json!(model)];
-        row.extend(counts.iter().map(|n| json!(n)));
-        row.push(secs(oldest.map(|s| (now - s).max(0) as f64)));
+        row.extend(m.counts.iter().map(|n| json!(n)));
+        row.push(secs(m.oldest_running.map(|s| (now - s).max(0) as f64)));
         t.push(row);
     }
-    let running = running_jobs(conn, q)?;
+    let running = running_jobs(src, q)?;
     if pending_total > 0 && !running.rows.is_empty() {
         t.notes.push(format!(
             "{} job(s) running now (see below).",
@@ -95,14 +54,7 @@ pub fn status(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
 }
 
 /// Each running job with the true age of its attempt, computed now.
-fn running_jobs(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = q.job_sql("j", "created_at");
-    let now = now_ms();
-    let sql = format!(
-        "SELECT j.id, j.model, j.batch, j.item_id, a.number, r.host, r.pid, a.started_at, j.lease_expires_at
-         FROM jobs j JOIN attempts a ON a.id = j.attempt_id LEFT JOIN runners r ON r.id = j.runner_id
-         WHERE j.state = 'running'{cond} ORDER BY a.started_at LIMIT 200"
-    );
+fn running_jobs(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "running",
         "Running now",
@@ -117,21 +69,17 @@ fn running_jobs(conn: &Connection, q: &Query) -> Result<Table> {
             "lease_left_s",
         ],
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let host: Option<String> = r.get(5)?;
-        let pid: Option<i64> = r.get(6)?;
-        let lease: Option<i64> = r.get(8)?;
+    for j in src.running_jobs(&q.scope(), 200)? {
+        let (host, pid) = j.runner.unwrap_or_default();
         t.push(vec![
-            json!(r.get::<_, i64>(0)?),
-            json!(r.get::<_, String>(1)?),
-            json!(r.get::<_, String>(2)?),
-            json!(r.get::<_, String>(3)?),
-            json!(r.get::<_, i64>(4)?),
-            json!(format!("{}:{}", host.unwrap_or_default(), pid.unwrap_or(0))),
-            secs(Some((now - r.get::<_, i64>(7)?).max(0) as f64)),
-            secs(lease.map(|l| (l - now) as f64)),
+            json!(j.id),
+            json!(j.model),
+            json!(j.batch),
+            json!(j.item_id),
+            json!(j.attempt),
+            json!(format!("{host}:{pid}")),
+            secs(Some((j.now - j.started_at).max(0) as f64)),
+            secs(j.lease_expires_at.map(|l| (l - j.now) as f64)),
         ]);
     }
     Ok(t)
@@ -414,8 +362,7 @@ pub fn jobs(
 
 /// Every runner (with --since: those not stopped before then): where, since when, last
 /// heartbeat, jobs held, live or stopped.
-pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
-    let now = now_ms();
+pub fn runners(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "runners",
         "Runners",
@@ -430,80 +377,27 @@ pub fn runners(conn: &Connection, q: &Query) -> Result<Table> {
             "stop_reason",
         ],
     );
-    let mut stmt = conn.prepare(
-        "SELECT r.id, r.host, r.pid, r.pid_start, r.boot_id, r.started_at, r.heartbeat_at, r.stopped_at,
-                r.stop_reason, (SELECT COUNT(*) FROM jobs j WHERE j.runner_id = r.id AND j.state = 'running')
-         FROM runners r WHERE r.stopped_at IS NULL OR r.heartbeat_at >= ?1
-         ORDER BY r.id DESC LIMIT 50",
-    )?;
-    let mut rows = stmt.query([q.since_ms.unwrap_or(i64::MIN)])?;
-    while let Some(r) = rows.next()? {
-        let r_host: String = r.get(1)?;
-        let pid: i64 = r.get(2)?;
-        let start: Option<String> = r.get(3)?;
-        let r_boot: Option<String> = r.get(4)?;
-        let heartbeat: i64 = r.get(6)?;
-        let stopped: Option<i64> = r.get(7)?;
-        let state = runner_state(
-            (&r_host, pid, start.as_deref(), r_boot.as_deref()),
-            now - heartbeat,
-            stopped,
-        );
+    for r in src.runners(q.since_ms, Some(50))? {
+        let age = r.now - r.heartbeat_at;
         t.push(vec![
-            json!(r.get::<_, i64>(0)?),
-            json!(r_host),
-            json!(pid),
-            json!(crate::commands::iso_time(r.get(5)?)),
-            secs(Some((now - heartbeat).max(0) as f64)),
-            json!(r.get::<_, i64>(9)?),
-            json!(state),
-            json!(r.get::<_, Option<String>>(8)?),
+            json!(r.record.id),
+            json!(r.record.host),
+            json!(r.record.pid),
+            json!(crate::commands::iso_time(r.started_at)),
+            secs(Some(age.max(0) as f64)),
+            json!(r.jobs_held),
+            json!(runner_state(&r.record, age)),
+            json!(r.stop_reason),
         ]);
     }
     Ok(t)
 }
 
-/// `stopped` (said so), `dead` (local, process gone or older boot), `suspended` (local,
-/// stopped by a signal: it renews nothing), `live`, or `silent` (remote runner without a
-/// heartbeat for two minutes). Judged by [`crate::util::runner_life`], as `reap` judges.
-pub fn runner_state(
-    (host, pid, pid_start, boot): (&str, i64, Option<&str>, Option<&str>),
-    heartbeat_age_ms: i64,
-    stopped: Option<i64>,
-) -> &'static str {
-    use crate::util::RunnerLife;
-    if stopped.is_some() {
-        return "stopped";
-    }
-    match crate::util::runner_life(host, pid, pid_start, boot) {
-        RunnerLife::Running => "live",
-        RunnerLife::Suspended => "suspended",
-        RunnerLife::Gone | RunnerLife::EarlierBoot => "dead",
-        RunnerLife::Remote if heartbeat_age_ms < 120_000 => "live",
-        RunnerLife::Remote => "silent",
-    }
-}
-
 /// How many runners are live now.
-pub fn live_runners(conn: &Connection) -> Result<i64> {
-    let now = now_ms();
-    let mut stmt = conn.prepare_cached(
-        "SELECT host, pid, pid_start, boot_id, heartbeat_at FROM runners WHERE stopped_at IS NULL",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut live = 0;
-    while let Some(r) = rows.next()? {
-        let (h, pid, start, b): (String, i64, Option<String>, Option<String>) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        let heartbeat: i64 = r.get(4)?;
-        if runner_state(
-            (&h, pid, start.as_deref(), b.as_deref()),
-            now - heartbeat,
-            None,
-        ) == "live"
-        {
-            live += 1;
-        }
-    }
-    Ok(live)
+pub fn live_runners(src: &dyn ReportSource) -> Result<i64> {
+    let open = src.runners(Some(i64::MAX), None)?;
+    Ok(open
+        .iter()
+        .filter(|r| runner_state(&r.record, r.now - r.heartbeat_at) == "live")
+        .count() as i64)
 }

@@ -108,7 +108,7 @@ pub fn throughput(store: &dyn Store, conn: &Connection, q: &Query) -> Result<Tab
             eta.map_or(Value::Null, |e| json!(e)),
         ]);
     }
-    let live = super::sections::live_runners(conn)?;
+    let live = super::sections::live_runners(store)?;
     if pending > 0 && live == 0 {
         t.warnings.push(format!(
             "{pending} job(s) pending but no runner is live — start `llmbatch run` (is its cron entry or service running?)"

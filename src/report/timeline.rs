@@ -3,12 +3,11 @@
 //! cut into at most [`MAX_BUCKETS`] intervals of a round length.
 
 use anyhow::Result;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::json;
 
 use super::render::Table;
 use super::Query;
+use crate::db::ReportSource;
 use crate::util::{human_secs, now_ms};
 
 pub const MAX_BUCKETS: i64 = 48;
@@ -18,8 +17,7 @@ const STEPS: [i64; 17] = [
     1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800,
 ];
 
-pub fn timeline(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = q.filter.sql_on("a", "job_id");
+pub fn timeline(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "throughput_timeline",
         "Jobs done per interval",
@@ -27,20 +25,10 @@ pub fn timeline(conn: &Connection, q: &Query) -> Result<Table> {
     );
     let (lo, hi) = match q.since_ms {
         Some(since) => (since, now_ms()),
-        None => {
-            let sql = format!(
-                "SELECT MIN(a.finished_at), MAX(a.finished_at) FROM attempts a
-                 WHERE a.outcome = 'ok'{cond}"
-            );
-            let span: (Option<i64>, Option<i64>) =
-                conn.query_row(&sql, params_from_iter(args.clone()), |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            match span {
-                (Some(lo), Some(hi)) => (lo, hi),
-                _ => return Ok(t),
-            }
-        }
+        None => match src.done_span(&q.filter)? {
+            Some(span) => span,
+            None => return Ok(t),
+        },
     };
     let span_s = ((hi - lo) / 1000).max(1);
     let step = STEPS
@@ -49,30 +37,14 @@ pub fn timeline(conn: &Connection, q: &Query) -> Result<Table> {
         .unwrap_or(STEPS[STEPS.len() - 1]);
     // Buckets start on a multiple of the step (UTC), so their times read round.
     let start = lo.div_euclid(step * 1000) * step * 1000;
-    let sql = format!(
-        "SELECT a.model, (a.finished_at - ?) / ? AS bucket, COUNT(*)
-         FROM attempts a INDEXED BY attempts_finished
-         WHERE a.finished_at >= ? AND a.finished_at <= ? AND a.outcome = 'ok'{cond}
-         GROUP BY a.model, bucket ORDER BY a.model, bucket"
-    );
-    let mut all = vec![
-        SqlValue::Integer(start),
-        SqlValue::Integer(step * 1000),
-        SqlValue::Integer(lo),
-        SqlValue::Integer(hi),
-    ];
-    all.extend(args);
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(all))?;
-    while let Some(r) = rows.next()? {
-        let bucket: i64 = r.get(1)?;
-        let at = start + bucket * step * 1000;
+    for row in src.done_per_interval(&q.filter, start, step * 1000, (lo, hi))? {
+        let at = start + row.bucket * step * 1000;
         t.push(vec![
-            json!(r.get::<_, String>(0)?),
+            json!(row.model),
             json!(crate::commands::iso_time(at)),
-            json!(bucket * step),
+            json!(row.bucket * step),
             json!(step),
-            json!(r.get::<_, i64>(2)?),
+            json!(row.done),
         ]);
     }
     t.notes.push(format!(

@@ -2,7 +2,6 @@
 //! the advice `--timeout auto` follows (2 × p99 of the last 7 days, at least 20 samples).
 
 use anyhow::Result;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::json;
 
 use super::render::{secs, Table};
@@ -11,7 +10,7 @@ use crate::db::Store;
 use crate::timeouts::{self, ADVICE_MAX_S, ADVICE_MIN_S, ADVICE_MIN_SAMPLES, ADVICE_WINDOW_MS};
 use crate::util::now_ms;
 
-pub fn timeouts(store: &dyn Store, conn: &Connection, q: &Query) -> Result<Table> {
+pub fn timeouts(store: &dyn Store, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "timeouts",
         "Timeouts: configured vs observed (n, p99 and advice over the last 7 days)",
@@ -30,18 +29,13 @@ pub fn timeouts(store: &dyn Store, conn: &Connection, q: &Query) -> Result<Table
     // Timeouts seen: over --since, else over the same window as the advice.
     let since = q.since_ms.unwrap_or(now_ms() - ADVICE_WINDOW_MS);
     let mut few = Vec::new();
-    for name in super::models_in_scope(conn, q)? {
+    for name in super::models_in_scope(store, q)? {
         let model = store.model(&name)?;
         let sample = timeouts::samples(store, &name)?;
         let (n, p99_ms, max_ms) = (sample.count, sample.p99_ms, sample.max_ms);
         let advice = timeouts::advise(n, p99_ms);
         let effective = timeouts::effective_secs(&model, advice);
-        let seen: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM attempts a
-             WHERE a.model = ? AND a.outcome = 'timeout' AND a.started_at >= ?",
-            params_from_iter([json_sql(&name), rusqlite::types::Value::Integer(since)]),
-            |r| r.get(0),
-        )?;
+        let seen = store.timeouts_since(&name, since)?;
         if advice.is_none() {
             few.push(format!("{name} ({n} ok)"));
         }
@@ -69,8 +63,4 @@ pub fn timeouts(store: &dyn Store, conn: &Connection, q: &Query) -> Result<Table
         ));
     }
     Ok(t)
-}
-
-fn json_sql(text: &str) -> rusqlite::types::Value {
-    rusqlite::types::Value::Text(text.to_string())
 }

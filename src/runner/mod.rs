@@ -204,10 +204,10 @@ pub fn run(store: &dyn Store, opts: RunOptions) -> Result<Summary> {
 fn register(store: &dyn Store) -> Result<i64> {
     let pid = std::process::id() as i64;
     store.register_runner(&NewRunner {
-        host: crate::util::hostname(),
+        host: crate::liveness::hostname(),
         pid,
-        pid_start: crate::util::pid_start(pid),
-        boot_id: crate::util::boot_id(),
+        pid_start: crate::liveness::pid_start(pid),
+        boot_id: crate::liveness::boot_id(),
     })
 }
 

@@ -17,10 +17,16 @@ use std::time::Duration;
 use crate::error::UsageError;
 
 /// Migrations in order. Never remove or edit an entry once shipped: add a new file.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "001_init",
-    include_str!("../../../sql/postgres/001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "001_init",
+        include_str!("../../../sql/postgres/001_init.sql"),
+    ),
+    (
+        "002_streaming",
+        include_str!("../../../sql/postgres/002_streaming.sql"),
+    ),
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

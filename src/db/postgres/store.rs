@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use super::queue::{self, Params};
 use super::session::Session;
 use super::{catalog, Target};
+use crate::db::report::*;
 use crate::db::store::*;
 use crate::domain::JobState;
 use crate::grading::Rubric;
@@ -18,12 +19,16 @@ use crate::models::ModelConfig;
 
 pub struct PgStore {
     session: RefCell<Session>,
+    /// The snapshot the report sections read, taken at the first one: every section of one
+    /// report sees the same moment.
+    snap: RefCell<Option<crate::db::Db>>,
 }
 
 impl PgStore {
     pub fn new(target: Target, client: Client) -> PgStore {
         PgStore {
             session: RefCell::new(Session::with_client(target, client)),
+            snap: RefCell::new(None),
         }
     }
 
@@ -432,11 +437,72 @@ impl Catalog for PgStore {
     }
 }
 
+/// The report sections read a consistent snapshot (see [`super::snapshot`]) with the SQLite
+/// engine's code: one definition of every number, percentiles included, on both engines.
+impl PgStore {
+    fn snap<T>(&self, f: impl FnOnce(&crate::db::Db) -> Result<T>) -> Result<T> {
+        if self.snap.borrow().is_none() {
+            let db = crate::db::Db::in_memory(self.snapshot()?);
+            *self.snap.borrow_mut() = Some(db);
+        }
+        f(self.snap.borrow().as_ref().expect("taken above"))
+    }
+}
+
 impl ReportSource for PgStore {
     fn token_sums(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<TokenSum>> {
-        // The same sums, from a snapshot read with the SQLite code: one definition.
-        let conn = self.snapshot()?;
-        crate::db::sqlite::cost::token_sums(&conn, scope, by)
+        self.snap(|d| d.token_sums(scope, by))
+    }
+
+    fn models_in_scope(&self, filter: &Filter) -> Result<Vec<String>> {
+        self.snap(|d| d.models_in_scope(filter))
+    }
+
+    fn generation_sums(&self, scope: &AttemptScope) -> Result<Vec<GenerationSums>> {
+        self.snap(|d| d.generation_sums(scope))
+    }
+
+    fn failed_jobs(&self, scope: &AttemptScope, cap: usize) -> Result<(i64, Vec<FailedJob>)> {
+        self.snap(|d| d.failed_jobs(scope, cap))
+    }
+
+    fn done_span(&self, filter: &Filter) -> Result<Option<(i64, i64)>> {
+        self.snap(|d| d.done_span(filter))
+    }
+
+    fn done_per_interval(
+        &self,
+        filter: &Filter,
+        start: i64,
+        step_ms: i64,
+        span: (i64, i64),
+    ) -> Result<Vec<DoneInBucket>> {
+        self.snap(|d| d.done_per_interval(filter, start, step_ms, span))
+    }
+
+    fn ok_durations_at(
+        &self,
+        scope: &AttemptScope,
+        model: &str,
+        positions: &[i64],
+    ) -> Result<Vec<i64>> {
+        self.snap(|d| d.ok_durations_at(scope, model, positions))
+    }
+
+    fn status(&self, scope: &AttemptScope) -> Result<(Vec<(String, ModelStatus)>, i64)> {
+        self.snap(|d| d.status(scope))
+    }
+
+    fn running_jobs(&self, scope: &AttemptScope, limit: usize) -> Result<Vec<RunningJob>> {
+        self.snap(|d| d.running_jobs(scope, limit))
+    }
+
+    fn runners(&self, since_ms: Option<i64>, limit: Option<usize>) -> Result<Vec<RunnerRow>> {
+        self.snap(|d| d.runners(since_ms, limit))
+    }
+
+    fn timeouts_since(&self, model: &str, since_ms: i64) -> Result<i64> {
+        self.snap(|d| d.timeouts_since(model, since_ms))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod cost;
 mod jobs;
 mod queue;
+pub mod report;
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};

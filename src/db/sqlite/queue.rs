@@ -416,9 +416,3 @@ impl Store for Db {
         Db::publish(self)
     }
 }
-
-impl ReportSource for Db {
-    fn token_sums(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<TokenSum>> {
-        super::cost::token_sums(&self.conn, scope, by)
-    }
-}

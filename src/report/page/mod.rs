@@ -46,14 +46,14 @@ pub fn collect(s: &Sections) -> Result<PageData> {
         scope: scope_text(s),
         generated: iso_time(now_ms()),
         models: leaderboard.table(),
-        latency_cdf: distribution::cdf(s.conn, q, &latency)?,
+        latency_cdf: distribution::cdf(s.store, q, &latency)?,
         latency,
         failures: s.model_failures()?.clone(),
-        timeline: timeline::timeline(s.conn, q)?,
+        timeline: timeline::timeline(s.store, q)?,
         grades: s.grades()?.to_vec(),
         timeouts: s.timeouts()?.clone(),
         cost: s.model_cost()?.clone(),
-        failed_jobs: failed::failed_jobs(s.conn, q, FAILED_CAP)?,
+        failed_jobs: failed::failed_jobs(s.store, q, FAILED_CAP)?,
         leaderboard,
     })
 }

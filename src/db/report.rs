@@ -1,0 +1,165 @@
+//! The report side of the seam: typed rows per report section, read from any engine.
+
+use anyhow::Result;
+
+use super::store::{Filter, RunnerRecord};
+
+/// What a report groups by, besides what it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupKey {
+    Batch,
+    Model,
+    Endpoint,
+}
+
+impl GroupKey {
+    pub fn column(self) -> &'static str {
+        match self {
+            GroupKey::Batch => "batch",
+            GroupKey::Model => "model",
+            GroupKey::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// The attempts a report looks at: jobs in `filter`, attempts started since `since_ms`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttemptScope {
+    pub filter: Filter,
+    pub since_ms: Option<i64>,
+}
+
+/// Tokens of one group of finished attempts (successful and failed alike).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSum {
+    /// The group's key values, in the order asked for (an attempt with no endpoint: "").
+    pub key: Vec<String>,
+    pub model: String,
+    pub attempts: i64,
+    /// Distinct jobs with a charged attempt in the group: throttled, unreachable or
+    /// interrupted attempts never reached the model, and a job they alone touched cost nothing.
+    pub jobs: i64,
+    pub prompt_tokens: i64,
+    pub output_tokens: i64,
+}
+
+/// Output tokens and generation seconds of a model's successful attempts whose backend
+/// reported them (Ollama's `eval_count` / `eval_duration`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationSums {
+    pub model: String,
+    pub tokens: Option<f64>,
+    pub secs: Option<f64>,
+}
+
+/// A failed job, as the page lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedJob {
+    pub id: i64,
+    pub model: String,
+    pub batch: String,
+    pub item_id: String,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Successful attempts of a model finished in one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneInBucket {
+    pub model: String,
+    /// The interval's number, counted from the start asked for.
+    pub bucket: i64,
+    pub done: i64,
+}
+
+/// One model's jobs by state, for `report status`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelStatus {
+    /// pending (ready), waiting (pending on a parent not done), running, done, failed,
+    /// cancelled.
+    pub counts: [i64; 6],
+    /// When the oldest running attempt started.
+    pub oldest_running: Option<i64>,
+}
+
+/// A running job and its attempt, for `report status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningJob {
+    pub id: i64,
+    pub model: String,
+    pub batch: String,
+    pub item_id: String,
+    pub attempt: i64,
+    /// The holder's host and pid, when it is registered.
+    pub runner: Option<(String, i64)>,
+    pub started_at: i64,
+    pub lease_expires_at: Option<i64>,
+    /// The engine's clock when read: ages and lease left count from it.
+    pub now: i64,
+}
+
+/// A registered runner, for `report runners`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerRow {
+    pub record: RunnerRecord,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    pub stop_reason: Option<String>,
+    pub jobs_held: i64,
+    /// The engine's clock when read.
+    pub now: i64,
+}
+
+/// Typed rows for the report sections. Read only.
+pub trait ReportSource {
+    /// Token sums per group of `by` (which holds `Model`: prices are per model) over the
+    /// finished attempts in scope, ordered by the group.
+    fn token_sums(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<TokenSum>>;
+
+    /// Models a per-model section covers: configured ones and those with jobs or attempts;
+    /// with a batch, ids or models in the filter, only those with jobs in scope. Sorted.
+    fn models_in_scope(&self, filter: &Filter) -> Result<Vec<String>>;
+
+    /// Per model, over successful attempts in scope: generation token and time sums.
+    fn generation_sums(&self, scope: &AttemptScope) -> Result<Vec<GenerationSums>>;
+
+    /// Failed jobs in scope (`since_ms` on their last update): how many, and the newest
+    /// `cap` of them.
+    fn failed_jobs(&self, scope: &AttemptScope, cap: usize) -> Result<(i64, Vec<FailedJob>)>;
+
+    /// First and last finish of successful attempts in the filter's scope.
+    fn done_span(&self, filter: &Filter) -> Result<Option<(i64, i64)>>;
+
+    /// Successful attempts finished within `lo..=hi` per model and interval of `step_ms`
+    /// counted from `start`, ordered by model and interval.
+    fn done_per_interval(
+        &self,
+        filter: &Filter,
+        start: i64,
+        step_ms: i64,
+        span: (i64, i64),
+    ) -> Result<Vec<DoneInBucket>>;
+
+    /// Durations (ms) of the model's successful attempts in scope at these 1-based positions
+    /// of the ascending order (`positions` ascending; positions past the end are left out).
+    fn ok_durations_at(
+        &self,
+        scope: &AttemptScope,
+        model: &str,
+        positions: &[i64],
+    ) -> Result<Vec<i64>>;
+
+    /// Per model (sorted), jobs in scope (created since `since_ms`) by state; the engine's
+    /// clock when read.
+    fn status(&self, scope: &AttemptScope) -> Result<(Vec<(String, ModelStatus)>, i64)>;
+
+    /// Running jobs in scope (jobs created since `since_ms`), oldest attempt first.
+    fn running_jobs(&self, scope: &AttemptScope, limit: usize) -> Result<Vec<RunningJob>>;
+
+    /// Runners newest first: those not stopped, and with `since_ms` those whose heartbeat
+    /// is that recent (else every one); at most `limit` (None: all).
+    fn runners(&self, since_ms: Option<i64>, limit: Option<usize>) -> Result<Vec<RunnerRow>>;
+
+    /// Attempts of the model that timed out, started at or after `since_ms`.
+    fn timeouts_since(&self, model: &str, since_ms: i64) -> Result<i64>;
+}
