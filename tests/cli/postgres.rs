@@ -153,3 +153,210 @@ fn hosts_with_skewed_clocks_share_one_queue_through_kill_9() {
         !process_alive_with_env(&marker)
     });
 }
+
+/// Builds the same history on `env` (either engine) with the binary, then fixes every
+/// duration and time by SQL that both engines read alike: the numbers are known.
+fn fixed_history(env: &Env) {
+    env.model("fast", "echo", &["--timeout", "30"]);
+    env.model(
+        "broken",
+        "exit1",
+        &["--max-attempts", "1", "--timeout", "20"],
+    );
+    let input = env.prompts("p.csv", 20);
+    env.cmd(&["enqueue", "--model", "fast", "--model", "broken", &input])
+        .assert()
+        .success();
+    env.cmd(&["run", "--jobs", "4"]).assert().code(3);
+    let sql = "UPDATE attempts SET duration_ms = 100 * (SELECT CAST(item_id AS INTEGER) FROM jobs j WHERE j.id = job_id)
+               WHERE model = 'fast';
+               UPDATE attempts SET duration_ms = 7 WHERE model = 'broken';";
+    match env.engine {
+        Engine::Postgres => env.pg().batch_execute(sql).unwrap(),
+        Engine::Sqlite => env.conn().execute_batch(sql).unwrap(),
+    }
+}
+
+/// `report … --format json` with what differs between two databases by nature (times,
+/// ages, runner ids and pids, host) taken out.
+fn stable_report(env: &Env, sections: &[&str]) -> serde_json::Value {
+    let mut doc = env.report_json(sections);
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, val) in m.iter_mut() {
+                    if k.ends_with("_at")
+                        || k.contains("age")
+                        || k == "started"
+                        || k == "pid"
+                        || k == "id"
+                    {
+                        *val = serde_json::Value::Null;
+                    } else {
+                        scrub(val);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    scrub(&mut doc);
+    doc
+}
+
+/// The same work on SQLite and on PostgreSQL gives the same report numbers: status, latency
+/// percentiles (one nearest-rank definition), failures, timeouts; and the same export.
+#[test]
+fn reports_give_the_same_numbers_on_both_engines() {
+    let Some(pg) = Env::with_engine(Engine::Postgres) else {
+        return;
+    };
+    let lite = Env::new();
+    fixed_history(&lite);
+    fixed_history(&pg);
+    let sections = ["status", "latency", "failures", "timeouts", "models"];
+    let a = stable_report(&lite, &sections);
+    let b = stable_report(&pg, &sections);
+    assert_eq!(a, b, "SQLite:\n{a:#}\nPostgreSQL:\n{b:#}");
+    // Known numbers: 20 fast jobs of 100..2000 ms: nearest-rank p50 = 1000, p99 = 2000.
+    let fast = b["latency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "fast")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (fast["p50_s"].as_f64(), fast["p99_s"].as_f64()),
+        (Some(1.0), Some(2.0)),
+        "{fast}"
+    );
+    let export = |env: &Env| {
+        let mut lines: Vec<String> = env
+            .stdout(&["export", "--format", "csv"])
+            .lines()
+            .map(|l| {
+                // finished_at differs by nature; the rest must not.
+                l.split(',')
+                    .filter(|f| !f.contains('T') || !f.ends_with('Z'))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(export(&lite), export(&pg));
+}
+
+/// Every command on PostgreSQL, as a user types them: set-up, enqueue (idempotent, a changed
+/// item refused), run, report, export, resume, reap, grade; bad input exits 2.
+#[test]
+fn every_command_works_on_postgres() {
+    let Some(env) = Env::with_engine(Engine::Postgres) else {
+        return;
+    };
+    // Reads on a database without llmbatch's tables: exit 2, nothing created.
+    env.cmd(&["report"]).assert().code(2);
+    env.cmd(&["run"]).assert().code(2);
+    assert_eq!(
+        env.pg()
+            .query_one(
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'",
+                &[]
+            )
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
+    env.model("echo", "echo", &["--concurrency", "2"]);
+    env.model("bad", "exit1", &["--max-attempts", "1"]);
+    let listed = env.stdout(&["models", "list", "--format", "csv"]);
+    assert!(
+        listed.lines().any(|l| l.starts_with("echo,command,")),
+        "{listed}"
+    );
+    let input = env.prompts("p.csv", 6);
+    let ids = env.stdout(&[
+        "enqueue", "--model", "echo", "--model", "bad", "--format", "ids", &input,
+    ]);
+    assert_eq!(
+        ids.lines().collect::<Vec<_>>(),
+        (1..=12).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    env.cmd(&["enqueue", "--model", "echo", &input])
+        .assert()
+        .success()
+        .stdout("batch p: 0 new, 6 already queued (6 items × 1 models)\n");
+    let changed = env.write("p.csv", "id,prompt\n1,something else\n");
+    env.cmd(&["enqueue", "--model", "echo", &changed])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "already in batch \"p\" with a different prompt",
+        ));
+    env.cmd(&["run"]).assert().code(3);
+    assert_eq!(env.state_count("done"), 6);
+    assert_eq!(env.state_count("failed"), 6);
+    let out = env.stdout(&["export", "--format", "jsonl", "--model", "echo"]);
+    assert_eq!(out.lines().count(), 6);
+    // The rerun pipeline, through an ids file.
+    let failed = env.stdout(&["report", "jobs", "--state", "failed", "--format", "ids"]);
+    let ids_file = env.write("failed.ids", &failed);
+    env.cmd(&["resume", "--ids-file", &ids_file, "--extra-attempts", "1"])
+        .assert()
+        .success()
+        .stdout("resumed 6 job(s) with 1 more attempt(s) each\nrun them with: llmbatch run\n");
+    assert_eq!(env.state_count("pending"), 6);
+    env.cmd(&["reap"])
+        .assert()
+        .success()
+        .stderr("llmbatch: reaped 0 orphaned job(s)\n");
+    env.grader("judge", "fair", &["funny"], &[]);
+    env.cmd(&["grade", "--grader", "judge", "--model", "echo"])
+        .assert()
+        .success();
+    env.cmd(&["run"]).assert().code(3);
+    let grades = env.report_json(&["grades"]);
+    assert!(grades.to_string().contains("\"judge\""), "{grades}");
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM grades"),
+        6,
+        "every output graded"
+    );
+    // An unknown id is bad input, and says which.
+    let bad = env.write("bad.ids", "999\n");
+    env.cmd(&["resume", "--ids-file", &bad])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "1 unknown job id(s) in the ids file: 999",
+        ));
+}
+
+/// A password never shows: not in an error, not in `--help`.
+#[test]
+fn the_password_is_never_shown() {
+    let out = std::process::Command::new(bin_path())
+        .args([
+            "--db",
+            "postgres://lab:s3cret-pw@127.0.0.1:1/queue",
+            "report",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("postgres://lab:***@127.0.0.1:1/queue"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    let help = std::process::Command::new(bin_path())
+        .arg("--help")
+        .env("LLMBATCH_DB", "postgres://lab:s3cret-pw@db/queue")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("s3cret"));
+}
