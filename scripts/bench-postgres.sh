@@ -43,7 +43,7 @@ run_pg() {
     local s pids=() i
     s=$(now)
     for i in $(seq 1 "$1"); do
-        RUST_LOG=llmbatch::claim=debug $B -q --db "$PG" run --jobs 2 2>"$WORK/log.$1.$i" &
+        RUST_LOG=llmbatch::claim=debug $B -q --log-file "$WORK/log.$1.$i" --db "$PG" run --jobs 2 &
         pids+=($!)
     done
     # Connections per runner, sampled while they work.

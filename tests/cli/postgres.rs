@@ -360,3 +360,138 @@ fn the_password_is_never_shown() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&help.stdout).contains("s3cret"));
 }
+
+/// A PostgreSQL cluster of this test's own (the shared one must not restart under the other
+/// tests), stopped and removed on drop.
+struct OwnServer {
+    bin: String,
+    data: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnServer {
+    fn as_postgres(&self, tool: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"])
+            .arg(format!("{}/{tool}", self.bin));
+        c
+    }
+
+    fn start() -> Option<OwnServer> {
+        pg_server()?;
+        let bin = std::env::var("LLMBATCH_TEST_PG_BIN").ok()?;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::process::Command::new("chown")
+            .args(["postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        let port = 40000 + (std::process::id() % 20000) as u16;
+        let mut s = OwnServer {
+            bin,
+            data: data.clone(),
+            _dir: dir,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        };
+        let ok = s
+            .as_postgres("initdb")
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "initdb");
+        s.pg_ctl(&[
+            "start",
+            "-w",
+            "-o",
+            &format!("-p {port} -h 127.0.0.1 -k {} -c fsync=off", data.display()),
+        ]);
+        pg_client(&s.url)
+            .batch_execute("CREATE DATABASE own_restart")
+            .unwrap();
+        // A name no database on the shared server has: the Env's clean-up there finds nothing.
+        s.url = format!("postgres://postgres@127.0.0.1:{port}/own_restart");
+        Some(s)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let ok = self
+            .as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-l"])
+            .arg(self.data.join("log"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "pg_ctl {args:?}");
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self
+            .as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// PostgreSQL restarts while a runner works: the runner keeps its attempts going, reconnects,
+/// records every result (fenced) and finishes; every job done exactly once.
+#[test]
+fn a_runner_rides_out_a_postgresql_restart() {
+    let Some(server) = OwnServer::start() else {
+        return;
+    };
+    let mut env = Env::new();
+    env.db = std::path::PathBuf::from(&server.url);
+    env.engine = Engine::Postgres;
+    let marker = unique_marker("restart");
+    env.model_cmd(
+        "slow",
+        &marked(&marker, "slow", "0.4"),
+        &["--concurrency", "2", "--max-attempts", "100"],
+    );
+    let input = env.prompts("p.csv", 16);
+    env.cmd(&["enqueue", "--model", "slow", &input])
+        .assert()
+        .success();
+    let log = env.dir.path().join("run.log");
+    let mut run = env
+        .spawn_cmd(&["run", "--lease", "5s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    wait_for("some jobs done", Duration::from_secs(60), || {
+        env.state_count("done") >= 3
+    });
+    server.pg_ctl(&["restart", "-m", "fast", "-w"]);
+    let status = wait_child(&mut run, Duration::from_secs(120));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("database unavailable, will retry") || text.contains("heartbeat of runner"),
+        "the restart went unnoticed:\n{text}"
+    );
+    assert_eq!(env.state_count("done"), 16, "{text}");
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM (SELECT job_id FROM attempts WHERE outcome = 'ok' GROUP BY job_id HAVING COUNT(*) > 1) t"),
+        0
+    );
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'ok'"),
+        16
+    );
+}
