@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{Claim, Finish, Outcome};
+use crate::domain::{Claim, Finish, Metrics, Outcome};
 use crate::exec::{self, template, ChildOutcome, ChildSpec, Status, StopSignal};
 use crate::models::{Backend, ModelConfig, Settings};
 use crate::text::{last_line, lossy, split_thinking};
@@ -58,6 +58,9 @@ pub struct WorkerResponse {
     /// `throttled`: the account's quota or credit is exhausted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub quota_exhausted: bool,
+    /// Time to first token, per output token, end to end; absent when nothing was measured.
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
 }
 
 pub fn execute(job: &AttemptJob, stop: &StopSignal) -> Finish {
@@ -329,6 +332,7 @@ fn from_response(r: WorkerResponse, ms: i64) -> Finish {
     f.timings = r.timings;
     f.retry_after_ms = r.retry_after_ms;
     f.quota_exhausted = r.quota_exhausted;
+    f.metrics = r.metrics;
     f
 }
 

@@ -118,7 +118,14 @@ only adds what is missing. Grade jobs run with `llmbatch run`.")]
   llmbatch report jobs --state failed --format ids
   llmbatch report models --since 24h    # the leaderboard: which model is best, and why
   llmbatch report cost --by batch       # tokens and USD per batch and model
-  llmbatch report --format html > /srv/www/night.html   # one page, charts, works offline")]
+  llmbatch report --format html > /srv/www/night.html   # one page, charts, works offline
+
+Streamed HTTP attempts also give, in `latency` (vLLM's definitions):
+  ttft          request sent → first chunk carrying generated text (answer or reasoning)
+  tpot          (e2e − ttft) / (output tokens − 1); never includes the first token
+                (llmperf's inter-token latency does; guidellm swaps the names)
+  tokens_per_s  output tokens (server usage / eval_count) / e2e, mean per attempt
+`timeouts` advises a --stall-timeout from the longest silences between chunks.")]
     Report(ReportArgs),
     /// Outputs and grades as JSONL, CSV or a GNU parallel joblog.
     #[command(after_help = "Examples:
@@ -141,6 +148,7 @@ pub enum ModelsCommand {
       --endpoint http://localhost:8000 --option max_tokens=512
   llmbatch models set gpt-4o-mini --backend openai --endpoint https://api.openai.com/v1 \\
       --api-key-env OPENAI_API_KEY
+  llmbatch models set qwen3:32b --timeout 15m --stall-timeout 30s --first-token-timeout 2m
   llmbatch models set echo --backend command --command 'sh -c cat' --timeout 10
   llmbatch models set gpt-4o-mini --rpm 500 --tpm 200000 --price-in 0.15 --price-out 0.60
 
@@ -213,6 +221,21 @@ pub struct ModelSetArgs {
     /// Price in USD per million output tokens.
     #[arg(long, value_name = "USD", value_parser = price_arg)]
     pub price_out: Option<f64>,
+    /// Stream the answer (default true): Ollama NDJSON, OpenAI SSE. Streaming gives time to
+    /// first token, time per output token and stall detection; `false` asks for one body, for
+    /// servers that mishandle streams.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub stream: Option<bool>,
+    /// Once the answer has started streaming, stop an attempt that receives nothing for this
+    /// long (e.g. 30s): it ends `stall` (retried, charged) instead of holding its slot until
+    /// --timeout. `0` turns it off. See `report timeouts` for advice.
+    #[arg(long, value_name = "DUR")]
+    pub stall_timeout: Option<String>,
+    /// The longest wait for the first bytes of the answer (loading a big model can take a
+    /// minute); past it the attempt ends `timeout`. `0` turns it off. --timeout still bounds
+    /// the whole attempt.
+    #[arg(long, value_name = "DUR")]
+    pub first_token_timeout: Option<String>,
 }
 
 /// A price or cap in USD: a finite number, zero or more.

@@ -30,10 +30,12 @@ pub enum Outcome {
     Interrupted,
     /// The server pushed back (429, 503, "server busy") or the quota ran out; not charged
     Throttled,
+    /// A streamed answer went silent past the model's `--stall-timeout`.
+    Stall,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Ok,
         Outcome::Timeout,
         Outcome::Exit,
@@ -46,6 +48,7 @@ impl Outcome {
         Outcome::Lost,
         Outcome::Interrupted,
         Outcome::Throttled,
+        Outcome::Stall,
     ];
 
     /// What the outcome means, in a few words (shown by `--help`).
@@ -65,6 +68,7 @@ impl Outcome {
             Outcome::Throttled => {
                 "The server pushed back (429, 503, \"server busy\") or the quota ran out; not charged"
             }
+            Outcome::Stall => "A streamed answer went silent past the model's `--stall-timeout`",
         }
     }
 
@@ -82,6 +86,7 @@ impl Outcome {
             Outcome::Lost => "lost",
             Outcome::Interrupted => "interrupted",
             Outcome::Throttled => "throttled",
+            Outcome::Stall => "stall",
         }
     }
 
@@ -152,6 +157,23 @@ pub struct Finish {
     pub retry_after_ms: Option<i64>,
     /// `throttled`: the account's quota or credit is exhausted; retrying cannot help.
     pub quota_exhausted: bool,
+    /// Streaming metrics measured by the HTTP worker.
+    pub metrics: Option<Metrics>,
+}
+
+/// Per-attempt latency of a streamed answer, as vLLM's benchmark defines it (milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Metrics {
+    /// Request sent → first chunk carrying generated text (answer or reasoning).
+    pub ttft_ms: Option<f64>,
+    /// (e2e − ttft) / (output tokens − 1), when more than one token came.
+    pub tpot_ms: Option<f64>,
+    /// Request sent → last byte of the answer.
+    pub e2e_ms: Option<f64>,
+    /// From the server's usage (`completion_tokens`) or Ollama's `eval_count`.
+    pub output_tokens: Option<i64>,
+    /// The longest silence between two chunks once the stream had started.
+    pub max_gap_ms: Option<f64>,
 }
 
 impl Finish {
@@ -171,6 +193,7 @@ impl Finish {
             verdict: None,
             retry_after_ms: None,
             quota_exhausted: false,
+            metrics: None,
         }
     }
 

@@ -51,6 +51,22 @@ pub struct Settings {
     /// Ollama `format`: `json` or a JSON schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Value>,
+    /// False turns streaming off for servers that mishandle it (default: stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Once a stream has started, an attempt that receives nothing for this long ends `stall`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_timeout_s: Option<f64>,
+    /// The longest wait for the first bytes of the answer (else only the model timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_s: Option<f64>,
+}
+
+impl Settings {
+    /// Whether HTTP calls stream (the default) or ask for one body.
+    pub fn streams(&self) -> bool {
+        self.stream.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

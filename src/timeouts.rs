@@ -46,3 +46,35 @@ pub fn effective_secs(model: &ModelConfig, advice: Option<f64>) -> f64 {
         _ => model.timeout(),
     }
 }
+
+/// The floor and ceiling of the stall-timeout advice: a few seconds is the least that tells a
+/// hung server from a busy one.
+pub const STALL_MIN_S: f64 = 5.0;
+pub const STALL_MAX_S: f64 = 600.0;
+
+/// Streamed successful attempts of the model in the advice window: count and nearest-rank
+/// p99 of each attempt's longest silence between chunks (ms).
+pub fn gap_samples(catalog: &dyn Catalog, model: &str) -> Result<(i64, Option<f64>)> {
+    catalog.ok_gaps(model, ADVICE_WINDOW_MS)
+}
+
+/// The advised `--stall-timeout` in seconds: 2 × the p99 of the longest gaps, clamped, when
+/// there are enough streamed successes to judge.
+pub fn advise_stall(n: i64, p99_ms: Option<f64>) -> Option<f64> {
+    let p99 = p99_ms.filter(|_| n >= ADVICE_MIN_SAMPLES)? / 1000.0;
+    Some(((2.0 * p99).clamp(STALL_MIN_S, STALL_MAX_S) * 10.0).ceil() / 10.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_advice_is_twice_the_p99_gap_within_bounds() {
+        assert_eq!(advise_stall(19, Some(10_000.0)), None, "too few samples");
+        assert_eq!(advise_stall(20, Some(10_000.0)), Some(20.0));
+        assert_eq!(advise_stall(20, Some(1_000.0)), Some(STALL_MIN_S));
+        assert_eq!(advise_stall(500, Some(4_000_000.0)), Some(STALL_MAX_S));
+        assert_eq!(advise_stall(20, Some(12_345.0)), Some(24.7));
+    }
+}

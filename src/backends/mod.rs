@@ -5,15 +5,17 @@
 
 mod ollama;
 mod openai;
+mod stream;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::time::Duration;
+use std::time::Instant;
 
 use crate::attempt::{WorkerRequest, WorkerResponse};
 use crate::models::Backend;
-use crate::text::{lossy, split_thinking};
+use crate::text::split_thinking;
 
 /// Connecting takes milliseconds on a live server; longer means the host is not there.
 const CONNECT_MAX: Duration = Duration::from_secs(10);
@@ -75,53 +77,6 @@ struct Reply {
     status: u16,
     body: String,
     retry_after_ms: Option<i64>,
-}
-
-/// POSTs JSON and returns any HTTP answer (2xx or not); a failure to get one is already
-/// mapped to an outcome: `unavailable`, `timeout` or `http`.
-fn post(
-    r: &WorkerRequest,
-    url: &str,
-    body: &Value,
-    key: Option<&str>,
-    down_hint: &str,
-) -> std::result::Result<Reply, Box<WorkerResponse>> {
-    let timeout = Duration::from_secs_f64(r.timeout_s.max(0.1));
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(timeout.min(CONNECT_MAX))
-        .timeout(timeout)
-        .build();
-    let mut req = agent.post(url).set("Content-Type", "application/json");
-    if let Some(k) = key {
-        req = req.set("Authorization", &format!("Bearer {k}"));
-    }
-    let resp = match req.send_string(&body.to_string()) {
-        Ok(resp) => resp,
-        Err(ureq::Error::Status(_, resp)) => resp,
-        Err(ureq::Error::Transport(t)) => {
-            return Err(Box::new(transport(&t, url, timeout, down_hint)))
-        }
-    };
-    let status = resp.status();
-    let retry_after_ms = retry_after(
-        resp.header("retry-after-ms"),
-        resp.header("retry-after"),
-        std::time::SystemTime::now(),
-    );
-    let mut bytes = Vec::new();
-    match resp.into_reader().take(MAX_BODY).read_to_end(&mut bytes) {
-        Ok(_) => Ok(Reply {
-            status,
-            body: lossy(&bytes),
-            retry_after_ms,
-        }),
-        Err(e) if is_timeout(&e) => Err(Box::new(timed_out(url, timeout))),
-        Err(e) => Err(Box::new(failure(
-            "http",
-            Some(status),
-            format!("HTTP {status} from {url}, but reading the answer failed: {e}"),
-        ))),
-    }
 }
 
 fn transport(t: &ureq::Transport, url: &str, timeout: Duration, down_hint: &str) -> WorkerResponse {
@@ -368,6 +323,87 @@ fn answer(
     resp.output = Some(output);
     resp.reasoning = reasoning;
     resp
+}
+
+/// A streamed answer as it builds up: text and reasoning, and when the first of either came.
+#[derive(Default)]
+struct Streamed {
+    text: String,
+    reasoning: String,
+    first_text: Option<Instant>,
+}
+
+impl Streamed {
+    fn push(&mut self, text: Option<&str>, reasoning: Option<&str>, at: Instant) {
+        let text = text.unwrap_or("");
+        let reasoning = reasoning.unwrap_or("");
+        if !(text.is_empty() && reasoning.is_empty()) {
+            self.first_text.get_or_insert(at);
+        }
+        self.text.push_str(text);
+        self.reasoning.push_str(reasoning);
+    }
+
+    /// The finished answer, with its metrics.
+    fn done(
+        self,
+        ex: &stream::Exchange,
+        stop: Option<&str>,
+        timings: Value,
+        tokens: Option<i64>,
+    ) -> WorkerResponse {
+        let reasoning = (!self.reasoning.is_empty()).then_some(self.reasoning.as_str());
+        let mut resp = answer(ex.status, &self.text, reasoning, stop, timings);
+        resp.metrics = Some(ex.metrics(self.first_text, tokens));
+        resp
+    }
+
+    /// A failure part way: what was measured and the partial text are kept with it.
+    fn failed(self, ex: &stream::Exchange, resp: Box<WorkerResponse>) -> WorkerResponse {
+        let mut resp = *resp;
+        resp.metrics = Some(ex.metrics(self.first_text, None));
+        if !self.text.is_empty() {
+            resp.raw_output = Some(self.text);
+        }
+        resp
+    }
+}
+
+/// Reads a streamed body to its end, handing each complete line to `line`; the first failure
+/// (a deadline, a stall, an error the server sent) ends it with the partial answer kept.
+fn read_lines(
+    ex: &mut stream::Exchange,
+    acc: &mut Streamed,
+    mut line: impl FnMut(&mut Streamed, &str, Instant) -> std::result::Result<(), Box<WorkerResponse>>,
+) -> std::result::Result<(), Box<WorkerResponse>> {
+    let mut lines = stream::Lines::default();
+    loop {
+        match ex.next() {
+            Ok(Some((bytes, at))) => {
+                for l in lines.feed(&bytes) {
+                    line(acc, &l, at)?;
+                }
+            }
+            Ok(None) => break,
+            Err(resp) => return Err(resp),
+        }
+    }
+    if let Some(l) = lines.rest() {
+        line(acc, &l, ex.ended.unwrap_or_else(Instant::now))?;
+    }
+    Ok(())
+}
+
+/// A stream that ended before the server said it was done: the connection was cut.
+fn cut_short(ex: &stream::Exchange, what: &str) -> WorkerResponse {
+    failure(
+        "http",
+        None,
+        format!(
+            "HTTP {} from {}: the stream ended before {what} (did the server restart or crash?)",
+            ex.status, ex.url
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
-//! Ollama: `POST {endpoint}/api/generate` with `stream: false`; its own timings recorded.
+//! Ollama: `POST {endpoint}/api/generate`, streamed as NDJSON (one JSON object per line, the
+//! last with `done: true` and Ollama's own timings), or one body with `--stream false`.
 
 use serde_json::{json, Map, Value};
 
-use super::{answer, backpressure, error_text, failure, not_json, post, status_failure};
+use super::{
+    answer, backpressure, cut_short, error_text, failure, not_json, read_lines, status_failure,
+    stream, Reply, Streamed,
+};
 use crate::attempt::{WorkerRequest, WorkerResponse};
 
 /// Ollama's timing and token fields (durations in nanoseconds), kept as the server named them.
@@ -19,45 +23,102 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
     let base = r.endpoint.trim_end_matches('/');
     let url = format!("{base}/api/generate");
     let hint = format!("is Ollama running at {base}?");
-    let reply = match post(r, &url, &body(r), key, &hint) {
-        Ok(reply) => reply,
+    let streamed = r.settings.streams();
+    let mut ex = match stream::send(r, &url, &body(r), key, &hint, streamed) {
+        Ok(ex) => ex,
         Err(resp) => return *resp,
     };
-    if let Some(throttled) = backpressure(&reply, &url) {
-        return throttled;
+    if !(200..300).contains(&ex.status) || !ex.is_stream() {
+        let text = match ex.read_all() {
+            Ok(t) => t,
+            Err(resp) => return *resp,
+        };
+        let reply = Reply {
+            status: ex.status,
+            body: text,
+            retry_after_ms: ex.retry_after_ms,
+        };
+        if let Some(throttled) = backpressure(&reply, &url) {
+            return throttled;
+        }
+        let text = reply.body;
+        if !(200..300).contains(&ex.status) {
+            return refused(r, base, &url, ex.status, &text);
+        }
+        // One body, asked for or not: parsed whole; no time to first token to measure.
+        let mut resp = whole(base, &url, ex.status, &text);
+        let tokens = resp.timings.as_ref().and_then(|t| t["eval_count"].as_i64());
+        resp.metrics = Some(ex.metrics(None, tokens));
+        return resp;
     }
-    if !(200..300).contains(&reply.status) {
-        return refused(r, base, &url, reply.status, &reply.body);
-    }
-    let Ok(v) = serde_json::from_str::<Value>(&reply.body) else {
-        return not_json(
-            reply.status,
-            &url,
-            &reply.body,
-            "the JSON Ollama answers with",
+    let status = ex.status;
+    let mut acc = Streamed::default();
+    let mut last: Option<Value> = None;
+    let read = read_lines(&mut ex, &mut acc, |acc, line, at| {
+        if line.trim().is_empty() {
+            return Ok(());
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return Err(Box::new(not_json(
+                status,
+                &url,
+                line,
+                "a line of Ollama's NDJSON stream",
+            )));
+        };
+        if v.get("error").is_some() {
+            return Err(Box::new(failure(
+                "http",
+                None,
+                format!(
+                    "Ollama at {base} failed part way through the answer: {}",
+                    error_text(line)
+                ),
+            )));
+        }
+        acc.push(
+            v.get("response").and_then(Value::as_str),
+            v.get("thinking").and_then(Value::as_str),
+            at,
         );
+        if v.get("done").and_then(Value::as_bool) == Some(true) {
+            last = Some(v);
+        }
+        Ok(())
+    });
+    if let Err(resp) = read {
+        return acc.failed(&ex, resp);
+    }
+    let Some(last) = last else {
+        let resp = Box::new(cut_short(&ex, "Ollama said done"));
+        return acc.failed(&ex, resp);
+    };
+    let stop = last.get("done_reason").and_then(Value::as_str);
+    let tokens = last.get("eval_count").and_then(Value::as_i64);
+    acc.done(&ex, stop, timings(&last), tokens)
+}
+
+/// A whole (non-streamed) answer.
+fn whole(base: &str, url: &str, status: u16, body: &str) -> WorkerResponse {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return not_json(status, url, body, "the JSON Ollama answers with");
     };
     let Some(text) = v.get("response").and_then(Value::as_str) else {
         if v.get("error").is_some() {
             return failure(
                 "http",
-                Some(reply.status),
+                Some(status),
                 format!(
                     "Ollama at {base} answered with an error: {}",
-                    error_text(&reply.body)
+                    error_text(body)
                 ),
             );
         }
-        return not_json(
-            reply.status,
-            &url,
-            &reply.body,
-            "an Ollama answer (no `response` field)",
-        );
+        return not_json(status, url, body, "an Ollama answer (no `response` field)");
     };
     let thinking = v.get("thinking").and_then(Value::as_str);
     let done_reason = v.get("done_reason").and_then(Value::as_str);
-    answer(reply.status, text, thinking, done_reason, timings(&v))
+    answer(status, text, thinking, done_reason, timings(&v))
 }
 
 /// The request body: only what the model's settings set, so Ollama's defaults hold otherwise.
@@ -66,7 +127,7 @@ fn body(r: &WorkerRequest) -> Value {
     let mut b = Map::new();
     b.insert("model".into(), json!(r.model));
     b.insert("prompt".into(), json!(r.prompt));
-    b.insert("stream".into(), json!(false));
+    b.insert("stream".into(), json!(s.streams()));
     if !s.options.is_empty() {
         b.insert("options".into(), Value::Object(s.options.clone()));
     }
@@ -164,7 +225,7 @@ mod tests {
     #[test]
     fn body_sends_only_what_is_set() {
         let b = body(&request(Settings::default()));
-        assert_eq!(b, json!({"model": "m", "prompt": "p", "stream": false}));
+        assert_eq!(b, json!({"model": "m", "prompt": "p", "stream": true}));
         let mut s = Settings {
             think: Some(json!(false)),
             keep_alive: Some("-1".into()),

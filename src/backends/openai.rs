@@ -1,35 +1,189 @@
 //! OpenAI-compatible servers (vLLM, llama.cpp server, LM Studio, hosted APIs):
-//! `POST {endpoint}/v1/chat/completions`; token usage recorded.
+//! `POST {endpoint}/v1/chat/completions`, streamed as server-sent events with
+//! `stream_options.include_usage` (the usage comes in a last chunk), or one body with
+//! `--stream false`; token usage recorded.
 
 use serde_json::{json, Map, Value};
 
-use super::{answer, backpressure, failure, not_json, post, status_failure};
+use std::time::Instant;
+
+use super::{
+    answer, backpressure, cut_short, failure, not_json, read_lines, status_failure, stream, Reply,
+    Streamed,
+};
 use crate::attempt::{WorkerRequest, WorkerResponse};
 
 pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
     let base = r.endpoint.trim_end_matches('/');
     let url = chat_url(base);
     let hint = format!("is the server running at {base}?");
-    let reply = match post(r, &url, &body(r), key, &hint) {
-        Ok(reply) => reply,
+    let streamed = r.settings.streams();
+    let mut ex = match stream::send(r, &url, &body(r), key, &hint, streamed) {
+        Ok(ex) => ex,
         Err(resp) => return *resp,
     };
-    if let Some(throttled) = backpressure(&reply, &url) {
-        return throttled;
+    if !(200..300).contains(&ex.status) || !ex.is_stream() {
+        let text = match ex.read_all() {
+            Ok(t) => t,
+            Err(resp) => return *resp,
+        };
+        let reply = Reply {
+            status: ex.status,
+            body: text,
+            retry_after_ms: ex.retry_after_ms,
+        };
+        if let Some(throttled) = backpressure(&reply, &url) {
+            return throttled;
+        }
+        let text = reply.body;
+        if !(200..300).contains(&ex.status) {
+            return refused(r, base, &url, ex.status, &text);
+        }
+        // One body, asked for or not: parsed whole; no time to first token to measure.
+        let mut resp = whole(&url, ex.status, &text);
+        let tokens = resp
+            .timings
+            .as_ref()
+            .and_then(|t| t["completion_tokens"].as_i64());
+        resp.metrics = Some(ex.metrics(None, tokens));
+        return resp;
     }
-    if !(200..300).contains(&reply.status) {
-        return refused(r, base, &url, reply.status, &reply.body);
+    let status = ex.status;
+    let mut acc = Streamed::default();
+    let mut sse = Sse::default();
+    let mut end = End::default();
+    let mut event = |acc: &mut Streamed, name: Option<String>, data: String, at| {
+        chunk(acc, &mut end, name.as_deref(), &data, at).map_err(|e| {
+            e.unwrap_or_else(|| Box::new(not_json(status, &url, &data, "an OpenAI stream event")))
+        })
+    };
+    let read = read_lines(&mut ex, &mut acc, |acc, line, at| match sse.line(line) {
+        Some((name, data)) => event(acc, name, data, at),
+        None => Ok(()),
+    });
+    let read = read.and_then(|()| match sse.flush() {
+        Some((name, data)) => event(&mut acc, name, data, ex.ended.unwrap_or_else(Instant::now)),
+        None => Ok(()),
+    });
+    if let Err(resp) = read {
+        return acc.failed(&ex, resp);
     }
-    let Ok(v) = serde_json::from_str::<Value>(&reply.body) else {
-        return not_json(reply.status, &url, &reply.body, "chat completion JSON");
+    if !end.done && end.finish.is_none() {
+        let resp = Box::new(cut_short(&ex, "`data: [DONE]` or a finish_reason"));
+        return acc.failed(&ex, resp);
+    }
+    let finish = end.finish.as_deref();
+    let tokens = end.usage["completion_tokens"].as_i64();
+    let timings = timings(
+        &json!({ "usage": end.usage, "timings": end.server }),
+        finish,
+    );
+    acc.done(&ex, finish, timings, tokens)
+}
+
+/// What the last events of a stream say: why it stopped, the usage, `[DONE]`.
+#[derive(Default)]
+struct End {
+    finish: Option<String>,
+    usage: Value,
+    done: bool,
+    /// llama.cpp's server sends its own `timings` (prompt_ms, predicted_per_second, …).
+    server: Value,
+}
+
+/// One SSE event: a chunk of the answer, the usage, `[DONE]`, or an error the server sent.
+/// `Err(None)` is data that is not JSON.
+fn chunk(
+    acc: &mut Streamed,
+    end: &mut End,
+    name: Option<&str>,
+    data: &str,
+    at: Instant,
+) -> Result<(), Option<Box<WorkerResponse>>> {
+    if data.trim() == "[DONE]" {
+        end.done = true;
+        return Ok(());
+    }
+    let v: Value = serde_json::from_str(data).map_err(|_| None)?;
+    if name == Some("error") || v.get("error").is_some() {
+        // An error event may carry an HTTP-like code (vLLM, OpenAI); without one it is the
+        // server failing part way, which another attempt may not meet.
+        let code = v
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|c| (400..600).contains(c));
+        return Err(Some(Box::new(failure(
+            "http",
+            code,
+            format!(
+                "the server failed part way through the answer: {}",
+                super::error_text(data)
+            ),
+        ))));
+    }
+    if let Some(choice) = v.get("choices").and_then(|c| c.get(0)) {
+        let delta = choice.get("delta").unwrap_or(&Value::Null);
+        // vLLM and llama.cpp send `reasoning_content`; some servers `reasoning`.
+        let reasoning = delta
+            .get("reasoning_content")
+            .or_else(|| delta.get("reasoning"))
+            .and_then(Value::as_str);
+        acc.push(delta.get("content").and_then(Value::as_str), reasoning, at);
+        if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
+            end.finish = Some(f.to_string());
+        }
+    }
+    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+        end.usage = u.clone();
+    }
+    if let Some(t) = v.get("timings").filter(|t| !t.is_null()) {
+        end.server = t.clone();
+    }
+    Ok(())
+}
+
+/// Server-sent events: `event:` and `data:` lines, an event ends at a blank line.
+#[derive(Default)]
+struct Sse {
+    name: Option<String>,
+    data: Vec<String>,
+}
+
+impl Sse {
+    /// Takes one line; returns an event (name, data) when a blank line ends one.
+    fn line(&mut self, line: &str) -> Option<(Option<String>, String)> {
+        if line.is_empty() {
+            return self.flush();
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => self.name = Some(value.to_string()),
+            "data" => self.data.push(value.to_string()),
+            _ => {} // comments (`: ping`), id, retry
+        }
+        None
+    }
+
+    /// The event in progress, if any (a body may end without the last blank line).
+    fn flush(&mut self) -> Option<(Option<String>, String)> {
+        let name = self.name.take();
+        if self.data.is_empty() {
+            return None;
+        }
+        Some((name, std::mem::take(&mut self.data).join("\n")))
+    }
+}
+
+/// A whole (non-streamed) chat completion.
+fn whole(url: &str, status: u16, body: &str) -> WorkerResponse {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return not_json(status, url, body, "chat completion JSON");
     };
     let Some(choice) = v.get("choices").and_then(|c| c.get(0)) else {
-        return not_json(
-            reply.status,
-            &url,
-            &reply.body,
-            "a chat completion (no `choices`)",
-        );
+        return not_json(status, url, body, "a chat completion (no `choices`)");
     };
     let message = choice.get("message").unwrap_or(&Value::Null);
     let text = message.get("content").and_then(Value::as_str).unwrap_or("");
@@ -39,7 +193,7 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
         .or_else(|| message.get("reasoning"))
         .and_then(Value::as_str);
     let finish = choice.get("finish_reason").and_then(Value::as_str);
-    answer(reply.status, text, reasoning, finish, timings(&v, finish))
+    answer(status, text, reasoning, finish, timings(&v, finish))
 }
 
 /// `{base}/v1/chat/completions`, without doubling a `/v1` the endpoint already has.
@@ -62,7 +216,10 @@ fn body(r: &WorkerRequest) -> Value {
     let mut b = Map::new();
     b.insert("model".into(), json!(r.model));
     b.insert("messages".into(), Value::Array(messages));
-    b.insert("stream".into(), json!(false));
+    b.insert("stream".into(), json!(s.streams()));
+    if s.streams() {
+        b.insert("stream_options".into(), json!({"include_usage": true}));
+    }
     match &s.think {
         // A level is OpenAI's reasoning effort; on/off is the chat template switch that
         // vLLM, SGLang and llama.cpp read for thinking models.
@@ -90,7 +247,7 @@ fn body(r: &WorkerRequest) -> Value {
         None => {}
     }
     for (k, v) in &s.options {
-        if k != "messages" && k != "stream" {
+        if k != "messages" && k != "stream" && k != "stream_options" {
             b.insert(k.clone(), v.clone());
         }
     }
@@ -98,7 +255,8 @@ fn body(r: &WorkerRequest) -> Value {
 }
 
 /// Token usage as the server reported it (null when it did not), and why it stopped.
-/// `done_reason` mirrors `finish_reason` so truncated answers count like Ollama's.
+/// `done_reason` mirrors `finish_reason` so truncated answers count like Ollama's; llama.cpp's
+/// server adds its own `timings`, kept as `server_timings`.
 fn timings(v: &Value, finish: Option<&str>) -> Value {
     let usage = v.get("usage").unwrap_or(&Value::Null);
     let num = |f: &str| {
@@ -112,14 +270,18 @@ fn timings(v: &Value, finish: Option<&str>) -> Value {
         .and_then(|d| d.get("reasoning_tokens"))
         .and_then(Value::as_i64)
         .map_or(Value::Null, |n| json!(n));
-    json!({
+    let mut t = json!({
         "prompt_tokens": num("prompt_tokens"),
         "completion_tokens": num("completion_tokens"),
         "total_tokens": num("total_tokens"),
         "reasoning_tokens": reasoning_tokens,
         "finish_reason": finish,
         "done_reason": finish,
-    })
+    });
+    if let Some(server) = v.get("timings").filter(|t| t.is_object()) {
+        t["server_timings"] = server.clone();
+    }
+    t
 }
 
 /// A status that is not 2xx, with what it usually means on these servers.
@@ -171,5 +333,11 @@ mod tests {
         assert_eq!(t["prompt_tokens"], json!(5));
         assert_eq!(t["completion_tokens"], Value::Null);
         assert_eq!(t["done_reason"], json!("length"));
+        assert!(t.get("server_timings").is_none());
+        let t = timings(
+            &json!({"usage": null, "timings": {"prompt_ms": 1.5, "predicted_per_second": 90.0}}),
+            Some("stop"),
+        );
+        assert_eq!(t["server_timings"]["predicted_per_second"], json!(90.0));
     }
 }

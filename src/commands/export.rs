@@ -50,6 +50,9 @@ struct Record {
     last_outcome: Option<String>,
     error: Option<String>,
     latency_ms: Option<i64>,
+    /// Streamed answers: time to first token and per output token (ms).
+    ttft_ms: Option<f64>,
+    tpot_ms: Option<f64>,
     finished_at: Option<i64>,
     prompt_tokens: Option<i64>,
     output_tokens: Option<i64>,
@@ -69,7 +72,8 @@ fn each_record(
                 j.last_outcome, COALESCE(j.last_error, a.error), a.output, a.reasoning,
                 a.duration_ms, a.finished_at, {PROMPT_TOKENS}, {OUTPUT_TOKENS},
                 CASE WHEN json_valid(a.timings)
-                     THEN json_extract(a.timings, '$.done_reason') = 'length' ELSE 0 END
+                     THEN json_extract(a.timings, '$.done_reason') = 'length' ELSE 0 END,
+                a.ttft_ms, a.tpot_ms
          FROM jobs j JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
               LEFT JOIN attempts a ON a.id = j.attempt_id AND j.state = 'done'
          WHERE j.kind = 'generate'{cond} ORDER BY j.id"
@@ -97,6 +101,8 @@ fn each_record(
             prompt_tokens: r.get(14)?,
             output_tokens: r.get(15)?,
             truncated: r.get::<_, Option<bool>>(16)?.unwrap_or(false),
+            ttft_ms: r.get(17)?,
+            tpot_ms: r.get(18)?,
         })?;
         n += 1;
     }
@@ -162,6 +168,8 @@ fn jsonl(
             "last_outcome": rec.last_outcome,
             "error": rec.error,
             "latency_s": rec.latency_ms.map(|ms| ms as f64 / 1000.0),
+            "ttft_s": rec.ttft_ms.map(|ms| ms / 1000.0),
+            "tpot_s": rec.tpot_ms.map(|ms| ms / 1000.0),
             "finished_at": rec.finished_at.map(super::iso_time),
             "prompt_tokens": rec.prompt_tokens,
             "output_tokens": rec.output_tokens,
@@ -205,6 +213,8 @@ fn csv_records(
         "attempts",
         "last_outcome",
         "latency_s",
+        "ttft_s",
+        "tpot_s",
         "prompt_tokens",
         "output_tokens",
         "truncated",
@@ -232,6 +242,10 @@ fn csv_records(
     let mut grades = grades_stmt(conn)?;
     let n = each_record(conn, filter, &mut |rec| {
         let num = |v: Option<i64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let secs = |v: Option<f64>| {
+            v.map(|ms| format!("{:.6}", ms / 1000.0))
+                .unwrap_or_default()
+        };
         let mut row = vec![
             rec.job_id.to_string(),
             rec.batch,
@@ -243,6 +257,8 @@ fn csv_records(
             rec.latency_ms
                 .map(|ms| format!("{:.3}", ms as f64 / 1000.0))
                 .unwrap_or_default(),
+            secs(rec.ttft_ms),
+            secs(rec.tpot_ms),
             num(rec.prompt_tokens),
             num(rec.output_tokens),
             (if rec.truncated { "yes" } else { "no" }).to_string(),

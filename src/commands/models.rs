@@ -135,6 +135,15 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
     if let Some(p) = a.price_out {
         m.price_out = Some(p);
     }
+    if let Some(on) = a.stream {
+        m.settings.stream = Some(on);
+    }
+    if let Some(d) = &a.stall_timeout {
+        m.settings.stall_timeout_s = optional_duration("--stall-timeout", d)?;
+    }
+    if let Some(d) = &a.first_token_timeout {
+        m.settings.first_token_timeout_s = optional_duration("--first-token-timeout", d)?;
+    }
     validate(&m)?;
     db.save_model(&m)?;
     db.publish()?;
@@ -172,8 +181,22 @@ fn looks_like_secret(text: &str) -> bool {
         && (has(char::is_ascii_uppercase) || text.len() >= 32)
 }
 
+/// A duration flag where `0` means "off".
+fn optional_duration(flag: &str, text: &str) -> Result<Option<f64>> {
+    let d = crate::util::parse_duration(text)
+        .map_err(|e| crate::error::UsageError(format!("{flag}: {e}")))?;
+    Ok((!d.is_zero()).then_some(d.as_secs_f64()))
+}
+
 fn validate(m: &ModelConfig) -> Result<()> {
     if m.backend == Backend::Command {
+        let s = &m.settings;
+        if s.stall_timeout_s.is_some() || s.first_token_timeout_s.is_some() {
+            usage!(
+                "model {}: --stall-timeout and --first-token-timeout apply to streamed HTTP answers (ollama, openai), not to command models",
+                m.name
+            );
+        }
         let Some(cmd) = &m.command else {
             usage!(
                 "model {}: --backend command needs --command 'TEMPLATE'",
@@ -220,6 +243,18 @@ fn describe(m: &ModelConfig) -> String {
             m.price_in.unwrap_or(0.0),
             m.price_out.unwrap_or(0.0)
         ));
+    }
+    if m.backend != Backend::Command {
+        let s = &m.settings;
+        if !s.streams() {
+            text.push_str(", streaming off");
+        }
+        if let Some(t) = s.stall_timeout_s {
+            text.push_str(&format!(", stall timeout {t}s"));
+        }
+        if let Some(t) = s.first_token_timeout_s {
+            text.push_str(&format!(", first-token timeout {t}s"));
+        }
     }
     text
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::cli::{Format, ReportArgs, Section};
-use crate::db::Db;
+use crate::db::{Db, ReportSource};
 use crate::report::data::Sections;
 use crate::report::{breakdown, cost, models, page, render, sections, throughput, Query};
 use crate::util::now_ms;
@@ -39,7 +39,7 @@ pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
         a.sections.clone()
     };
     if a.format == Format::Ids {
-        return ids(a, conn, &q, &wanted);
+        return ids(a, db, &q, &wanted);
     }
     // Each section is computed once, however many others (the leaderboard) read it.
     let s = Sections::new(db, &q);
@@ -55,7 +55,7 @@ pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
             }
             Section::Failures => tables.push(s.failures()?.clone()),
             Section::Jobs => tables.push(sections::jobs(
-                conn,
+                db,
                 &q,
                 a.state.as_deref(),
                 a.outcome.map(|o| o.0),
@@ -74,15 +74,15 @@ pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
 
 /// `--format ids`: the ids of the jobs behind a section, for `| llmbatch resume --ids-file -`.
 /// `jobs` lists what its filters select; `failures` the failed jobs (of `--outcome`, if given).
-fn ids(a: &ReportArgs, conn: &rusqlite::Connection, q: &Query, wanted: &[Section]) -> Result<u8> {
+fn ids(a: &ReportArgs, src: &dyn ReportSource, q: &Query, wanted: &[Section]) -> Result<u8> {
     let mut tables = Vec::new();
     for section in wanted {
         match section {
             Section::Jobs => {
-                tables.push(sections::jobs(conn, q, a.state.as_deref(), a.outcome.map(|o| o.0))?)
+                tables.push(sections::jobs(src, q, a.state.as_deref(), a.outcome.map(|o| o.0))?)
             }
             Section::Failures => tables.push(sections::jobs(
-                conn,
+                src,
                 q,
                 Some(a.state.as_deref().unwrap_or("failed")),
                 a.outcome.map(|o| o.0),

@@ -1,8 +1,10 @@
 //! The report side of the seam: typed rows per report section, read from any engine.
 
 use anyhow::Result;
+use std::collections::BTreeMap;
 
 use super::store::{Filter, RunnerRecord};
+use crate::domain::{JobState, Outcome};
 
 /// What a report groups by, besides what it shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,11 +112,94 @@ pub struct RunnerRow {
     pub now: i64,
 }
 
+/// The nearest rank of quantile `p` among `n` samples (1-based): what every percentile in the
+/// reports means.
+pub fn rank(p: f64, n: i64) -> i64 {
+    ((p * n as f64).ceil() as i64).clamp(1, n.max(1))
+}
+
+/// Latency of one group's successful attempts (ms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyGroup {
+    pub key: Vec<String>,
+    pub n: i64,
+    pub mean_ms: f64,
+    pub max_ms: i64,
+    /// Nearest-rank p50, p95 and p99.
+    pub p50_95_99_ms: [i64; 3],
+}
+
+/// A per-attempt streaming measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMetric {
+    /// Time to first token.
+    Ttft,
+    /// Time per output token.
+    Tpot,
+}
+
+/// Attempts of one group per outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeCounts {
+    pub key: Vec<String>,
+    /// Per outcome, in the order of [`Outcome::ALL`].
+    pub counts: [i64; Outcome::ALL.len()],
+    /// Answers cut at the length limit (`done_reason` = `length`).
+    pub truncated: i64,
+}
+
+/// A job, for `report jobs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: i64,
+    pub batch: String,
+    pub item_id: String,
+    pub model: String,
+    pub kind: String,
+    pub state: String,
+    pub attempts: i64,
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
 /// Typed rows for the report sections. Read only.
 pub trait ReportSource {
     /// Token sums per group of `by` (which holds `Model`: prices are per model) over the
     /// finished attempts in scope, ordered by the group.
     fn token_sums(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<TokenSum>>;
+
+    /// Per group of `by` (sorted), latency of the successful attempts in scope.
+    fn latency(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<LatencyGroup>>;
+
+    /// Per group, nearest-rank percentiles `ps` of a streaming measure (ms) over the
+    /// successful attempts in scope that have it.
+    fn metric_percentiles(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+        metric: StreamMetric,
+        ps: &[f64],
+    ) -> Result<BTreeMap<Vec<String>, Vec<f64>>>;
+
+    /// Per group, the mean of output tokens / end-to-end seconds over streamed successes.
+    fn stream_rates(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+    ) -> Result<BTreeMap<Vec<String>, f64>>;
+
+    /// Per group of `by` (sorted), attempts in scope per outcome.
+    fn outcome_counts(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<OutcomeCounts>>;
+
+    /// Jobs in scope (updated since `since_ms`), optionally in one state or last ended so,
+    /// by id; and the engine's clock.
+    fn jobs(
+        &self,
+        scope: &AttemptScope,
+        state: Option<JobState>,
+        outcome: Option<Outcome>,
+    ) -> Result<(Vec<JobRow>, i64)>;
 
     /// Models a per-model section covers: configured ones and those with jobs or attempts;
     /// with a batch, ids or models in the filter, only those with jobs in scope. Sorted.
@@ -160,6 +245,6 @@ pub trait ReportSource {
     /// is that recent (else every one); at most `limit` (None: all).
     fn runners(&self, since_ms: Option<i64>, limit: Option<usize>) -> Result<Vec<RunnerRow>>;
 
-    /// Attempts of the model that timed out, started at or after `since_ms`.
-    fn timeouts_since(&self, model: &str, since_ms: i64) -> Result<i64>;
+    /// Attempts of the model that ended so, started at or after `since_ms`.
+    fn outcomes_since(&self, model: &str, outcome: Outcome, since_ms: i64) -> Result<i64>;
 }

@@ -297,6 +297,10 @@ pub trait Catalog {
     /// Successful attempts of a model started in the last `window_ms`: count, nearest-rank
     /// p99 and max duration (ms). The raw material of timeout advice.
     fn ok_durations(&self, model: &str, window_ms: i64) -> Result<DurationSample>;
+
+    /// Streamed successful attempts of a model started in the last `window_ms`: count and
+    /// nearest-rank p99 of each one's longest silence between chunks (ms).
+    fn ok_gaps(&self, model: &str, window_ms: i64) -> Result<(i64, Option<f64>)>;
 }
 
 /// Durations of successful attempts.

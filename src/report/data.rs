@@ -80,12 +80,12 @@ impl<'a> Sections<'a> {
         if self.grouped_by_model() {
             return self.model_latency();
         }
-        once(&self.latency, || sections::latency(self.conn, self.q))
+        once(&self.latency, || sections::latency(self.store, self.q))
     }
 
     pub fn model_latency(&self) -> Result<&Table> {
         once(&self.model_latency, || {
-            sections::latency(self.conn, &self.by_model)
+            sections::latency(self.store, &self.by_model)
         })
     }
 
@@ -94,12 +94,12 @@ impl<'a> Sections<'a> {
         if self.grouped_by_model() {
             return self.model_failures();
         }
-        once(&self.failures, || sections::failures(self.conn, self.q))
+        once(&self.failures, || sections::failures(self.store, self.q))
     }
 
     pub fn model_failures(&self) -> Result<&Table> {
         once(&self.model_failures, || {
-            sections::failures(self.conn, &self.by_model)
+            sections::failures(self.store, &self.by_model)
         })
     }
 

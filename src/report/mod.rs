@@ -89,9 +89,7 @@ impl Query {
 }
 
 /// Nearest-rank percentile positions (1-based) for `n` sorted values.
-pub fn rank(p: f64, n: i64) -> i64 {
-    ((p * n as f64).ceil() as i64).clamp(1, n.max(1))
-}
+pub use crate::db::report::rank;
 
 /// Models a per-model section covers: configured ones and those with jobs or attempts, within
 /// the filter.

@@ -1,17 +1,13 @@
 //! The core sections: status, latency, failures, jobs, runners.
 
 use anyhow::Result;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 
 use super::render::{secs, Table};
-use super::{rank, Query};
-use crate::db::ReportSource;
-use crate::domain::Outcome;
+use super::Query;
+use crate::db::{ReportSource, StreamMetric};
+use crate::domain::{JobState, Outcome};
 use crate::liveness::runner_state;
-use crate::util::now_ms;
 
 /// Per model: jobs in each state, grade jobs waiting on their parent, the oldest running age.
 /// With --since: the jobs enqueued within the window.
@@ -86,112 +82,27 @@ fn running_jobs(src: &dyn ReportSource, q: &Query) -> Result<Table> {
 }
 
 /// Per group, over `ok` attempts: n, nearest-rank p50/p95/p99, max and mean, in seconds.
-/// Two passes (counts, then one ordered stream) keep memory flat in the number of attempts.
-pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
+pub fn latency(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let cols = q.group_cols();
-    let keys: Vec<&str> = cols.iter().map(|c| c.1).collect();
-    let key_list = keys.join(", ");
-    let (cond, args) = q.attempt_sql("a");
-    let counts_sql = format!(
-        "SELECT {key_list}, COUNT(*), AVG(duration_ms), MAX(duration_ms) FROM attempts a
-         WHERE a.outcome = 'ok'{cond} GROUP BY {key_list} ORDER BY {key_list}"
-    );
-    let mut groups: BTreeMap<Vec<String>, (i64, f64, i64)> = BTreeMap::new();
-    if keys == ["model"] {
-        // One aggregate per model range of the index beats one GROUP BY over all of it.
-        let sql = format!(
-            "SELECT COUNT(*), AVG(duration_ms), MAX(duration_ms) FROM attempts a
-             WHERE a.model = ? AND a.outcome = 'ok'{cond}"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        for model in super::skip_scan(conn, "attempts", "")? {
-            let mut all = vec![SqlValue::Text(model.clone())];
-            all.extend(args.iter().cloned());
-            let (n, mean, max): (i64, Option<f64>, Option<i64>) = stmt
-                .query_row(params_from_iter(all), |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-            if n > 0 {
-                groups.insert(vec![model], (n, mean.unwrap_or(0.0), max.unwrap_or(0)));
-            }
-        }
-    } else {
-        let mut stmt = conn.prepare(&counts_sql)?;
-        let mut rows = stmt.query(params_from_iter(args.clone()))?;
-        while let Some(r) = rows.next()? {
-            let key = super::group_key(r, keys.len())?;
-            groups.insert(
-                key,
-                (
-                    r.get(keys.len())?,
-                    r.get(keys.len() + 1)?,
-                    r.get(keys.len() + 2)?,
-                ),
-            );
-        }
-    }
-    let mut picks: BTreeMap<Vec<String>, [i64; 3]> = BTreeMap::new();
-    if keys == ["model"] {
-        // By model (the default): the (model, outcome, duration_ms, …) index is in order, so
-        // each percentile is one OFFSET step inside SQLite — p95/p99 counted from the top.
-        let sql = format!(
-            "SELECT duration_ms FROM attempts a WHERE a.model = ? AND a.outcome = 'ok'{cond}
-             ORDER BY duration_ms LIMIT 1 OFFSET ?"
-        );
-        let sql_desc = sql.replace("ORDER BY duration_ms", "ORDER BY duration_ms DESC");
-        let mut up = conn.prepare(&sql)?;
-        let mut down = conn.prepare(&sql_desc)?;
-        for (key, (n, _, _)) in &groups {
-            let mut entry = [0; 3];
-            for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
-                let r = rank(*p, *n);
-                let (stmt, offset) = if r * 2 <= *n {
-                    (&mut up, r - 1)
-                } else {
-                    (&mut down, n - r)
-                };
-                let mut all = vec![SqlValue::Text(key[0].clone())];
-                all.extend(args.iter().cloned());
-                all.push(SqlValue::Integer(offset));
-                entry[slot] = stmt.query_row(params_from_iter(all), |r| r.get(0))?;
-            }
-            picks.insert(key.clone(), entry);
-        }
-    } else {
-        let stream_sql = format!(
-            "SELECT {key_list}, duration_ms FROM attempts a WHERE a.outcome = 'ok'{cond}
-             ORDER BY {key_list}, duration_ms"
-        );
-        let mut stmt = conn.prepare(&stream_sql)?;
-        let mut rows = stmt.query(params_from_iter(args))?;
-        let mut current: Option<Vec<String>> = None;
-        let mut i = 0i64;
-        while let Some(r) = rows.next()? {
-            let key = super::group_key(r, keys.len())?;
-            if current.as_ref() != Some(&key) {
-                current = Some(key.clone());
-                i = 0;
-            }
-            i += 1;
-            let d: i64 = r.get(keys.len())?;
-            let n = groups.get(&key).map(|g| g.0).unwrap_or(0);
-            let entry = picks.entry(key).or_insert([0; 3]);
-            for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
-                if i == rank(*p, n) {
-                    entry[slot] = d;
-                }
-            }
-        }
-    }
+    let by = q.group_keys();
+    let scope = q.scope();
+    let groups = src.latency(&scope, &by)?;
+    let ttft = src.metric_percentiles(&scope, &by, StreamMetric::Ttft, &[0.50, 0.95, 0.99])?;
+    let tpot = src.metric_percentiles(&scope, &by, StreamMetric::Tpot, &[0.50, 0.95])?;
+    let rates = src.stream_rates(&scope, &by)?;
     let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
     header.extend(["n", "p50_s", "p95_s", "p99_s", "max_s", "mean_s"]);
+    header.extend(STREAM_COLUMNS);
     let mut t = Table::new(
         "latency",
         "Latency of successful attempts (seconds)",
         &header,
     );
-    for (key, (n, mean, max)) in groups {
-        let p = picks.get(&key).copied().unwrap_or([0; 3]);
+    for g in groups {
+        let (key, n, mean, max, p) = (g.key, g.n, g.mean_ms, g.max_ms, g.p50_95_99_ms);
+        let ttft = ttft.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let tpot = tpot.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let rate = rates.get(&key).copied();
         let mut row: Vec<Value> = key.into_iter().map(Value::String).collect();
         row.extend([
             json!(n),
@@ -201,76 +112,53 @@ pub fn latency(conn: &Connection, q: &Query) -> Result<Table> {
             secs(Some(max as f64)),
             secs(Some(mean)),
         ]);
+        row.extend((0..3).map(|i| secs(ttft.get(i).copied())));
+        row.extend((0..2).map(|i| fine_secs(tpot.get(i).copied())));
+        row.push(rate.map_or(Value::Null, |r| json!((r * 100.0).round() / 100.0)));
         t.push(row);
     }
+    if t.rows.iter().any(|r| !r[header.len() - 1].is_null()) {
+        t.notes.push(STREAM_NOTE.to_string());
+    }
     Ok(t)
+}
+
+/// The streaming columns of `report latency`, empty where no attempt was streamed.
+const STREAM_COLUMNS: [&str; 6] = [
+    "ttft_p50_s",
+    "ttft_p95_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p95_s",
+    "tokens_per_s",
+];
+
+const STREAM_NOTE: &str = "ttft = request sent → first chunk with generated text; \
+tpot = (e2e − ttft) / (output tokens − 1); tokens_per_s = mean of output tokens / e2e; over \
+streamed successful attempts (vLLM's definitions).";
+
+/// Seconds with microsecond precision, for per-token times on fast servers.
+fn fine_secs(ms: Option<f64>) -> Value {
+    ms.map_or(Value::Null, |ms| json!((ms * 1000.0).round() / 1e6))
 }
 
 /// Per group: attempts, failed attempts, fail rate and one column per failure outcome.
 /// Counted per (group, outcome) from the latency index, truncated answers from their own
 /// partial index: no attempt row (nor its timings JSON) is read.
-pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
+pub fn failures(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let cols = q.group_cols();
-    let k = cols.len();
-    let key_list = cols.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
-    let (cond, args) = q.attempt_sql("a");
     let kinds: Vec<Outcome> = Outcome::ALL
         .into_iter()
         .filter(|o| *o != Outcome::Ok)
         .collect();
-    // Per group: count per outcome (index of Outcome::ALL), truncated.
-    let mut groups: BTreeMap<Vec<String>, ([i64; Outcome::ALL.len()], i64)> = BTreeMap::new();
-    if cols.len() == 1 && cols[0].0 == "model" {
-        // By model: one COUNT per (model, outcome) range of the latency index.
-        let sql =
-            format!("SELECT COUNT(*) FROM attempts a WHERE a.model = ? AND a.outcome = ?{cond}");
-        let mut count = conn.prepare(&sql)?;
-        for model in super::skip_scan(conn, "attempts", "")? {
-            for (i, o) in Outcome::ALL.iter().enumerate() {
-                let mut all = vec![
-                    SqlValue::Text(model.clone()),
-                    SqlValue::Text(o.as_str().to_string()),
-                ];
-                all.extend(args.iter().cloned());
-                let n: i64 = count.query_row(params_from_iter(all), |r| r.get(0))?;
-                if n > 0 {
-                    groups.entry(vec![model.clone()]).or_default().0[i] += n;
-                }
-            }
-        }
-    }
-    if !(cols.len() == 1 && cols[0].0 == "model") {
-        let sql = format!(
-            "SELECT {key_list}, a.outcome, COUNT(*) FROM attempts a
-             WHERE a.outcome IS NOT NULL{cond} GROUP BY {key_list}, a.outcome"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(params_from_iter(args.clone()))?;
-        while let Some(r) = rows.next()? {
-            let key = super::group_key(r, k)?;
-            let outcome: String = r.get(k)?;
-            let n: i64 = r.get(k + 1)?;
-            if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
-                groups.entry(key).or_default().0[i] += n;
-            }
-        }
-    }
-    let sql = format!(
-        "SELECT {key_list}, COUNT(*) FROM attempts a
-         WHERE json_extract(a.timings, '$.done_reason') = 'length'{cond} GROUP BY {key_list}"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let key = super::group_key(r, k)?;
-        groups.entry(key).or_default().1 = r.get(k)?;
-    }
+    let groups = src.outcome_counts(&q.scope(), &q.group_keys())?;
     let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
     header.extend(["attempts", "failed_attempts", "fail_rate"]);
     header.extend(kinds.iter().map(|o| o.as_str()));
     header.push("truncated");
     let mut t = Table::new("failures", "Failures by kind", &header);
-    for (key, (counts, truncated)) in groups {
+    for g in groups {
+        let (key, counts, truncated) = (g.key, g.counts, g.truncated);
         let attempts: i64 = counts.iter().sum();
         // A server that was down or a runner that was stopped is not the model failing.
         let failed: i64 = Outcome::ALL
@@ -296,34 +184,22 @@ pub fn failures(conn: &Connection, q: &Query) -> Result<Table> {
 
 /// Single jobs, for looking at and for `--format ids` pipelines.
 pub fn jobs(
-    conn: &Connection,
+    src: &dyn ReportSource,
     q: &Query,
     state: Option<&str>,
     outcome: Option<Outcome>,
 ) -> Result<Table> {
-    let (mut cond, mut args) = q.filter.sql("j");
-    if let Some(s) = state {
-        const STATES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
-        if !STATES.contains(&s) {
-            crate::usage!("--state {s:?}: expected one of {}", STATES.join(", "));
-        }
-        cond.push_str(" AND j.state = ?");
-        args.push(SqlValue::Text(s.to_string()));
-    }
-    if let Some(o) = outcome {
-        cond.push_str(" AND j.last_outcome = ?");
-        args.push(SqlValue::Text(o.as_str().to_string()));
-    }
-    if let Some(since) = q.since_ms {
-        cond.push_str(" AND j.updated_at >= ?");
-        args.push(SqlValue::Integer(since));
-    }
-    let sql = format!(
-        "SELECT j.id, j.batch, j.item_id, j.model, j.kind, j.state, j.attempts, j.last_outcome,
-                j.last_error, j.updated_at
-         FROM jobs j WHERE 1 = 1{cond} ORDER BY j.id"
-    );
-    let now = now_ms();
+    let state = match state {
+        Some(s) => match JobState::parse(s) {
+            Some(state) => Some(state),
+            None => {
+                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                crate::usage!("--state {s:?}: expected one of {}", names.join(", "));
+            }
+        },
+        None => None,
+    };
+    let (rows, now) = src.jobs(&q.scope(), state, outcome)?;
     let mut t = Table::new(
         "jobs",
         "Jobs",
@@ -340,21 +216,18 @@ pub fn jobs(
             "age_s",
         ],
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let err: Option<String> = r.get(8)?;
+    for j in rows {
         t.push(vec![
-            json!(r.get::<_, i64>(0)?),
-            json!(r.get::<_, String>(1)?),
-            json!(r.get::<_, String>(2)?),
-            json!(r.get::<_, String>(3)?),
-            json!(r.get::<_, String>(4)?),
-            json!(r.get::<_, String>(5)?),
-            json!(r.get::<_, i64>(6)?),
-            json!(r.get::<_, Option<String>>(7)?),
-            json!(err),
-            secs(Some((now - r.get::<_, i64>(9)?).max(0) as f64)),
+            json!(j.id),
+            json!(j.batch),
+            json!(j.item_id),
+            json!(j.model),
+            json!(j.kind),
+            json!(j.state),
+            json!(j.attempts),
+            json!(j.last_outcome),
+            json!(j.last_error),
+            secs(Some((now - j.updated_at).max(0) as f64)),
         ]);
     }
     Ok(t)

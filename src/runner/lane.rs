@@ -132,6 +132,9 @@ pub struct Lane {
     pub pacer: Option<Pacer>,
     /// The tokens each paced attempt in flight was estimated at, by job id.
     pub estimates: BTreeMap<i64, u64>,
+    /// Output tokens and time (ms, request to last byte) of this run's streamed answers.
+    pub stream_tokens: i64,
+    pub stream_ms: f64,
 }
 
 impl Lane {
@@ -160,7 +163,18 @@ impl Lane {
             throttled: 0,
             pacer: Pacer::for_model(&model),
             estimates: BTreeMap::new(),
+            stream_tokens: 0,
+            stream_ms: 0.0,
             model: Arc::new(model),
+        }
+    }
+
+    /// Counts a finished streamed answer toward the tokens/s the progress bar shows.
+    pub fn count_tokens(&mut self, f: &crate::domain::Finish) {
+        let Some(m) = &f.metrics else { return };
+        if let (Some(_), Some(n), Some(ms)) = (m.ttft_ms, m.output_tokens, m.e2e_ms) {
+            self.stream_tokens += n;
+            self.stream_ms += ms;
         }
     }
 
@@ -405,6 +419,14 @@ impl Lane {
                 .oldest_age()
                 .map(|d| format!(", oldest {}", crate::util::human_secs(d.as_secs_f64())))
                 .unwrap_or_default();
+            let rate = if self.stream_ms > 0.0 {
+                format!(
+                    ", {:.1} tok/s",
+                    self.stream_tokens as f64 * 1000.0 / self.stream_ms
+                )
+            } else {
+                String::new()
+            };
             let state = match &self.stopped {
                 Some(why) => format!(" — stopped: {why}"),
                 None => String::new(),
@@ -415,9 +437,42 @@ impl Lane {
                 String::new()
             };
             bar.set_message(format!(
-                "{} done, {} failed, {} in flight{throttled}{oldest}{state}",
+                "{} done, {} failed, {} in flight{throttled}{rate}{oldest}{state}",
                 self.done, self.failed, self.in_flight
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Finish, Metrics, Outcome};
+
+    #[test]
+    fn the_bar_shows_tokens_per_second_of_streamed_answers() {
+        let mut lane = Lane::new(ModelConfig::unconfigured("m"), Duration::from_secs(60));
+        lane.bar = Some(ProgressBar::hidden());
+        lane.refresh_bar();
+        assert!(!lane.bar.as_ref().unwrap().message().contains("tok/s"));
+        let mut f = Finish::new(Outcome::Ok, 2000);
+        f.metrics = Some(Metrics {
+            ttft_ms: Some(500.0),
+            output_tokens: Some(30),
+            e2e_ms: Some(2000.0),
+            ..Metrics::default()
+        });
+        lane.count_tokens(&f);
+        // An answer that was not streamed (no TTFT) is not counted.
+        let mut whole = Finish::new(Outcome::Ok, 1000);
+        whole.metrics = Some(Metrics {
+            output_tokens: Some(1000),
+            e2e_ms: Some(1000.0),
+            ..Metrics::default()
+        });
+        lane.count_tokens(&whole);
+        lane.refresh_bar();
+        let msg = lane.bar.as_ref().unwrap().message();
+        assert!(msg.contains(" in flight, 15.0 tok/s"), "{msg}");
     }
 }

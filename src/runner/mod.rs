@@ -958,6 +958,7 @@ impl Coordinator<'_> {
                 self.summary.spent += cost;
             }
         }
+        lane.count_tokens(&finish);
         if finish.outcome.charged() && finish.outcome != Outcome::Ok {
             self.summary.failed_attempts += 1;
         }

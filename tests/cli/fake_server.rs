@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 test server on 127.0.0.1 that answers like Ollama's `/api/generate` and
-//! OpenAI's `/v1/chat/completions`, recording every request; shared by the `http` and grading
-//! tests.
+//! OpenAI's `/v1/chat/completions`, recording every request; shared by the `http`, `stream`
+//! and grading tests. Streams are sent as real servers send them: chunked transfer encoding,
+//! Ollama NDJSON, OpenAI SSE with a role-only first chunk, a usage-only last chunk, `[DONE]`.
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -41,6 +42,104 @@ pub enum Reply {
     Headers(u16, Vec<(&'static str, String)>, String),
     /// Reads the request, then says nothing until the client goes away (bounded).
     Hang,
+    /// A 200 answer sent with chunked transfer encoding, one chunk per piece, each piece after
+    /// its delay (counted from the previous one); then the end, or silence with `hang`.
+    Stream(Stream),
+}
+
+/// A streamed answer: content type, pieces of body with the wait before each.
+pub struct Stream {
+    pub content_type: &'static str,
+    pub pieces: Vec<(Duration, Vec<u8>)>,
+    pub hang: bool,
+}
+
+pub const NDJSON: &str = "application/x-ndjson";
+pub const SSE: &str = "text/event-stream; charset=utf-8";
+
+/// Ollama's NDJSON stream as `ollama serve` sends it: one object per token, then the `done`
+/// object with the timings; the first token after `first`, each next one after `each`.
+pub fn ollama_stream(model: &str, tokens: &[&str], first: Duration, each: Duration) -> Stream {
+    let mut pieces = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let line = json!({"model": model, "created_at": "2026-11-23T03:00:00Z", "response": t, "done": false});
+        pieces.push((
+            if i == 0 { first } else { each },
+            format!("{line}\n").into_bytes(),
+        ));
+    }
+    let mut last = ollama_answer(model, "", None, "stop");
+    last["eval_count"] = json!(tokens.len());
+    pieces.push((Duration::ZERO, format!("{last}\n").into_bytes()));
+    Stream {
+        content_type: NDJSON,
+        pieces,
+        hang: false,
+    }
+}
+
+/// An OpenAI SSE stream as vLLM sends it with `include_usage`: a role-only first chunk at
+/// once, one chunk per token, a finish chunk, a usage-only chunk, then `data: [DONE]`.
+pub fn openai_stream(model: &str, tokens: &[&str], first: Duration, each: Duration) -> Stream {
+    let event = |v: Value| format!("data: {v}\n\n").into_bytes();
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": null,
+               "finish_reason": finish}]})
+    };
+    let mut pieces = vec![(
+        Duration::ZERO,
+        event(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )),
+    )];
+    for (i, t) in tokens.iter().enumerate() {
+        pieces.push((
+            if i == 0 { first } else { each },
+            event(chunk(json!({"content": t}), Value::Null)),
+        ));
+    }
+    pieces.push((Duration::ZERO, event(chunk(json!({}), json!("stop")))));
+    let n = tokens.len();
+    pieces.push((
+        Duration::ZERO,
+        event(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                     "model": model, "choices": [],
+                     "usage": {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}})),
+    ));
+    pieces.push((Duration::ZERO, b"data: [DONE]\n\n".to_vec()));
+    Stream {
+        content_type: SSE,
+        pieces,
+        hang: false,
+    }
+}
+
+impl Stream {
+    /// The same bytes cut into pieces of `n` bytes (characters split on purpose), each sent
+    /// `gap` after the previous one.
+    pub fn cut(self, n: usize, gap: Duration) -> Stream {
+        let all: Vec<u8> = self.pieces.into_iter().flat_map(|(_, b)| b).collect();
+        Stream {
+            pieces: all.chunks(n).map(|c| (gap, c.to_vec())).collect(),
+            ..self
+        }
+    }
+
+    /// Keeps the first `n` pieces, then goes silent.
+    pub fn then_silence(mut self, n: usize) -> Stream {
+        self.pieces.truncate(n);
+        self.hang = true;
+        self
+    }
+
+    /// Inserts a piece of body after the first `n` pieces.
+    pub fn insert(mut self, n: usize, bytes: &str) -> Stream {
+        self.pieces
+            .insert(n, (Duration::ZERO, bytes.as_bytes().to_vec()));
+        self
+    }
 }
 
 pub fn now_json(status: u16, body: Value) -> Reply {
@@ -143,23 +242,55 @@ fn serve(mut stream: TcpStream, handler: &Handler, reqs: &Mutex<Vec<Req>>, stop:
             respond(&mut stream, status, &[], &body);
         }
         Reply::Headers(status, headers, body) => respond(&mut stream, status, &headers, &body),
-        Reply::Hang => {
-            // Say nothing; end when the client closes (it was killed or gave up).
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-            let until = Instant::now() + HANG_MAX;
-            let mut buf = [0u8; 64];
-            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                match stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(_) => break,
+        Reply::Hang => hang(&mut stream, stop),
+        Reply::Stream(s) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n\
+                 Connection: close\r\n\r\n",
+                s.content_type
+            );
+            if stream.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let _ = stream.set_nodelay(true);
+            for (delay, bytes) in &s.pieces {
+                sleep_unless_stopped(*delay, stop);
+                let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
+                chunk.extend_from_slice(bytes);
+                chunk.extend_from_slice(b"\r\n");
+                if stream
+                    .write_all(&chunk)
+                    .and_then(|_| stream.flush())
+                    .is_err()
+                {
+                    return; // the client went away
                 }
             }
+            if s.hang {
+                hang(&mut stream, stop);
+            } else {
+                let _ = stream.write_all(b"0\r\n\r\n");
+                let _ = stream.flush();
+            }
+        }
+    }
+}
+
+/// Says nothing more; ends when the client closes (it was killed or gave up), bounded.
+fn hang(stream: &mut TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let until = Instant::now() + HANG_MAX;
+    let mut buf = [0u8; 64];
+    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
         }
     }
 }

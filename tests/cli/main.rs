@@ -14,4 +14,5 @@ mod promises;
 mod recovery;
 mod reports;
 mod store;
+mod stream;
 mod throttle;

@@ -184,7 +184,7 @@ fn csv_and_json_carry_the_same_rows_as_the_table() {
     assert_eq!(fast["eta_s"], 720.0);
     let csv = table(&env, &["timeouts", "--format", "csv"]);
     assert!(
-        csv.starts_with("model,timeout_s,auto,effective_s,n,p99_s,max_s,timeouts,advice_s\n"),
+        csv.starts_with("model,timeout_s,auto,effective_s,n,p99_s,max_s,timeouts,advice_s,stall_timeout_s,gap_p99_s,stalls,stall_advice_s\n"),
         "{csv}"
     );
     assert!(

@@ -177,3 +177,31 @@ pub fn ok_durations(
         max_ms,
     })
 }
+
+/// Successful streamed attempts of the model in the window (database time): how many, and
+/// the nearest-rank p99 of their longest silence (ms).
+pub fn ok_gaps(
+    c: &mut impl GenericClient,
+    model: &str,
+    window_ms: i64,
+) -> Result<(i64, Option<f64>)> {
+    let r = c.query_one(
+        "SELECT COUNT(*), llmbatch_now_ms() - $2 FROM attempts WHERE model = $1 AND outcome = 'ok'
+             AND max_gap_ms IS NOT NULL AND started_at >= llmbatch_now_ms() - $2",
+        &[&model, &window_ms],
+    )?;
+    let (n, since): (i64, i64) = (r.get(0), r.get(1));
+    if n == 0 {
+        return Ok((0, None));
+    }
+    let rank = ((n as f64) * 0.99).ceil() as i64;
+    let p99: Option<f64> = c
+        .query_opt(
+            "SELECT max_gap_ms FROM attempts WHERE model = $1 AND outcome = 'ok'
+                 AND max_gap_ms IS NOT NULL AND started_at >= $2
+             ORDER BY max_gap_ms DESC LIMIT 1 OFFSET $3",
+            &[&model, &since, &(n - rank)],
+        )?
+        .map(|r| r.get(0));
+    Ok((n, p99))
+}

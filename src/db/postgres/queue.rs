@@ -185,6 +185,7 @@ pub fn finish(c: &mut impl GenericClient, fp: &FinishParams) -> Result<bool> {
             .or_else(|| Some(f.outcome.as_str().to_string())),
     };
     let timings = stored_timings(f).map(|t| t.to_string());
+    let m = f.metrics.clone().unwrap_or_default();
     let row = c.query_one(
         "WITH moved AS (
              UPDATE jobs SET state = $1, charged = charged + $2,
@@ -198,7 +199,8 @@ pub fn finish(c: &mut impl GenericClient, fp: &FinishParams) -> Result<bool> {
              UPDATE attempts SET finished_at = GREATEST(llmbatch_now_ms(), started_at),
                     duration_ms = $8, outcome = $4, charged = $2, exit_code = $9, signal = $10,
                     http_status = $11, output = $12, reasoning = $13, raw_output = $14,
-                    stderr = $15, error = $16, timings = $17
+                    stderr = $15, error = $16, timings = $17, ttft_ms = $19, tpot_ms = $20,
+                    e2e_ms = $21, output_tokens = $22, max_gap_ms = $23
              WHERE id = $18 AND outcome IS NULL AND EXISTS (SELECT 1 FROM moved)
              RETURNING id
          )
@@ -222,6 +224,11 @@ pub fn finish(c: &mut impl GenericClient, fp: &FinishParams) -> Result<bool> {
             &f.error,
             &timings,
             &claim.attempt_id,
+            &m.ttft_ms,
+            &m.tpot_ms,
+            &m.e2e_ms,
+            &m.output_tokens,
+            &m.max_gap_ms,
         ],
     )?;
     let kept = row.get::<_, i64>(0) > 0;

@@ -13,9 +13,10 @@ use super::session::Session;
 use super::{catalog, Target};
 use crate::db::report::*;
 use crate::db::store::*;
-use crate::domain::JobState;
+use crate::domain::{JobState, Outcome};
 use crate::grading::Rubric;
 use crate::models::ModelConfig;
+use std::collections::BTreeMap;
 
 pub struct PgStore {
     session: RefCell<Session>,
@@ -435,6 +436,10 @@ impl Catalog for PgStore {
     fn ok_durations(&self, model: &str, window_ms: i64) -> Result<DurationSample> {
         self.with(|c| catalog::ok_durations(c, model, window_ms))
     }
+
+    fn ok_gaps(&self, model: &str, window_ms: i64) -> Result<(i64, Option<f64>)> {
+        self.with(|c| catalog::ok_gaps(c, model, window_ms))
+    }
 }
 
 /// The report sections read a consistent snapshot (see [`super::snapshot`]) with the SQLite
@@ -501,8 +506,43 @@ impl ReportSource for PgStore {
         self.snap(|d| d.runners(since_ms, limit))
     }
 
-    fn timeouts_since(&self, model: &str, since_ms: i64) -> Result<i64> {
-        self.snap(|d| d.timeouts_since(model, since_ms))
+    fn outcomes_since(&self, model: &str, outcome: Outcome, since_ms: i64) -> Result<i64> {
+        self.snap(|d| d.outcomes_since(model, outcome, since_ms))
+    }
+
+    fn latency(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<LatencyGroup>> {
+        self.snap(|d| d.latency(scope, by))
+    }
+
+    fn metric_percentiles(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+        metric: StreamMetric,
+        ps: &[f64],
+    ) -> Result<BTreeMap<Vec<String>, Vec<f64>>> {
+        self.snap(|d| d.metric_percentiles(scope, by, metric, ps))
+    }
+
+    fn stream_rates(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+    ) -> Result<BTreeMap<Vec<String>, f64>> {
+        self.snap(|d| d.stream_rates(scope, by))
+    }
+
+    fn outcome_counts(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<OutcomeCounts>> {
+        self.snap(|d| d.outcome_counts(scope, by))
+    }
+
+    fn jobs(
+        &self,
+        scope: &AttemptScope,
+        state: Option<JobState>,
+        outcome: Option<Outcome>,
+    ) -> Result<(Vec<JobRow>, i64)> {
+        self.snap(|d| d.jobs(scope, state, outcome))
     }
 }
 

@@ -174,3 +174,27 @@ pub fn ok_durations(conn: &Connection, model: &str, window_ms: i64) -> Result<Du
         max_ms,
     })
 }
+
+/// Streamed successful attempts of the model in the window: count and nearest-rank p99 of
+/// each attempt's longest silence between chunks (ms).
+pub fn ok_gaps(conn: &Connection, model: &str, window_ms: i64) -> Result<(i64, Option<f64>)> {
+    let since = now_ms() - window_ms;
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM attempts WHERE model = ?1 AND outcome = 'ok'
+             AND max_gap_ms IS NOT NULL AND started_at >= ?2",
+        params![model, since],
+        |r| r.get(0),
+    )?;
+    if n == 0 {
+        return Ok((0, None));
+    }
+    let rank = ((n as f64) * 0.99).ceil() as i64;
+    let p99: f64 = conn.query_row(
+        "SELECT max_gap_ms FROM attempts WHERE model = ?1 AND outcome = 'ok'
+             AND max_gap_ms IS NOT NULL AND started_at >= ?2
+         ORDER BY max_gap_ms DESC LIMIT 1 OFFSET ?3",
+        params![model, since, n - rank],
+        |r| r.get(0),
+    )?;
+    Ok((n, Some(p99)))
+}

@@ -217,10 +217,12 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
     }
     // finished_at can never precede started_at, whatever the wall clock did meanwhile.
     let finished_at = now.max(claim.started_at);
+    let m = f.metrics.clone().unwrap_or_default();
     tx.prepare_cached(
         "UPDATE attempts SET finished_at = ?1, duration_ms = ?2, outcome = ?3, charged = ?4,
                 exit_code = ?5, signal = ?6, http_status = ?7, output = ?8, reasoning = ?9,
-                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13
+                raw_output = ?10, stderr = ?11, error = ?12, timings = ?13, ttft_ms = ?15,
+                tpot_ms = ?16, e2e_ms = ?17, output_tokens = ?18, max_gap_ms = ?19
          WHERE id = ?14 AND outcome IS NULL",
     )?
     .execute(params![
@@ -237,7 +239,12 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
         f.stderr,
         f.error,
         stored_timings(f).map(|t| t.to_string()),
-        claim.attempt_id
+        claim.attempt_id,
+        m.ttft_ms,
+        m.tpot_ms,
+        m.e2e_ms,
+        m.output_tokens,
+        m.max_gap_ms,
     ])?;
     if next == Next::Done && claim.kind == JobKind::Grade {
         record_grade(tx, claim, f)?;

@@ -3,7 +3,9 @@
 
 pub mod catalog;
 pub mod cost;
+mod failures;
 mod jobs;
+mod latency;
 mod queue;
 pub mod report;
 
@@ -27,6 +29,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "004_backpressure_cost",
         include_str!("../../../sql/004_backpressure_cost.sql"),
+    ),
+    (
+        "005_streaming",
+        include_str!("../../../sql/005_streaming.sql"),
     ),
 ];
 
@@ -561,7 +567,10 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(indexes, 4);
+        assert_eq!(
+            indexes, 7,
+            "004 rebuilt the four indexes of attempts; 005 adds three"
+        );
     }
 
     #[test]
@@ -570,6 +579,47 @@ mod tests {
             uri_path(Path::new("/data/evals 1/a?b#c%d.db")),
             "/data/evals%201/a%3Fb%23c%25d.db"
         );
+    }
+
+    #[test]
+    fn upgrade_keeps_attempts_and_their_grades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&conn).unwrap();
+        // The schema as 003 left it, with an attempt that a grade points at.
+        let tx = conn.transaction().unwrap();
+        for (_, sql) in &MIGRATIONS[..3] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 3).unwrap();
+        tx.execute_batch(
+            "INSERT INTO items (batch, item_id, prompt) VALUES ('b', '1', 'p');
+             INSERT INTO jobs (id, kind, batch, item_id, model, state, created_at, updated_at)
+                 VALUES (1, 'generate', 'b', '1', 'm', 'done', 0, 0);
+             INSERT INTO attempts (id, job_id, number, model, batch, started_at, outcome, output)
+                 VALUES (7, 1, 1, 'm', 'b', 0, 'ok', 'kept');
+             INSERT INTO grades (job_id, graded_job_id, attempt_id, grader)
+                 VALUES (1, 1, 7, 'g');",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+        let conn = open_rw(&path, false).unwrap();
+        let out: String = conn
+            .query_row("SELECT output FROM attempts WHERE id = 7", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(out, "kept");
+        conn.execute(
+            "INSERT INTO attempts (job_id, number, model, batch, started_at, outcome, ttft_ms)
+             VALUES (1, 2, 'm', 'b', 0, 'stall', 12.5)",
+            [],
+        )
+        .unwrap();
+        let fk: bool = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert!(fk, "foreign keys are back on after the migration");
     }
 
     #[test]

@@ -405,6 +405,10 @@ impl Catalog for Db {
     fn ok_durations(&self, model: &str, window_ms: i64) -> Result<DurationSample> {
         catalog::ok_durations(&self.conn, model, window_ms)
     }
+
+    fn ok_gaps(&self, model: &str, window_ms: i64) -> Result<(i64, Option<f64>)> {
+        catalog::ok_gaps(&self.conn, model, window_ms)
+    }
 }
 
 impl Store for Db {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::Db;
 use crate::db::report::*;
 use crate::db::store::{Filter, RunnerRecord};
+use crate::domain::{JobState, Outcome};
 use crate::util::now_ms;
 
 impl AttemptScope {
@@ -73,6 +74,45 @@ fn models_in_scope(conn: &Connection, filter: &Filter) -> Result<Vec<String>> {
 impl ReportSource for Db {
     fn token_sums(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<TokenSum>> {
         super::cost::token_sums(&self.conn, scope, by)
+    }
+
+    fn latency(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<LatencyGroup>> {
+        super::latency::latency(&self.conn, scope, by)
+    }
+
+    fn metric_percentiles(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+        metric: StreamMetric,
+        ps: &[f64],
+    ) -> Result<BTreeMap<Vec<String>, Vec<f64>>> {
+        super::latency::metric_percentiles(&self.conn, scope, by, metric, ps)
+    }
+
+    fn stream_rates(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+    ) -> Result<BTreeMap<Vec<String>, f64>> {
+        super::latency::stream_rates(&self.conn, scope, by)
+    }
+
+    fn outcome_counts(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<OutcomeCounts>> {
+        super::failures::outcome_counts(&self.conn, scope, by)
+    }
+
+    fn jobs(
+        &self,
+        scope: &AttemptScope,
+        state: Option<JobState>,
+        outcome: Option<Outcome>,
+    ) -> Result<(Vec<JobRow>, i64)> {
+        let now = now_ms();
+        Ok((
+            super::failures::jobs(&self.conn, scope, state, outcome)?,
+            now,
+        ))
     }
 
     fn models_in_scope(&self, filter: &Filter) -> Result<Vec<String>> {
@@ -311,13 +351,15 @@ impl ReportSource for Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn timeouts_since(&self, model: &str, since_ms: i64) -> Result<i64> {
+    fn outcomes_since(&self, model: &str, outcome: Outcome, since_ms: i64) -> Result<i64> {
         Ok(self
             .conn
             .prepare_cached(
                 "SELECT COUNT(*) FROM attempts a
-             WHERE a.model = ?1 AND a.outcome = 'timeout' AND a.started_at >= ?2",
+                 WHERE a.model = ?1 AND a.outcome = ?2 AND a.started_at >= ?3",
             )?
-            .query_row(rusqlite::params![model, since_ms], |r| r.get(0))?)
+            .query_row(rusqlite::params![model, outcome.as_str(), since_ms], |r| {
+                r.get(0)
+            })?)
     }
 }
