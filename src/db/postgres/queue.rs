@@ -9,6 +9,7 @@ use postgres::types::ToSql;
 use postgres::GenericClient;
 use serde_json::{Map, Value};
 
+use super::session::Statements;
 use crate::db::store::*;
 use crate::domain::{Claim, Finish, JobKind, JobState, Next};
 
@@ -63,18 +64,22 @@ pub fn register(c: &mut impl GenericClient, r: &NewRunner) -> Result<i64> {
 /// Renews the runner's heartbeat and its running jobs' leases by `lease_ms` from the
 /// database's now. An error when the runner is no longer registered as live (another host
 /// found it dead and marked it stopped): its leases are then not renewed.
-pub fn renew(c: &mut impl GenericClient, runner_id: i64, lease_ms: i64) -> Result<()> {
-    let live: i64 = c
-        .query_one(
-            "WITH r AS (UPDATE runners SET heartbeat_at = llmbatch_now_ms()
+pub fn renew(
+    c: &mut impl GenericClient,
+    st: &mut Statements,
+    runner_id: i64,
+    lease_ms: i64,
+) -> Result<()> {
+    let stmt = st.get(
+        c,
+        "WITH r AS (UPDATE runners SET heartbeat_at = llmbatch_now_ms()
                         WHERE id = $1 AND stopped_at IS NULL RETURNING id),
                   j AS (UPDATE jobs SET lease_expires_at = llmbatch_now_ms() + $2
                         WHERE runner_id = $1 AND state = 'running' AND EXISTS (SELECT 1 FROM r)
                         RETURNING id)
              SELECT COUNT(*) FROM r",
-            &[&runner_id, &lease_ms],
-        )?
-        .get(0);
+    )?;
+    let live: i64 = c.query_one(&stmt, &[&runner_id, &lease_ms])?.get(0);
     if live == 0 {
         anyhow::bail!("runner {runner_id} is marked stopped (found dead by another runner)");
     }
@@ -86,6 +91,7 @@ pub fn renew(c: &mut impl GenericClient, runner_id: i64, lease_ms: i64) -> Resul
 /// lease expiry (database time) and the attempt row written together.
 pub fn claim(
     c: &mut impl GenericClient,
+    st: &mut Statements,
     runner_id: i64,
     lease_ms: i64,
     filter: &Filter,
@@ -142,7 +148,8 @@ pub fn claim(
          LEFT JOIN attempts pa ON pa.id = pj.attempt_id
          ORDER BY t.slot"
     );
-    let rows = c.query(&sql, &p.refs())?;
+    let stmt = st.get(c, &sql)?;
+    let rows = c.query(&stmt, &p.refs())?;
     Ok(rows
         .iter()
         .map(|r| Claim {
@@ -170,7 +177,7 @@ pub fn claim(
 /// Records an attempt's end and moves its job in one statement, fenced by the lease token:
 /// if the job is no longer ours (reaped meanwhile), nothing is written and false is returned.
 /// A retry's wait counts from the database's now. A finished grade's verdict is stored too.
-pub fn finish(c: &mut impl GenericClient, fp: &FinishParams) -> Result<bool> {
+pub fn finish(c: &mut impl GenericClient, st: &mut Statements, fp: &FinishParams) -> Result<bool> {
     let (claim, f, next) = (fp.claim, fp.finish, fp.next);
     let charged = f.outcome.charged() as i64;
     let delay: Option<i64> = match next {
@@ -186,7 +193,8 @@ pub fn finish(c: &mut impl GenericClient, fp: &FinishParams) -> Result<bool> {
     };
     let timings = stored_timings(f).map(|t| t.to_string());
     let m = f.metrics.clone().unwrap_or_default();
-    let row = c.query_one(
+    let stmt = st.get(
+        c,
         "WITH moved AS (
              UPDATE jobs SET state = $1, charged = charged + $2,
                     not_before = CASE WHEN $3::bigint IS NULL THEN 0 ELSE llmbatch_now_ms() + $3 END,
@@ -205,6 +213,9 @@ pub fn finish(c: &mut impl GenericClient, fp: &FinishParams) -> Result<bool> {
              RETURNING id
          )
          SELECT COUNT(*) FROM moved",
+    )?;
+    let row = c.query_one(
+        &stmt,
         &[
             &next.state().as_str(),
             &charged,

@@ -14,6 +14,8 @@ pub struct Session {
     /// When the next reconnection may be tried, and how long the pause after it will be.
     retry_at: Option<Instant>,
     pause: Duration,
+    /// Prepared on the current connection; emptied with it.
+    statements: Statements,
 }
 
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
@@ -32,6 +34,7 @@ impl Session {
             client: Some(client),
             retry_at: None,
             pause: FIRST_PAUSE,
+            statements: Statements::default(),
         }
     }
 
@@ -58,6 +61,7 @@ impl Session {
                         log::warn!("reconnected to {}", self.target.shown);
                     }
                     self.client = Some(c);
+                    self.statements = Statements::default();
                     self.retry_at = None;
                     self.pause = FIRST_PAUSE;
                 }
@@ -74,12 +78,42 @@ impl Session {
     /// Runs `f` on the connection; a connection lost meanwhile is dropped, so the next call
     /// reconnects.
     pub fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        let result = f(self.client()?);
+        self.with_cache(|c, _| f(c))
+    }
+
+    /// As [`Session::with`], with this connection's prepared statements.
+    pub fn with_cache<T>(
+        &mut self,
+        f: impl FnOnce(&mut Client, &mut Statements) -> Result<T>,
+    ) -> Result<T> {
+        self.client()?;
+        let client = self.client.as_mut().expect("connected");
+        let result = f(client, &mut self.statements);
         if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
             self.retry_at = Some(Instant::now() + self.pause);
         }
         result
+    }
+}
+
+/// Statements prepared once per connection: the hot path (claim, finish, heartbeat) then
+/// costs one round trip per statement instead of two.
+#[derive(Default)]
+pub struct Statements(std::collections::HashMap<String, postgres::Statement>);
+
+impl Statements {
+    pub fn get(
+        &mut self,
+        c: &mut impl postgres::GenericClient,
+        sql: &str,
+    ) -> Result<postgres::Statement> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = c.prepare(sql)?;
+        self.0.insert(sql.to_string(), s.clone());
+        Ok(s)
     }
 }
 

@@ -13,7 +13,7 @@ use super::session::Session;
 use super::{catalog, Target};
 use crate::db::report::*;
 use crate::db::store::*;
-use crate::domain::{JobState, Outcome};
+use crate::domain::{JobKind, JobState, Outcome};
 use crate::grading::Rubric;
 use crate::models::ModelConfig;
 use std::collections::BTreeMap;
@@ -54,7 +54,9 @@ impl QueueStore for PgStore {
     }
 
     fn renew_leases(&self, runner_id: i64, lease_ms: i64) -> Result<()> {
-        self.with(|c| queue::renew(c, runner_id, lease_ms))
+        self.session
+            .borrow_mut()
+            .with_cache(|c, st| queue::renew(c, st, runner_id, lease_ms))
     }
 
     fn stop_runner(&self, runner_id: i64, reason: &str) -> Result<()> {
@@ -72,24 +74,18 @@ impl QueueStore for PgStore {
     }
 
     fn record_and_claim(&self, p: &RecordAndClaimParams) -> Result<Recorded> {
-        self.with(|c| {
-            // One short transaction; it ends before any claimed attempt starts.
+        self.session.borrow_mut().with_cache(|c, st| {
+            // Each finish and each claim is one statement, atomic and fenced by itself; more
+            // than one go in one short transaction (one commit), which ends before any
+            // claimed attempt starts.
+            // (A grade's finish also writes its verdict: always a transaction.)
+            let single = p.finishes.len() + p.claims.len() <= 1
+                && p.finishes.iter().all(|f| f.claim.kind != JobKind::Grade);
+            if single {
+                return record_and_claim_in(c, st, p);
+            }
             let mut tx = c.transaction()?;
-            let mut done = Recorded::default();
-            for f in &p.finishes {
-                done.kept.push(queue::finish(&mut tx, f)?);
-            }
-            for want in &p.claims {
-                let started = std::time::Instant::now();
-                let got = queue::claim(&mut tx, p.runner_id, p.lease_ms, p.filter, want)?;
-                log::debug!(
-                    target: "llmbatch::claim",
-                    "claimed {} job(s): claim took {:.3} ms",
-                    got.len(),
-                    started.elapsed().as_secs_f64() * 1000.0
-                );
-                done.claims.push(got);
-            }
+            let done = record_and_claim_in(&mut tx, st, p)?;
             tx.commit()?;
             Ok(done)
         })
@@ -288,6 +284,29 @@ impl QueueStore for PgStore {
             })
         })
     }
+}
+
+fn record_and_claim_in(
+    c: &mut impl postgres::GenericClient,
+    st: &mut super::session::Statements,
+    p: &RecordAndClaimParams,
+) -> Result<Recorded> {
+    let mut done = Recorded::default();
+    for f in &p.finishes {
+        done.kept.push(queue::finish(c, st, f)?);
+    }
+    for want in &p.claims {
+        let started = std::time::Instant::now();
+        let got = queue::claim(c, st, p.runner_id, p.lease_ms, p.filter, want)?;
+        log::debug!(
+            target: "llmbatch::claim",
+            "claimed {} job(s): claim took {:.3} ms",
+            got.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        done.claims.push(got);
+    }
+    Ok(done)
 }
 
 /// An enqueue on PostgreSQL: one transaction, under a lock that makes concurrent enqueues
