@@ -28,6 +28,12 @@ pub struct WorkerRequest {
     pub endpoint: String,
     pub model: String,
     pub prompt: String,
+    /// A chat item's messages, sent as chat instead of the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Value>>,
+    /// The item's own request options (OpenAI body fields), over the model's.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub item_options: serde_json::Map<String, Value>,
     #[serde(default)]
     pub settings: Settings,
     #[serde(default)]
@@ -163,7 +169,17 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
             let lookup = |name: &str| lookup(c, prompt, name);
             let argv = template::command_argv(tpl, &lookup)
                 .map_err(|e| anyhow::anyhow!("command template of model {}: {e}", c.model))?;
-            (argv, prompt.as_bytes().to_vec())
+            let stdin = match job.model.settings.stdin {
+                Some(crate::models::StdinFormat::Json) => {
+                    serde_json::to_vec(&crate::chat::request_messages(
+                        item_messages(job),
+                        prompt,
+                        job.model.settings.system.as_deref(),
+                    ))?
+                }
+                _ => prompt.as_bytes().to_vec(),
+            };
+            (argv, stdin)
         }
         backend => {
             let exe = std::env::current_exe()?;
@@ -172,6 +188,11 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
                 endpoint: c.endpoint.clone(),
                 model: c.model.clone(),
                 prompt: prompt.to_string(),
+                messages: item_messages(job).map(<[Value]>::to_vec),
+                item_options: match job.rubric {
+                    Some(_) => serde_json::Map::new(),
+                    None => c.options.clone(),
+                },
                 settings: settings_for(job),
                 api_key_env: job.model.api_key_env.clone(),
                 timeout_s: worker_deadline(job.timeout).as_secs_f64(),
@@ -187,6 +208,14 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
         timeout: job.timeout,
         kill_grace: job.kill_grace,
     })
+}
+
+/// The item's chat messages; a grade job of a chat item sends the rubric's prompt instead.
+fn item_messages(job: &AttemptJob) -> Option<&[Value]> {
+    match job.rubric {
+        Some(_) => None,
+        None => job.claim.messages.as_deref(),
+    }
 }
 
 /// The model's settings; an Ollama grader with no `format` of its own is asked for JSON in the
@@ -344,21 +373,10 @@ fn tail_note(stderr: Option<&str>) -> String {
 }
 
 pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGTERM => "SIGTERM",
-        _ => return format!("{sig}"),
-    };
-    format!("{sig} ({name})")
+    match exec::signal_abbrev(sig) {
+        Some(name) => format!("{sig} ({name})"),
+        None => format!("{sig}"),
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +402,8 @@ mod tests {
                 endpoint: "http://127.0.0.1:11434".into(),
                 prompt: "p".into(),
                 vars: serde_json::Map::new(),
+                messages: None,
+                options: serde_json::Map::new(),
                 charged: 0,
                 max_attempts: None,
                 parent_id: Some(1),

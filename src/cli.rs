@@ -69,12 +69,25 @@ pub enum Command {
     /// Set or list per-model settings (backend, command or endpoints, timeout, concurrency).
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Read prompts (CSV, TSV or JSONL, file or stdin) × models into jobs; idempotent.
+    /// Read prompts (CSV, TSV, JSONL or an OpenAI Batch API file; file or stdin) × models
+    /// into jobs; idempotent.
     #[command(after_help = "Examples:
   llmbatch enqueue --model qwen2.5:7b --model llama3.2 prompts.csv
   llmbatch enqueue --model echo --template joke.txt --batch jokes topics.jsonl
   cat prompts.jsonl | llmbatch enqueue --model m --input-format jsonl -
   llmbatch enqueue --model m new.csv --format ids | llmbatch run --ids-file -
+  llmbatch enqueue requests.jsonl            # an OpenAI Batch API file: each line names its model
+
+Formats:
+  csv, tsv, jsonl  one item per record: `id` (default: the record number), and `prompt`, or
+                   `messages` (a JSON array of {role, content}, sent as chat), or the fields
+                   a --template uses; for a messages item the template fills the last user
+                   message.
+  openai-batch     {\"custom_id\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\",
+                   \"body\"} per line: custom_id is the item id, body.model the job's model,
+                   body.messages the chat, every other body field (max_tokens, temperature,
+                   seed, response_format, …) a request option over the model's; url
+                   /v1/completions takes body.prompt. Results: export --format openai-batch.
 
 An input with no records exits 2. An item already queued (same batch and id) never changes:
 one with a different prompt or field exits 2; enqueue changed input under another --batch.")]
@@ -127,14 +140,49 @@ Streamed HTTP attempts also give, in `latency` (vLLM's definitions):
   tokens_per_s  output tokens (server usage / eval_count) / e2e, mean per attempt
 `timeouts` advises a --stall-timeout from the longest silences between chunks.")]
     Report(ReportArgs),
-    /// Outputs and grades as JSONL, CSV or a GNU parallel joblog.
+    /// Outputs and grades as JSONL, CSV, a GNU parallel joblog or a Batch API output file.
     #[command(after_help = "Examples:
   llmbatch export --batch jokes --with-grades > jokes.jsonl
-  llmbatch export --format joblog > joblog.tsv")]
+  llmbatch export --format joblog > joblog.tsv
+  llmbatch export --batch requests --format openai-batch > results.jsonl
+
+openai-batch writes what the OpenAI Batch API returns, one line per done or failed job:
+  {\"id\": \"llmbatch-42\", \"custom_id\": ITEM, \"response\": {\"status_code\": 200,
+   \"request_id\": \"llmbatch-attempt-57\", \"body\": {chat.completion}}, \"error\": null}
+A failed job has error: {code: its last outcome, message}, and a response only when the server
+answered with an HTTP status. `created` is the attempt's finish time; jobs not finished yet are
+left out (their count goes to stderr).")]
     Export(ExportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Install (pick your shell):
+  llmbatch completions bash > ~/.local/share/bash-completion/completions/llmbatch
+  llmbatch completions zsh > ~/.zfunc/_llmbatch     # with fpath+=(~/.zfunc) before compinit
+  llmbatch completions fish > ~/.config/fish/completions/llmbatch.fish")]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per subcommand with --out-dir.
+    #[command(after_help = "Install:
+  llmbatch man --out-dir ~/.local/share/man/man1   # llmbatch.1, llmbatch-enqueue.1, ...
+  man llmbatch-enqueue
+  llmbatch man | man -l -                          # read it without installing")]
+    Man(ManArgs),
     /// One HTTP call for an attempt: request JSON on stdin, result JSON on stdout (internal).
     #[command(hide = true)]
     Worker,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write llmbatch.1 and llmbatch-SUBCOMMAND.1 into this directory instead of printing
+    /// llmbatch.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to write a completion script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,7 +211,7 @@ pub struct ModelSetArgs {
     /// The name jobs use with --model (for Ollama, the model tag, e.g. qwen2.5:7b).
     pub name: String,
     /// How the model is called (default: ollama; --command alone means command). ollama: POST
-    /// {endpoint}/api/generate; openai: POST {endpoint}/v1/chat/completions; command: run a
+    /// {endpoint}/api/generate (/api/chat for chat items); openai: POST {endpoint}/v1/chat/completions; command: run a
     /// command with the prompt on stdin.
     #[arg(long, value_enum)]
     pub backend: Option<crate::models::Backend>,
@@ -202,6 +250,11 @@ pub struct ModelSetArgs {
     /// Structured output: `json` or a JSON schema (Ollama `format`; openai `response_format`).
     #[arg(long, value_name = "json|SCHEMA")]
     pub format_output: Option<String>,
+    /// What a command model reads on stdin: text (the prompt; a chat item's conversation as
+    /// `role: content` blocks) or json (the messages as a JSON array of {role, content}, the
+    /// model's --system first unless the messages have one).
+    #[arg(long, value_enum, value_name = "text|json")]
+    pub stdin: Option<crate::models::StdinFormat>,
     /// Name of the environment variable holding the API key, sent as a Bearer token. The key
     /// itself is never stored or logged (one given here instead is refused): set the variable
     /// where `llmbatch run` runs.
@@ -250,8 +303,9 @@ pub fn price_arg(text: &str) -> Result<f64, String> {
 
 #[derive(Args, Debug)]
 pub struct EnqueueArgs {
-    /// Model to run each prompt on (repeat for several).
-    #[arg(long = "model", value_name = "M", required = true)]
+    /// Model to run each prompt on (repeat for several). Required but for openai-batch input,
+    /// whose lines name their model (--model then overrides it).
+    #[arg(long = "model", value_name = "M")]
     pub models: Vec<String>,
     /// Batch name (default: the input file's stem, `stdin` for -).
     #[arg(long)]
@@ -259,8 +313,9 @@ pub struct EnqueueArgs {
     /// Prompt template with {column} placeholders (default: the `prompt` field).
     #[arg(long, value_name = "FILE")]
     pub template: Option<PathBuf>,
-    /// Input format (default: from the file extension, .tsv is tab-separated; for stdin or
-    /// another extension, jsonl when the input starts with `{`, else csv).
+    /// Input format (default: openai-batch when the first line has custom_id and body; else
+    /// from the file extension, .tsv is tab-separated; for stdin or another extension, jsonl
+    /// when the input starts with `{`, else csv).
     #[arg(long, value_enum)]
     pub input_format: Option<InputFormat>,
     #[command(flatten)]
@@ -271,12 +326,14 @@ pub struct EnqueueArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
-    /// Comma-separated with a header row.
+    /// Comma-separated with a header row; `id`, `prompt` or `messages` columns.
     Csv,
     /// Tab-separated with a header row (the default for .tsv files).
     Tsv,
-    /// One JSON object per line.
+    /// One JSON object per line; `id`, `prompt` or `messages` fields.
     Jsonl,
+    /// The OpenAI Batch API's input file: {custom_id, method, url, body} per line.
+    OpenaiBatch,
 }
 
 impl InputFormat {
@@ -289,6 +346,9 @@ impl InputFormat {
             }
             InputFormat::Jsonl => {
                 "one JSON object per line, such as {\"id\": 1, \"prompt\": \"...\"}"
+            }
+            InputFormat::OpenaiBatch => {
+                "one Batch API request per line: {\"custom_id\", \"method\", \"url\", \"body\"}"
             }
         }
     }
@@ -479,7 +539,8 @@ impl From<GroupKey> for crate::db::GroupKey {
 pub struct ExportArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
-    /// jsonl or csv: one record per output; joblog: GNU parallel's joblog, one row per attempt.
+    /// jsonl or csv: one record per output; joblog: GNU parallel's joblog, one row per attempt;
+    /// openai-batch: the OpenAI Batch API's output file, one line per finished job.
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: ExportFormat,
     /// Include each output's grades.
@@ -492,6 +553,8 @@ pub enum ExportFormat {
     Jsonl,
     Csv,
     Joblog,
+    /// The OpenAI Batch API's output: `id`, `custom_id` (the item id), `response`, `error`.
+    OpenaiBatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -129,6 +129,10 @@ pub struct Claim {
     pub endpoint: String,
     pub prompt: String,
     pub vars: Map<String, Value>,
+    /// A chat item's messages (the prompt is then their rendered text).
+    pub messages: Option<Vec<Value>>,
+    /// The item's own request options (from a Batch API line), over the model's.
+    pub options: Map<String, Value>,
     pub charged: i64,
     pub max_attempts: Option<i64>,
     pub parent_id: Option<i64>,
@@ -327,6 +331,8 @@ mod tests {
             endpoint: String::new(),
             prompt: "p".into(),
             vars: Map::new(),
+            messages: None,
+            options: Map::new(),
             charged,
             max_attempts: None,
             parent_id: None,

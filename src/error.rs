@@ -6,8 +6,6 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_FAILED: u8 = 3;
-pub const EXIT_SIGINT: u8 = 130;
-pub const EXIT_SIGTERM: u8 = 143;
 
 /// Bad input or usage: exits 2. Wrap the message with `anyhow::Error::new(UsageError(..))`.
 #[derive(Debug)]

@@ -17,6 +17,7 @@ macro_rules! outln {
 
 pub mod attempt;
 pub mod backends;
+pub mod chat;
 pub mod cli;
 pub mod commands;
 pub mod db;
@@ -32,5 +33,6 @@ pub mod reaper;
 pub mod report;
 pub mod runner;
 pub mod text;
+pub mod timefmt;
 pub mod timeouts;
 pub mod util;

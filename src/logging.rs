@@ -41,7 +41,7 @@ impl log::Log for Bridge {
                 let _ = writeln!(
                     f,
                     "{} {:<5} [{}] {}",
-                    crate::commands::iso_time_ms(crate::util::now_ms()),
+                    crate::timefmt::iso_time_ms(crate::util::now_ms()),
                     record.level(),
                     std::process::id(),
                     record.args()

@@ -60,6 +60,9 @@ pub struct Settings {
     /// The longest wait for the first bytes of the answer (else only the model timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_token_timeout_s: Option<f64>,
+    /// What a command model reads on stdin (default: text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<StdinFormat>,
 }
 
 impl Settings {
@@ -67,6 +70,15 @@ impl Settings {
     pub fn streams(&self) -> bool {
         self.stream.unwrap_or(true)
     }
+}
+
+/// A command model's stdin: the prompt as text (a chat item's conversation rendered), or the
+/// chat messages as a JSON array of {role, content}.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StdinFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,5 +1,6 @@
-//! Ollama: `POST {endpoint}/api/generate`, streamed as NDJSON (one JSON object per line, the
-//! last with `done: true` and Ollama's own timings), or one body with `--stream false`.
+//! Ollama: `POST {endpoint}/api/generate` for a prompt, `/api/chat` for a chat item's messages,
+//! streamed as NDJSON (one JSON object per line, the last with `done: true` and Ollama's own
+//! timings), or one body with `--stream false`.
 
 use serde_json::{json, Map, Value};
 
@@ -21,7 +22,12 @@ const TIMING_FIELDS: [&str; 6] = [
 
 pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
     let base = r.endpoint.trim_end_matches('/');
-    let url = format!("{base}/api/generate");
+    let chat = r.messages.is_some();
+    let url = if chat {
+        format!("{base}/api/chat")
+    } else {
+        format!("{base}/api/generate")
+    };
     let hint = format!("is Ollama running at {base}?");
     let streamed = r.settings.streams();
     let mut ex = match stream::send(r, &url, &body(r), key, &hint, streamed) {
@@ -46,7 +52,7 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
             return refused(r, base, &url, ex.status, &text);
         }
         // One body, asked for or not: parsed whole; no time to first token to measure.
-        let mut resp = whole(base, &url, ex.status, &text);
+        let mut resp = whole(base, &url, ex.status, &text, chat);
         let tokens = resp.timings.as_ref().and_then(|t| t["eval_count"].as_i64());
         resp.metrics = Some(ex.metrics(None, tokens));
         return resp;
@@ -76,11 +82,8 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
                 ),
             )));
         }
-        acc.push(
-            v.get("response").and_then(Value::as_str),
-            v.get("thinking").and_then(Value::as_str),
-            at,
-        );
+        let (text, thinking) = answer_fields(&v, chat);
+        acc.push(text, thinking, at);
         if v.get("done").and_then(Value::as_bool) == Some(true) {
             last = Some(v);
         }
@@ -98,12 +101,25 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
     acc.done(&ex, stop, timings(&last), tokens)
 }
 
+/// The answer text and thinking of a chunk or a whole answer: /api/chat has them in
+/// `message.content` / `message.thinking`, /api/generate in `response` / `thinking`.
+fn answer_fields(v: &Value, chat: bool) -> (Option<&str>, Option<&str>) {
+    let answered = if chat { v.get("message") } else { Some(v) };
+    let field = |name: &str| answered.and_then(|a| a.get(name)).and_then(Value::as_str);
+    if chat {
+        (field("content"), field("thinking"))
+    } else {
+        (field("response"), field("thinking"))
+    }
+}
+
 /// A whole (non-streamed) answer.
-fn whole(base: &str, url: &str, status: u16, body: &str) -> WorkerResponse {
+fn whole(base: &str, url: &str, status: u16, body: &str, chat: bool) -> WorkerResponse {
     let Ok(v) = serde_json::from_str::<Value>(body) else {
         return not_json(status, url, body, "the JSON Ollama answers with");
     };
-    let Some(text) = v.get("response").and_then(Value::as_str) else {
+    let (text, thinking) = answer_fields(&v, chat);
+    let Some(text) = text else {
         if v.get("error").is_some() {
             return failure(
                 "http",
@@ -114,22 +130,46 @@ fn whole(base: &str, url: &str, status: u16, body: &str) -> WorkerResponse {
                 ),
             );
         }
-        return not_json(status, url, body, "an Ollama answer (no `response` field)");
+        return not_json(
+            status,
+            url,
+            body,
+            if chat {
+                "an Ollama chat answer (no `message.content`)"
+            } else {
+                "an Ollama answer (no `response` field)"
+            },
+        );
     };
-    let thinking = v.get("thinking").and_then(Value::as_str);
     let done_reason = v.get("done_reason").and_then(Value::as_str);
     answer(status, text, thinking, done_reason, timings(&v))
 }
 
-/// The request body: only what the model's settings set, so Ollama's defaults hold otherwise.
+/// The request body: only what the model's settings and the item set, so Ollama's defaults
+/// hold otherwise. A chat item's messages go as they are (the model's system prompt first
+/// unless they have one); a prompt goes with the model's `system`.
 fn body(r: &WorkerRequest) -> Value {
     let s = &r.settings;
     let mut b = Map::new();
     b.insert("model".into(), json!(r.model));
-    b.insert("prompt".into(), json!(r.prompt));
+    match &r.messages {
+        Some(messages) => {
+            let sent = crate::chat::request_messages(Some(messages), "", s.system.as_deref());
+            b.insert("messages".into(), json!(crate::chat::text_only(sent)));
+        }
+        None => {
+            b.insert("prompt".into(), json!(r.prompt));
+            if let Some(system) = &s.system {
+                b.insert("system".into(), json!(system));
+            }
+        }
+    }
     b.insert("stream".into(), json!(s.streams()));
-    if !s.options.is_empty() {
-        b.insert("options".into(), Value::Object(s.options.clone()));
+    let (item_options, item_format) = crate::chat::ollama_options(&r.item_options);
+    let mut options = s.options.clone();
+    options.extend(item_options);
+    if !options.is_empty() {
+        b.insert("options".into(), Value::Object(options));
     }
     if let Some(k) = &s.keep_alive {
         // Ollama reads a bare number as seconds (-1 = forever) and a string as a Go duration.
@@ -139,10 +179,7 @@ fn body(r: &WorkerRequest) -> Value {
         };
         b.insert("keep_alive".into(), v);
     }
-    if let Some(system) = &s.system {
-        b.insert("system".into(), json!(system));
-    }
-    if let Some(format) = &s.format {
+    if let Some(format) = item_format.as_ref().or(s.format.as_ref()) {
         b.insert("format".into(), format.clone());
     }
     // Thinking-capable models think when `think` is absent, so a setting is always sent.
@@ -216,6 +253,8 @@ mod tests {
             endpoint: "http://127.0.0.1:1".into(),
             model: "m".into(),
             prompt: "p".into(),
+            messages: None,
+            item_options: Map::new(),
             settings,
             api_key_env: None,
             timeout_s: 1.0,

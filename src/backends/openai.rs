@@ -208,11 +208,8 @@ fn chat_url(base: &str) -> String {
 /// Messages, then the model's options as body fields (max_tokens, temperature, …).
 fn body(r: &WorkerRequest) -> Value {
     let s = &r.settings;
-    let mut messages = Vec::new();
-    if let Some(system) = &s.system {
-        messages.push(json!({"role": "system", "content": system}));
-    }
-    messages.push(json!({"role": "user", "content": r.prompt}));
+    let messages =
+        crate::chat::request_messages(r.messages.as_deref(), &r.prompt, s.system.as_deref());
     let mut b = Map::new();
     b.insert("model".into(), json!(r.model));
     b.insert("messages".into(), Value::Array(messages));
@@ -246,7 +243,8 @@ fn body(r: &WorkerRequest) -> Value {
         }
         None => {}
     }
-    for (k, v) in &s.options {
+    // The item's own options (a Batch API line's body fields) win over the model's.
+    for (k, v) in s.options.iter().chain(&r.item_options) {
         if k != "messages" && k != "stream" && k != "stream_options" {
             b.insert(k.clone(), v.clone());
         }

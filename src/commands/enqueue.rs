@@ -1,8 +1,10 @@
-//! `enqueue`: prompts (CSV or JSONL, file or stdin) × models into jobs, in one transaction.
-//! Idempotent: a (batch, item, model) already queued is counted, not added again.
+//! `enqueue`: prompts (CSV, TSV, JSONL or an OpenAI Batch API file; file or stdin) × models
+//! into jobs, in one transaction. Idempotent: a (batch, item, model) already queued is counted,
+//! not added again.
 
 use anyhow::Result;
 use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
@@ -12,12 +14,20 @@ use crate::exec::template;
 use crate::report::render::{render, Table};
 use crate::usage;
 
-/// One input record: where it came from, its id and variables.
+/// One input record: where it came from, its id and variables; for chat items their messages,
+/// and from a Batch API file the request options and the model the line names.
+#[derive(Default)]
 struct Record {
     line: u64,
     id: String,
     vars: Map<String, Value>,
+    messages: Option<Vec<Value>>,
+    options: Option<Map<String, Value>>,
+    model: Option<String>,
 }
+
+/// How much of the input is looked at to recognise a Batch API file: a line of one request.
+const SNIFF_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 struct Counts {
@@ -34,27 +44,31 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
         None => None,
     };
     let (name, reader) = open_input(&a.input)?;
-    let mut reader = BufReader::new(reader);
+    let mut reader = BufReader::with_capacity(SNIFF_BYTES, reader);
     let format = match a.input_format {
         Some(f) => f,
         None => detect_format(&a.input, &mut reader)?,
     };
+    if a.models.is_empty() && format != InputFormat::OpenaiBatch {
+        usage!("give at least one --model (only an openai-batch file names its own models)");
+    }
     let batch = a.batch.clone().unwrap_or_else(|| default_batch(&a.input));
     if batch.trim().is_empty() {
         usage!("the batch name is empty: pass --batch NAME");
     }
 
-    let mut tx = db.enqueue()?;
+    let tx = db.enqueue()?;
     let mut counts = Counts::default();
-    {
-        let mut sink = Sink::new(&mut *tx, &batch, &a.models, template.as_deref(), &name)?;
+    let models = {
+        let mut sink = Sink::new(&*tx, &batch, &a.models, template.as_deref(), &name)?;
         sink.format = format;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
             read_records(reader, format, &name, &mut each)?;
         }
         sink.flush(&mut counts)?;
-    }
+        std::mem::take(&mut sink.models_seen)
+    };
     if counts.items == 0 {
         // One rule for every input: no records is a mistake upstream, never "0 new".
         usage!(
@@ -72,15 +86,39 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
         counts.existing = jobs - counts.new;
     }
 
+    // A model the file names but nobody configured runs on Ollama at $OLLAMA_HOST: say which,
+    // so a typo or a missing `models set` shows now rather than as failed jobs.
+    let mut unconfigured = Vec::new();
+    for m in &models {
+        if !db.model(m)?.configured {
+            unconfigured.push(m.clone());
+        }
+    }
+    if !unconfigured.is_empty() && format == InputFormat::OpenaiBatch {
+        eprintln!(
+            "llmbatch: not configured, so run on Ollama at {}: {} (`llmbatch models set NAME --backend openai --endpoint URL` for another server)",
+            crate::models::ollama_host(),
+            unconfigured.join(", ")
+        );
+    }
+    let models: Vec<String> = models.into_iter().collect();
     let mut out = std::io::stdout().lock();
     match a.format.format {
+        Format::Table if format == InputFormat::OpenaiBatch => writeln!(
+            out,
+            "batch {batch}: {} new, {} already queued ({} requests; models: {})",
+            counts.new,
+            counts.existing,
+            counts.items,
+            models.join(", ")
+        )?,
         Format::Table => writeln!(
             out,
             "batch {batch}: {} new, {} already queued ({} items × {} models)",
             counts.new,
             counts.existing,
             counts.items,
-            a.models.len()
+            models.len()
         )?,
         Format::Ids => {
             for id in first_new..=last_new {
@@ -98,7 +136,7 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
                 json!(counts.new),
                 json!(counts.existing),
                 json!(counts.items),
-                json!(a.models.join(",")),
+                json!(models.join(",")),
             ]);
             render(&[t], f, &mut out)?;
         }
@@ -118,8 +156,19 @@ fn open_input(input: &str) -> Result<(String, Box<dyn Read>)> {
     Ok((input.to_string(), Box::new(file)))
 }
 
-/// By extension; for stdin or an unknown extension, by the first character (`{` = JSONL).
+/// A Batch API file by its first line (an object with `custom_id` and `body`); otherwise by
+/// extension; for stdin or an unknown extension, by the first character (`{` = JSONL).
 fn detect_format(input: &str, reader: &mut BufReader<Box<dyn Read>>) -> Result<InputFormat> {
+    let head = reader.fill_buf()?;
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let first_line = head
+        .split(|b| *b == b'\n')
+        .find(|l| !l.trim_ascii().is_empty());
+    if let Some(Ok(Value::Object(first))) = first_line.map(serde_json::from_slice::<Value>) {
+        if first.contains_key("custom_id") && first.contains_key("body") {
+            return Ok(InputFormat::OpenaiBatch);
+        }
+    }
     let ext = Path::new(input)
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
@@ -159,6 +208,7 @@ fn read_records(
         InputFormat::Csv => read_csv(reader, b',', name, each),
         InputFormat::Tsv => read_csv(reader, b'\t', name, each),
         InputFormat::Jsonl => read_jsonl(reader, name, each),
+        InputFormat::OpenaiBatch => read_openai_batch(reader, name, each),
     }
 }
 
@@ -232,7 +282,12 @@ fn read_csv(
             Some(_) => usage!("{name} line {line}: field `id` is empty"),
             None => number.to_string(),
         };
-        each(Record { line, id, vars })?;
+        each(Record {
+            line,
+            id,
+            vars,
+            ..Record::default()
+        })?;
     }
 }
 
@@ -283,30 +338,150 @@ fn read_jsonl(
             line: line_no,
             id,
             vars,
+            ..Record::default()
+        })?;
+    }
+    Ok(())
+}
+/// The OpenAI Batch API's input: `{custom_id, method, url, body}` per line. Every line is
+/// checked before anything is stored (the transaction rolls back on the first bad one), so a
+/// bad file enqueues nothing, as the Batch API rejects it whole.
+fn read_openai_batch(
+    reader: impl BufRead,
+    name: &str,
+    each: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line_no = i as u64 + 1;
+        let text =
+            line.map_err(|e| crate::error::UsageError(format!("{name} line {line_no}: {e}")))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let rec = batch_request(&text)
+            .map_err(|why| crate::error::UsageError(format!("{name} line {line_no}: {why}")))?;
+        if !seen.insert(rec.id.clone()) {
+            usage!(
+                "{name} line {line_no}: custom_id {:?} appears twice (each request needs its own)",
+                rec.id
+            );
+        }
+        each(Record {
+            line: line_no,
+            ..rec
         })?;
     }
     Ok(())
 }
 
-/// Records written per statement: one multi-row INSERT per chunk keeps SQLite's cursors open
+/// One Batch API request line as a record, or what is wrong with it.
+fn batch_request(text: &str) -> std::result::Result<Record, String> {
+    let line = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err("expected a JSON object".into()),
+        Err(e) => return Err(format!("invalid JSON: {e}")),
+    };
+    let id = match line.get("custom_id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => {
+            return Err(format!(
+                "`custom_id` must be a non-empty string, not {other}"
+            ))
+        }
+        None => return Err("no `custom_id`".into()),
+    };
+    match line.get("method").and_then(Value::as_str) {
+        None | Some("POST") => {}
+        Some(m) => return Err(format!("method {m:?}: only POST requests are batched")),
+    }
+    let url = line.get("url").and_then(Value::as_str).unwrap_or("");
+    let Some(Value::Object(body)) = line.get("body") else {
+        return Err(format!(
+            "custom_id {id:?}: no `body` object with the request"
+        ));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.trim().is_empty() => Some(m.trim().to_string()),
+        None => None,
+        Some(other) => {
+            return Err(format!(
+                "custom_id {id:?}: body.model must be text, not {other}"
+            ))
+        }
+    };
+    let mut rec = Record {
+        id: id.clone(),
+        vars: Map::from_iter([("custom_id".to_string(), json!(id))]),
+        model,
+        ..Record::default()
+    };
+    let content_key = match url {
+        "/v1/chat/completions" => {
+            let messages = body.get("messages").ok_or_else(|| {
+                format!("custom_id {id:?}: body.messages is missing (url {url})")
+            })?;
+            rec.messages = Some(
+                crate::chat::check(messages).map_err(|why| format!("custom_id {id:?}: {why}"))?,
+            );
+            "messages"
+        }
+        "/v1/completions" => match body.get("prompt") {
+            Some(Value::String(p)) if !p.trim().is_empty() => {
+                rec.vars.insert("prompt".into(), json!(p));
+                "prompt"
+            }
+            _ => return Err(format!("custom_id {id:?}: body.prompt must be text (url {url})")),
+        },
+        other => {
+            return Err(format!(
+                "custom_id {id:?}: url {other:?} is not batched: use /v1/chat/completions (or /v1/completions with a prompt)"
+            ))
+        }
+    };
+    // The rest are request options over the model's; streaming is llmbatch's own business.
+    let options: Map<String, Value> = body
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "model" | "stream" | "stream_options") && *k != content_key
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    rec.options = (!options.is_empty()).then_some(options);
+    Ok(rec)
+}
+
+/// Records written per statement: one multi-row insert per chunk keeps the database cursors open
 /// across rows (a row per statement cost half the time of a million-prompt enqueue).
 const CHUNK: usize = 128;
 
 /// Writes items and jobs in chunks, counting new and existing ones.
 struct Sink<'a> {
-    tx: &'a mut dyn Enqueue,
+    tx: &'a dyn Enqueue,
     batch: &'a str,
     models: &'a [String],
     template: Option<&'a str>,
     name: &'a str,
-    /// Records waiting for the next chunk, with their rendered prompt and variables JSON.
-    pending: Vec<(Record, String, String)>,
+    /// Records waiting for the next chunk, with their rendered prompt and stored columns.
+    pending: Vec<(Record, Stored)>,
     format: InputFormat,
+    /// Every model a job was queued for (or found queued).
+    models_seen: BTreeSet<String>,
+}
+
+/// An item's columns as stored: the prompt (for a chat item, the rendered conversation) and
+/// the JSON texts of its variables, messages and options.
+struct Stored {
+    prompt: String,
+    vars: String,
+    messages: Option<String>,
+    options: Option<String>,
 }
 
 impl<'a> Sink<'a> {
     fn new(
-        tx: &'a mut dyn Enqueue,
+        tx: &'a dyn Enqueue,
         batch: &'a str,
         models: &'a [String],
         template: Option<&'a str>,
@@ -323,13 +498,44 @@ impl<'a> Sink<'a> {
             name,
             pending: Vec::with_capacity(CHUNK),
             format: InputFormat::Csv,
+            models_seen: BTreeSet::new(),
         })
     }
 
-    fn add(&mut self, rec: Record, counts: &mut Counts) -> Result<()> {
-        let prompt = self.prompt(&rec)?;
-        let vars = serde_json::to_string(&rec.vars)?;
-        self.pending.push((rec, prompt, vars));
+    fn add(&mut self, mut rec: Record, counts: &mut Counts) -> Result<()> {
+        self.take_messages(&mut rec)?;
+        if self.models.is_empty() && rec.model.is_none() {
+            usage!(
+                "{} line {}: the request names no body.model: add one, or give --model",
+                self.name,
+                rec.line
+            );
+        }
+        let prompt = match rec.messages.as_mut() {
+            Some(messages) => {
+                if let Some(t) = self.template {
+                    let text = self.render(t, &rec.vars, rec.line)?;
+                    crate::chat::set_last_user(messages, text);
+                }
+                crate::chat::render(messages)
+            }
+            None => self.prompt(&rec)?,
+        };
+        let stored = Stored {
+            prompt,
+            vars: serde_json::to_string(&rec.vars)?,
+            messages: rec
+                .messages
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+            options: rec
+                .options
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+        };
+        self.pending.push((rec, stored));
         if self.pending.len() >= CHUNK {
             self.flush(counts)?;
         }
@@ -346,17 +552,25 @@ impl<'a> Sink<'a> {
         let items: Vec<NewItem> = self
             .pending
             .iter()
-            .map(|(rec, prompt, vars)| NewItem {
+            .map(|(rec, st)| NewItem {
                 id: &rec.id,
-                prompt,
-                vars,
+                prompt: &st.prompt,
+                vars: &st.vars,
+                messages: st.messages.as_deref(),
+                options: st.options.as_deref(),
             })
             .collect();
-        if let Some(stored) = self.tx.add_items(self.batch, &items)? {
+        if let Some(found) = self.tx.add_items(self.batch, &items)? {
             // Some ids were there already (or twice in this input): an item never changes
             // once queued, so each must come again exactly as stored.
-            for ((rec, prompt, vars), old) in self.pending.iter().zip(stored) {
-                let differs = differences(&old.prompt, &old.vars, prompt, vars, &rec.vars);
+            for ((rec, st), old) in self.pending.iter().zip(found) {
+                let old = Stored {
+                    prompt: old.prompt,
+                    vars: old.vars,
+                    messages: old.messages,
+                    options: old.options,
+                };
+                let differs = differences(&old, st, &rec.vars);
                 if differs.is_empty() {
                     continue;
                 }
@@ -378,30 +592,71 @@ impl<'a> Sink<'a> {
             }
         }
         counts.items += n as u64;
-        let jobs = n * self.models.len();
-        let ids: Vec<&str> = self
+        // An explicit --model list overrides the model a Batch API line names.
+        let pairs: Vec<(&Record, &String)> = self
             .pending
             .iter()
-            .map(|(rec, _, _)| rec.id.as_str())
+            .flat_map(|(rec, _)| {
+                match (&rec.model, self.models.is_empty()) {
+                    (Some(own), true) => std::slice::from_ref(own).iter(),
+                    _ => self.models.iter(),
+                }
+                .map(move |m| (rec, m))
+            })
             .collect();
-        let new = self.tx.add_jobs(self.batch, &ids, self.models)?;
+        for (_, m) in &pairs {
+            if !self.models_seen.contains(*m) {
+                self.models_seen.insert(m.to_string());
+            }
+        }
+        let jobs = pairs.len();
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(rec, m)| (rec.id.as_str(), m.as_str()))
+            .collect();
+        let new = self.tx.add_jobs(self.batch, &pairs)?;
         counts.new += new;
         counts.existing += jobs as u64 - new;
         self.pending.clear();
         Ok(())
     }
 
+    /// A `messages` field or column (JSON text in a CSV) makes a chat item.
+    fn take_messages(&self, rec: &mut Record) -> Result<()> {
+        let Some(raw) = rec.vars.remove("messages") else {
+            return Ok(());
+        };
+        let value = match raw {
+            Value::String(text) => serde_json::from_str(&text).map_err(|e| {
+                crate::error::UsageError(format!(
+                    "{} line {}: field `messages` is not JSON: {e}",
+                    self.name, rec.line
+                ))
+            })?,
+            other => other,
+        };
+        let messages = crate::chat::check(&value).map_err(|why| {
+            crate::error::UsageError(format!("{} line {}: {why}", self.name, rec.line))
+        })?;
+        rec.messages = Some(messages);
+        Ok(())
+    }
+
+    fn render(&self, t: &str, vars: &Map<String, Value>, line: u64) -> Result<String> {
+        template::render(t, &template::vars_lookup(vars)).map_err(|e| {
+            crate::error::UsageError(format!(
+                "{} line {}: {e} (fields: {})",
+                self.name,
+                line,
+                vars.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+            .into()
+        })
+    }
+
     fn prompt(&self, rec: &Record) -> Result<String> {
         match self.template {
-            Some(t) => template::render(t, &template::vars_lookup(&rec.vars)).map_err(|e| {
-                crate::error::UsageError(format!(
-                    "{} line {}: {e} (fields: {})",
-                    self.name,
-                    rec.line,
-                    rec.vars.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-                .into()
-            }),
+            Some(t) => self.render(t, &rec.vars, rec.line),
             None => match rec.vars.get("prompt") {
                 Some(Value::String(p)) if !p.trim().is_empty() => Ok(p.clone()),
                 Some(Value::String(_)) => {
@@ -413,7 +668,7 @@ impl<'a> Sink<'a> {
                     rec.line
                 ),
                 None => usage!(
-                    "{} line {}: no `prompt` field (give one, or a --template using the fields {})",
+                    "{} line {}: no `prompt` or `messages` field (give one, or a --template using the fields {})",
                     self.name,
                     rec.line,
                     rec.vars.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -423,20 +678,21 @@ impl<'a> Sink<'a> {
     }
 }
 
-/// What differs between a stored item and a record: `prompt` and the names of changed fields.
-fn differences(
-    old_prompt: &str,
-    old_vars: &str,
-    prompt: &str,
-    vars_text: &str,
-    vars: &Map<String, Value>,
-) -> Vec<String> {
+/// What differs between a stored item and a record: `prompt`, `messages`, `options` and the
+/// names of changed fields.
+fn differences(old: &Stored, new: &Stored, vars: &Map<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
-    if old_prompt != prompt {
+    if old.prompt != new.prompt {
         out.push("prompt".to_string());
     }
-    if old_vars != vars_text {
-        let old: Map<String, Value> = serde_json::from_str(old_vars).unwrap_or_default();
+    if old.messages != new.messages {
+        out.push("messages".to_string());
+    }
+    if old.options != new.options {
+        out.push("request options".to_string());
+    }
+    if old.vars != new.vars {
+        let old: Map<String, Value> = serde_json::from_str(&old.vars).unwrap_or_default();
         let mut keys: Vec<&String> = old.keys().chain(vars.keys()).collect();
         keys.sort();
         keys.dedup();

@@ -107,6 +107,9 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
     if let Some(s) = &a.system {
         m.settings.system = Some(s.clone());
     }
+    if let Some(stdin) = a.stdin {
+        m.settings.stdin = Some(stdin);
+    }
     if let Some(f) = &a.format_output {
         m.settings.format = Some(if f.trim() == "json" {
             json!("json")

@@ -4,14 +4,13 @@
 use anyhow::Result;
 
 use crate::cli::{Format, ReportArgs, Section};
-use crate::db::{Db, ReportSource};
+use crate::db::{ReportSource, Store};
 use crate::report::data::Sections;
 use crate::report::{breakdown, cost, models, page, render, sections, throughput, Query};
 use crate::util::now_ms;
 
-pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
+pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
     let filter = super::scope_filter(&a.scope, db)?;
-    let conn = &db.conn;
     let q = Query {
         filter,
         since_ms: a.since.map(|d| now_ms() - d.as_millis() as i64),
@@ -50,7 +49,7 @@ pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
             Section::Latency => {
                 tables.push(s.latency()?.clone());
                 if a.breakdown {
-                    tables.push(breakdown::breakdown(conn, &q)?);
+                    tables.push(breakdown::breakdown(db, &q)?);
                 }
             }
             Section::Failures => tables.push(s.failures()?.clone()),
@@ -62,7 +61,7 @@ pub fn run(a: &ReportArgs, db: &mut Db) -> Result<u8> {
             )?),
             Section::Runners => tables.push(sections::runners(db, &q)?),
             Section::Timeouts => tables.push(s.timeouts()?.clone()),
-            Section::Throughput => tables.push(throughput::throughput(db, conn, &q)?),
+            Section::Throughput => tables.push(throughput::throughput(db, &q)?),
             Section::Grades => tables.extend(s.grades()?.iter().cloned()),
             Section::Models => tables.push(models::leaderboard(&s)?.table()),
             Section::Cost => tables.push(cost::cost(db, &q)?),

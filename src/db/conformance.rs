@@ -52,10 +52,16 @@ fn enqueue(s: &dyn Store, batch: &str, ids: &[&str], models: &[String]) -> NewJo
             id,
             prompt: "p",
             vars: "{}",
+            messages: None,
+            options: None,
         })
         .collect();
     tx.add_items(batch, &items).unwrap();
-    tx.add_jobs(batch, ids, models).unwrap();
+    let jobs: Vec<(&str, &str)> = ids
+        .iter()
+        .flat_map(|id| models.iter().map(move |m| (*id, m.as_str())))
+        .collect();
+    tx.add_jobs(batch, &jobs).unwrap();
     tx.commit().unwrap()
 }
 
@@ -134,11 +140,15 @@ pub fn a_changed_item_is_reported_as_stored(s: &dyn Store) {
                     id: "1",
                     prompt: "other",
                     vars: "{}",
+                    messages: None,
+                    options: None,
                 },
                 NewItem {
                     id: "2",
                     prompt: "new",
                     vars: "{}",
+                    messages: None,
+                    options: None,
                 },
             ],
         )
@@ -158,6 +168,8 @@ pub fn a_changed_item_is_reported_as_stored(s: &dyn Store) {
                 id: "2",
                 prompt: "x",
                 vars: "{}",
+                messages: None,
+                options: None,
             }],
         )
         .unwrap();

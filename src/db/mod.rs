@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 pub mod conformance;
+pub mod export;
 pub mod postgres;
 pub mod report;
 pub mod sqlite;
@@ -11,6 +12,7 @@ pub mod store;
 use anyhow::Result;
 use std::path::Path;
 
+pub use export::*;
 pub use sqlite::{busy_timeout, explain_busy, is_busy, memory, Db};
 pub use store::*;
 

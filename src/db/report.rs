@@ -163,6 +163,84 @@ pub struct JobRow {
     pub updated_at: i64,
 }
 
+/// A model's jobs done since a time, and its open work now.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelFlow {
+    /// Successful attempts finished since the time.
+    pub done: i64,
+    /// Tokens those used (prompt + output).
+    pub tokens: i64,
+    /// When the first of them started.
+    pub first_start: Option<i64>,
+    pub pending: i64,
+    pub running: i64,
+}
+
+/// One successful attempt with the backend's own timings (Ollama), for the latency breakdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseSample {
+    pub key: Vec<String>,
+    /// Its load took longer than `cold_load_ms`.
+    pub cold: bool,
+    pub eval_tokens: Option<f64>,
+    pub eval_ns: Option<f64>,
+    /// Load, prompt evaluation, generation and client overhead (ms), where known.
+    pub phases_ms: [Option<f64>; 4],
+}
+
+/// Verdicts of one (graded model, grader, rubric).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradeGroup {
+    pub model: String,
+    pub grader: String,
+    pub rubric: String,
+    pub n: i64,
+    pub passed: i64,
+    pub with_verdict: i64,
+    pub mean_score: Option<f64>,
+    pub with_score: i64,
+    pub median_score: Option<f64>,
+}
+
+/// Verdicts of one (grader, rubric) over everything it graded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraderSums {
+    pub grader: String,
+    pub rubric_id: i64,
+    pub rubric: String,
+    pub n: i64,
+    pub passed: i64,
+    pub with_verdict: i64,
+    pub mean_score: Option<f64>,
+}
+
+/// Grade jobs of one (grader, rubric) that have no verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraderJobs {
+    pub grader: String,
+    pub rubric_id: i64,
+    pub rubric: String,
+    /// Pending or running.
+    pub pending: i64,
+    pub failed: i64,
+    /// Attempts whose answer could not be read.
+    pub parse_failures: i64,
+}
+
+/// Two graders' verdicts on the same outputs (same rubric).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraderPair {
+    pub grader_a: String,
+    pub grader_b: String,
+    pub rubric: String,
+    /// Outputs both gave a verdict on.
+    pub n: i64,
+    pub agree: i64,
+    pub yes_a: i64,
+    pub yes_b: i64,
+    pub mean_abs_score_diff: Option<f64>,
+}
+
 /// Typed rows for the report sections. Read only.
 pub trait ReportSource {
     /// Token sums per group of `by` (which holds `Model`: prices are per model) over the
@@ -200,6 +278,36 @@ pub trait ReportSource {
         state: Option<JobState>,
         outcome: Option<Outcome>,
     ) -> Result<(Vec<JobRow>, i64)>;
+
+    /// The engine's clock (ms since the epoch): what report ages and windows count from.
+    fn clock(&self) -> Result<i64>;
+
+    /// Per model (sorted): successful attempts finished since `since_ms`, and open work now.
+    fn flow(&self, filter: &Filter, since_ms: i64) -> Result<BTreeMap<String, ModelFlow>>;
+
+    /// The successful attempts in scope that carry backend timings, with their group.
+    fn phase_samples(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+        cold_load_ms: f64,
+    ) -> Result<Vec<PhaseSample>>;
+
+    /// Whether the model has generate jobs in scope (a model that only grades is not ranked).
+    fn generates(&self, filter: &Filter, model: &str) -> Result<bool>;
+
+    /// Grades of the generated jobs in scope (`since_ms` on the grade attempts), per
+    /// (model, grader, rubric), sorted.
+    fn grade_groups(&self, scope: &AttemptScope) -> Result<Vec<GradeGroup>>;
+
+    /// The same per (grader, rubric), sorted.
+    fn grader_sums(&self, scope: &AttemptScope) -> Result<Vec<GraderSums>>;
+
+    /// Grade jobs of the generated jobs in scope without a verdict, per (grader, rubric).
+    fn grader_jobs(&self, filter: &Filter) -> Result<Vec<GraderJobs>>;
+
+    /// Pairs of graders on the same outputs, sorted.
+    fn grader_pairs(&self, scope: &AttemptScope) -> Result<Vec<GraderPair>>;
 
     /// Models a per-model section covers: configured ones and those with jobs or attempts;
     /// with a batch, ids or models in the filter, only those with jobs in scope. Sorted.

@@ -21,6 +21,7 @@ use crate::domain::{Claim, Finish, JobState, Next, Outcome};
 use crate::grading::Rubric;
 use crate::models::ModelConfig;
 
+pub use super::export::ExportSource;
 pub use super::report::*;
 
 /// Which jobs a command works on: `--batch`, `--model`, `--ids-file`. Plain data: each
@@ -169,12 +170,15 @@ pub struct MissingVar {
     pub example: Option<(String, String)>,
 }
 
-/// One item of an enqueue: its id, rendered prompt and variables as JSON text.
+/// One item of an enqueue: its id, rendered prompt, and the JSON texts of its variables, chat
+/// messages and request options.
 #[derive(Debug, Clone, Copy)]
 pub struct NewItem<'a> {
     pub id: &'a str,
     pub prompt: &'a str,
     pub vars: &'a str,
+    pub messages: Option<&'a str>,
+    pub options: Option<&'a str>,
 }
 
 /// An item already stored, as an enqueue met it again.
@@ -182,6 +186,8 @@ pub struct NewItem<'a> {
 pub struct StoredItem {
     pub prompt: String,
     pub vars: String,
+    pub messages: Option<String>,
+    pub options: Option<String>,
 }
 
 /// The jobs an enqueue added: ids `first..=last` (none when `first > last`).
@@ -274,8 +280,8 @@ pub trait Enqueue {
     /// Whether an item had jobs before this enqueue started.
     fn queued_before(&self, batch: &str, item_id: &str) -> Result<bool>;
 
-    /// One generate job per item and model (existing ones are kept); returns how many new.
-    fn add_jobs(&self, batch: &str, item_ids: &[&str], models: &[String]) -> Result<u64>;
+    /// One generate job per (item id, model) (existing ones are kept); returns how many new.
+    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str)]) -> Result<u64>;
 
     /// Commits; returns the ids of the jobs added.
     fn commit(self: Box<Self>) -> Result<NewJobs>;
@@ -312,7 +318,7 @@ pub struct DurationSample {
 }
 
 /// An open database of any engine.
-pub trait Store: QueueStore + Catalog + ReportSource + Send {
+pub trait Store: QueueStore + Catalog + ReportSource + ExportSource + Send {
     /// Another handle on the same database, for another thread (the heartbeat).
     fn reopen(&self) -> Result<Box<dyn Store>>;
 

@@ -168,6 +168,37 @@ fn system_limit(e: &std::io::Error) -> bool {
     )
 }
 
+/// The signals that stop a runner, and that a child stopped along with it died of.
+pub const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Whether `sig` is one of [`STOP_SIGNALS`].
+pub fn is_stop_signal(sig: i32) -> bool {
+    STOP_SIGNALS.contains(&sig)
+}
+
+/// Whether an exit code is a shell's report of death by a stop signal (128 + signal).
+pub fn is_stop_exit(code: i64) -> bool {
+    code > 128 && i32::try_from(code - 128).is_ok_and(is_stop_signal)
+}
+
+/// The name of a signal (`SIGTERM`), for the ones people meet.
+pub fn signal_abbrev(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => return None,
+    })
+}
+
 /// How long a child killed by a stop signal waits for the runner's own stop request.
 const STOP_SIGNAL_WINDOW: Duration = Duration::from_millis(750);
 
@@ -178,7 +209,7 @@ fn stop_or_crash(status: Status, stop: &StopSignal) -> Status {
     let Status::Signaled(sig) = status else {
         return status;
     };
-    if ![libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&sig) {
+    if !is_stop_signal(sig) {
         return status;
     }
     let until = Instant::now() + STOP_SIGNAL_WINDOW;

@@ -6,66 +6,31 @@
 //! took ten times as long).
 
 use anyhow::Result;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use super::render::{secs, Table};
 use super::Query;
+use crate::db::ReportSource;
 
 /// An attempt whose load took longer than this found its model unloaded: a cold start.
 pub const COLD_LOAD_MS: f64 = 500.0;
 
-/// (column prefix, SQL of the value in ms) for each phase.
-const PHASES: [(&str, &str); 4] = [
-    ("load", "json_extract(a.timings, '$.load_duration') / 1e6"),
-    (
-        "prompt",
-        "json_extract(a.timings, '$.prompt_eval_duration') / 1e6",
-    ),
-    ("gen", "json_extract(a.timings, '$.eval_duration') / 1e6"),
-    (
-        "overhead",
-        "a.duration_ms - json_extract(a.timings, '$.total_duration') / 1e6",
-    ),
-];
-
-pub fn breakdown(conn: &Connection, q: &Query) -> Result<Table> {
+pub fn breakdown(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let cols = q.group_cols();
-    let keys: Vec<&str> = cols.iter().map(|c| c.0).collect();
-    let k = keys.len();
-    let key_select: String = cols.iter().map(|(_, expr)| format!("{expr}, ")).collect();
-    let (cond, args) = q.attempt_sql("a");
-    let metrics: String = PHASES.iter().map(|(_, expr)| format!(", {expr}")).collect();
-    // One pass over the attempts with timings (their own partial index); json_extract reads
-    // each timings text once per field.
-    let sql = format!(
-        "SELECT {key_select}
-                COALESCE(json_extract(a.timings, '$.load_duration'), 0) / 1e6 > {COLD_LOAD_MS},
-                json_extract(a.timings, '$.eval_count'),
-                json_extract(a.timings, '$.eval_duration'){metrics}
-         FROM attempts a
-         WHERE a.outcome = 'ok' AND a.timings IS NOT NULL
-           AND json_extract(a.timings, '$.total_duration') IS NOT NULL{cond}"
-    );
+    let keys: Vec<&str> = cols.clone();
     let mut groups: BTreeMap<(Vec<String>, bool), Group> = BTreeMap::new();
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let key = super::group_key(r, k)?;
-        let cold: bool = r.get(k)?;
-        let g = groups.entry((key, cold)).or_default();
+    for sample in src.phase_samples(&q.scope(), &q.group_keys(), COLD_LOAD_MS)? {
+        let g = groups.entry((sample.key, sample.cold)).or_default();
         g.n += 1;
-        let tokens: Option<f64> = r.get(k + 1)?;
-        let eval_ns: Option<f64> = r.get(k + 2)?;
-        if let (Some(t), Some(ns)) = (tokens, eval_ns) {
+        if let (Some(t), Some(ns)) = (sample.eval_tokens, sample.eval_ns) {
             if ns > 0.0 {
                 g.tokens += t;
                 g.eval_s += ns / 1e9;
             }
         }
-        for (i, values) in g.phases.iter_mut().enumerate() {
-            if let Some(v) = r.get::<_, Option<f64>>(k + 3 + i)? {
+        for (values, v) in g.phases.iter_mut().zip(sample.phases_ms) {
+            if let Some(v) = v {
                 values.push(v as f32);
             }
         }

@@ -2,17 +2,15 @@
 //! leaderboard built from them and the HTML page all read the same rows.
 
 use anyhow::Result;
-use rusqlite::Connection;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use super::render::Table;
 use super::{cost, grades, sections, speed, timeouts, Query};
-use crate::db::{Db, GroupKey, Store};
+use crate::db::{GroupKey, Store};
 
 pub struct Sections<'a> {
     pub store: &'a dyn Store,
-    pub conn: &'a Connection,
     /// The scope and grouping asked for.
     pub q: &'a Query,
     /// The same scope grouped by model: what the leaderboard and the page compare.
@@ -38,10 +36,9 @@ fn once<T>(cell: &OnceCell<T>, make: impl FnOnce() -> Result<T>) -> Result<&T> {
 }
 
 impl<'a> Sections<'a> {
-    pub fn new(db: &'a Db, q: &'a Query) -> Sections<'a> {
+    pub fn new(store: &'a dyn Store, q: &'a Query) -> Sections<'a> {
         Sections {
-            store: db,
-            conn: &db.conn,
+            store,
             q,
             by_model: Query {
                 filter: q.filter.clone(),
@@ -109,7 +106,7 @@ impl<'a> Sections<'a> {
 
     /// `grades`, `graders`, `agreement`.
     pub fn grades(&self) -> Result<&[Table]> {
-        Ok(once(&self.grades, || grades::tables(self.conn, self.q))?)
+        Ok(once(&self.grades, || grades::tables(self.store, self.q))?)
     }
 
     pub fn tokens_per_s(&self) -> Result<&BTreeMap<String, f64>> {

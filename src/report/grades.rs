@@ -5,36 +5,20 @@
 //! the grade attempts. Everything is aggregated in SQL; medians stream one ordered pass.
 
 use anyhow::Result;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use super::render::Table;
 use super::Query;
+use crate::db::ReportSource;
 
 /// The three tables: `grades`, `graders`, `agreement`.
-pub fn tables(conn: &Connection, q: &Query) -> Result<Vec<Table>> {
+pub fn tables(src: &dyn ReportSource, q: &Query) -> Result<Vec<Table>> {
     Ok(vec![
-        by_model(conn, q)?,
-        graders(conn, q)?,
-        agreement(conn, q)?,
+        by_model(src, q)?,
+        graders(src, q)?,
+        agreement(src, q)?,
     ])
-}
-
-/// Conditions on the graded job `p` and, with `--since`, on the grade attempts of `grades`
-/// rows under the given aliases.
-fn scope(q: &Query, grade_aliases: &[&str]) -> (String, Vec<SqlValue>) {
-    let (mut sql, mut args) = q.filter.sql("p");
-    if let Some(since) = q.since_ms {
-        for g in grade_aliases {
-            sql.push_str(&format!(
-                " AND (SELECT started_at FROM attempts WHERE id = {g}.attempt_id) >= ?"
-            ));
-            args.push(SqlValue::Integer(since));
-        }
-    }
-    (sql, args)
 }
 
 fn round3(x: f64) -> Value {
@@ -50,69 +34,7 @@ fn rate(part: i64, whole: i64) -> Value {
 }
 
 /// Per (model, grader, rubric): n, passed, pass rate, mean and median score.
-fn by_model(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = scope(q, &["g"]);
-    let from = format!(
-        "FROM grades g JOIN jobs gj ON gj.id = g.job_id JOIN jobs p ON p.id = g.graded_job_id
-              JOIN rubrics r ON r.id = gj.rubric_id
-         WHERE 1 = 1{cond}"
-    );
-    type Key = (String, String, i64);
-    /// rubric name, n, passed, with a verdict, mean score, with a score
-    type Sums = (String, i64, i64, i64, Option<f64>, i64);
-    let mut groups: BTreeMap<Key, Sums> = BTreeMap::new();
-    {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT p.model, g.grader, r.id, r.name, COUNT(*), COALESCE(SUM(g.pass), 0),
-                    COUNT(g.pass), AVG(g.score), COUNT(g.score)
-             {from} GROUP BY p.model, g.grader, r.id"
-        ))?;
-        let mut rows = stmt.query(params_from_iter(args.clone()))?;
-        while let Some(r) = rows.next()? {
-            groups.insert(
-                (r.get(0)?, r.get(1)?, r.get(2)?),
-                (
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                ),
-            );
-        }
-    }
-    // Medians: one ordered stream, keeping only the middle value(s) of each group.
-    let mut medians: BTreeMap<Key, f64> = BTreeMap::new();
-    {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT p.model, g.grader, r.id, g.score {from} AND g.score IS NOT NULL
-             ORDER BY p.model, g.grader, r.id, g.score"
-        ))?;
-        let mut rows = stmt.query(params_from_iter(args))?;
-        let mut current: Option<Key> = None;
-        let mut i = 0i64;
-        let mut sum = 0.0;
-        while let Some(r) = rows.next()? {
-            let key: Key = (r.get(0)?, r.get(1)?, r.get(2)?);
-            if current.as_ref() != Some(&key) {
-                current = Some(key.clone());
-                i = 0;
-                sum = 0.0;
-            }
-            i += 1;
-            let n = groups.get(&key).map(|g| g.5).unwrap_or(0);
-            let score: f64 = r.get(3)?;
-            // 1-based middle positions: one for odd n, two (averaged) for even n.
-            let (lo, hi) = ((n + 1) / 2, n / 2 + 1);
-            if i == lo || i == hi {
-                sum += score;
-                if i == hi {
-                    medians.insert(key, if lo == hi { sum } else { sum / 2.0 });
-                }
-            }
-        }
-    }
+fn by_model(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "grades",
         "Grades per model and grader",
@@ -127,21 +49,20 @@ fn by_model(conn: &Connection, q: &Query) -> Result<Table> {
             "median_score",
         ],
     );
-    for (key, (rubric, n, passed, with_verdict, mean, _)) in groups {
-        let median = medians.get(&key).copied();
+    for g in src.grade_groups(&q.scope())? {
         t.push(vec![
-            json!(key.0),
-            json!(key.1),
-            json!(rubric),
-            json!(n),
-            if with_verdict > 0 {
-                json!(passed)
+            json!(g.model),
+            json!(g.grader),
+            json!(g.rubric),
+            json!(g.n),
+            if g.with_verdict > 0 {
+                json!(g.passed)
             } else {
                 Value::Null
             },
-            rate(passed, with_verdict),
-            mean.map(round3).unwrap_or(Value::Null),
-            median.map(round3).unwrap_or(Value::Null),
+            rate(g.passed, g.with_verdict),
+            g.mean_score.map(round3).unwrap_or(Value::Null),
+            g.median_score.map(round3).unwrap_or(Value::Null),
         ]);
     }
     Ok(t)
@@ -149,8 +70,7 @@ fn by_model(conn: &Connection, q: &Query) -> Result<Table> {
 
 /// Per grader and rubric, over everything it graded: how harsh it is, and how often its
 /// answers could not be read at all.
-fn graders(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = scope(q, &["g"]);
+fn graders(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "graders",
         "Graders (pass rate over all outputs they graded: how harsh each is)",
@@ -167,40 +87,23 @@ fn graders(conn: &Connection, q: &Query) -> Result<Table> {
         ],
     );
     type Row = (String, i64, i64, i64, Option<f64>);
-    let mut rows_by: BTreeMap<(String, i64), Row> = BTreeMap::new();
-    {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT g.grader, r.id, r.name, COUNT(*), COALESCE(SUM(g.pass), 0), COUNT(g.pass),
-                    AVG(g.score)
-             FROM grades g JOIN jobs gj ON gj.id = g.job_id JOIN jobs p ON p.id = g.graded_job_id
-                  JOIN rubrics r ON r.id = gj.rubric_id
-             WHERE 1 = 1{cond} GROUP BY g.grader, r.id"
-        ))?;
-        let mut rows = stmt.query(params_from_iter(args))?;
-        while let Some(r) = rows.next()? {
-            rows_by.insert(
-                (r.get(0)?, r.get(1)?),
-                (r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
-            );
-        }
-    }
+    let rows_by: BTreeMap<(String, i64), Row> = src
+        .grader_sums(&q.scope())?
+        .into_iter()
+        .map(|g| {
+            let row = (g.rubric, g.n, g.passed, g.with_verdict, g.mean_score);
+            ((g.grader, g.rubric_id), row)
+        })
+        .collect();
     // Grade jobs not (yet) graded, and unreadable answers, per grader.
-    let (jcond, jargs) = q.filter.sql("p");
-    let mut stmt = conn.prepare(&format!(
-        "SELECT gj.model, r.id, r.name, SUM(gj.state IN ('pending', 'running')),
-                SUM(gj.state = 'failed'),
-                SUM((SELECT COUNT(*) FROM attempts a WHERE a.job_id = gj.id AND a.outcome = 'parse'))
-         FROM jobs gj JOIN jobs p ON p.id = gj.parent_id JOIN rubrics r ON r.id = gj.rubric_id
-         WHERE gj.kind = 'grade'{jcond} GROUP BY gj.model, r.id"
-    ))?;
-    let mut extra: BTreeMap<(String, i64), (String, i64, i64, i64)> = BTreeMap::new();
-    let mut rows = stmt.query(params_from_iter(jargs))?;
-    while let Some(r) = rows.next()? {
-        extra.insert(
-            (r.get(0)?, r.get(1)?),
-            (r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
-        );
-    }
+    let extra: BTreeMap<(String, i64), (String, i64, i64, i64)> = src
+        .grader_jobs(&q.filter)?
+        .into_iter()
+        .map(|g| {
+            let row = (g.rubric, g.pending, g.failed, g.parse_failures);
+            ((g.grader, g.rubric_id), row)
+        })
+        .collect();
     let mut keys: Vec<&(String, i64)> = rows_by.keys().chain(extra.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -261,24 +164,7 @@ pub fn cohens_kappa(n: i64, agree: i64, yes_a: i64, yes_b: i64) -> Option<f64> {
 
 /// Per pair of graders on the same outputs (same rubric): n, agreement, kappa, and the mean
 /// absolute difference of their scores.
-fn agreement(conn: &Connection, q: &Query) -> Result<Table> {
-    let (cond, args) = scope(q, &["g1", "g2"]);
-    let sql = format!(
-        "SELECT g1.grader, g2.grader, r.name,
-                SUM(g1.pass IS NOT NULL AND g2.pass IS NOT NULL),
-                SUM(g1.pass = g2.pass),
-                SUM(CASE WHEN g2.pass IS NOT NULL THEN g1.pass END),
-                SUM(CASE WHEN g1.pass IS NOT NULL THEN g2.pass END),
-                AVG(ABS(g1.score - g2.score))
-         FROM grades g1
-              JOIN grades g2 ON g2.graded_job_id = g1.graded_job_id AND g1.grader < g2.grader
-              JOIN jobs j1 ON j1.id = g1.job_id
-              JOIN jobs j2 ON j2.id = g2.job_id AND j2.rubric_id = j1.rubric_id
-              JOIN rubrics r ON r.id = j1.rubric_id
-              JOIN jobs p ON p.id = g1.graded_job_id
-         WHERE 1 = 1{cond}
-         GROUP BY g1.grader, g2.grader, r.id ORDER BY g1.grader, g2.grader, r.id"
-    );
+fn agreement(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let mut t = Table::new(
         "agreement",
         "Agreement between graders on the same outputs (verdicts)",
@@ -293,26 +179,20 @@ fn agreement(conn: &Connection, q: &Query) -> Result<Table> {
             "mean_abs_score_diff",
         ],
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let n: i64 = r.get::<_, Option<i64>>(3)?.unwrap_or(0);
-        let agree: i64 = r.get::<_, Option<i64>>(4)?.unwrap_or(0);
-        let yes_a: i64 = r.get::<_, Option<i64>>(5)?.unwrap_or(0);
-        let yes_b: i64 = r.get::<_, Option<i64>>(6)?.unwrap_or(0);
-        let diff: Option<f64> = r.get(7)?;
+    for p in src.grader_pairs(&q.scope())? {
+        let (n, agree, yes_a, yes_b, diff) =
+            (p.n, p.agree, p.yes_a, p.yes_b, p.mean_abs_score_diff);
         let kappa = cohens_kappa(n, agree, yes_a, yes_b);
         if let Some(k) = kappa.filter(|k| *k < 0.2 && n >= 5) {
             t.notes.push(format!(
                 "{} and {} barely agree beyond chance (kappa {k:.2} on {n} outputs)",
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?
+                p.grader_a, p.grader_b
             ));
         }
         t.push(vec![
-            json!(r.get::<_, String>(0)?),
-            json!(r.get::<_, String>(1)?),
-            json!(r.get::<_, String>(2)?),
+            json!(p.grader_a),
+            json!(p.grader_b),
+            json!(p.rubric),
             json!(n),
             json!(agree),
             if n > 0 {

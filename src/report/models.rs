@@ -7,8 +7,6 @@
 //! name in [`COLUMNS`].
 
 use anyhow::Result;
-use rusqlite::params_from_iter;
-use rusqlite::types::Value as SqlValue;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -283,17 +281,7 @@ pub fn leaderboard(s: &Sections) -> Result<Leaderboard> {
 
 /// Whether `model` has generate jobs in scope (a model that only grades is not ranked).
 fn generates(s: &Sections, model: &str) -> Result<bool> {
-    let (cond, args) = s.q.filter.sql("j");
-    let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM jobs j
-             WHERE j.state IN ('pending', 'running', 'done', 'failed', 'cancelled')
-               AND j.model = ? AND j.kind = 'generate'{cond})"
-    );
-    let mut all = vec![SqlValue::Text(model.to_string())];
-    all.extend(args);
-    Ok(s.conn
-        .prepare_cached(&sql)?
-        .query_row(params_from_iter(all), |r| r.get(0))?)
+    s.store.generates(&s.q.filter, model)
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {

@@ -90,7 +90,7 @@ pub fn latency(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     let ttft = src.metric_percentiles(&scope, &by, StreamMetric::Ttft, &[0.50, 0.95, 0.99])?;
     let tpot = src.metric_percentiles(&scope, &by, StreamMetric::Tpot, &[0.50, 0.95])?;
     let rates = src.stream_rates(&scope, &by)?;
-    let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    let mut header: Vec<&str> = cols.clone();
     header.extend(["n", "p50_s", "p95_s", "p99_s", "max_s", "mean_s"]);
     header.extend(STREAM_COLUMNS);
     let mut t = Table::new(
@@ -152,7 +152,7 @@ pub fn failures(src: &dyn ReportSource, q: &Query) -> Result<Table> {
         .filter(|o| *o != Outcome::Ok)
         .collect();
     let groups = src.outcome_counts(&q.scope(), &q.group_keys())?;
-    let mut header: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    let mut header: Vec<&str> = cols.clone();
     header.extend(["attempts", "failed_attempts", "fail_rate"]);
     header.extend(kinds.iter().map(|o| o.as_str()));
     header.push("truncated");
@@ -256,7 +256,7 @@ pub fn runners(src: &dyn ReportSource, q: &Query) -> Result<Table> {
             json!(r.record.id),
             json!(r.record.host),
             json!(r.record.pid),
-            json!(crate::commands::iso_time(r.started_at)),
+            json!(crate::timefmt::iso_time(r.started_at)),
             secs(Some(age.max(0) as f64)),
             json!(r.jobs_held),
             json!(runner_state(&r.record, age)),

@@ -4,68 +4,20 @@
 //! `--rpm` / `--tpm` cannot go faster than its pace: the ETA counts with the slower of the two.
 
 use anyhow::Result;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 
 use super::render::Table;
 use super::Query;
-use crate::db::Store;
-use crate::util::{human_secs, now_ms};
+use crate::db::{ModelFlow, Store};
+use crate::util::human_secs;
 
 /// The window when no --since is given.
 pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
 
-#[derive(Default)]
-struct Row {
-    done: i64,
-    /// Tokens the done jobs used (prompt + output), for the `--tpm` pace.
-    tokens: i64,
-    first_start: Option<i64>,
-    pending: i64,
-    running: i64,
-}
-
-pub fn throughput(store: &dyn Store, conn: &Connection, q: &Query) -> Result<Table> {
-    let now = now_ms();
+pub fn throughput(store: &dyn Store, q: &Query) -> Result<Table> {
+    let now = store.clock()?;
     let since = q.since_ms.unwrap_or(now - DEFAULT_WINDOW_MS);
-    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
-
-    // Jobs done in the window: their ok attempts, found through the finished_at index.
-    let (cond, args) = q.filter.sql_on("a", "job_id");
-    let sql = format!(
-        "SELECT a.model, COUNT(*), MIN(a.started_at),
-                SUM(COALESCE(json_extract(a.timings, '$.prompt_tokens'), json_extract(a.timings, '$.prompt_eval_count'), 0)
-                    + COALESCE(json_extract(a.timings, '$.completion_tokens'), json_extract(a.timings, '$.eval_count'), 0))
-         FROM attempts a INDEXED BY attempts_finished
-         WHERE a.finished_at >= ? AND a.outcome = 'ok'{cond} GROUP BY a.model"
-    );
-    let mut all = vec![SqlValue::Integer(since)];
-    all.extend(args);
-    let mut stmt = conn.prepare(&sql)?;
-    let mut r = stmt.query(params_from_iter(all))?;
-    while let Some(r) = r.next()? {
-        let row = rows.entry(r.get(0)?).or_default();
-        row.done = r.get(1)?;
-        row.first_start = r.get(2)?;
-        row.tokens = r.get::<_, Option<i64>>(3)?.unwrap_or(0);
-    }
-
-    // Open work now (the claim index leads with state, so this reads only open jobs).
-    let (cond, args) = q.filter.sql("j");
-    let sql = format!(
-        "SELECT j.model, SUM(j.state = 'pending'), SUM(j.state = 'running') FROM jobs j
-         WHERE j.state IN ('pending', 'running'){cond} GROUP BY j.model"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut r = stmt.query(params_from_iter(args))?;
-    while let Some(r) = r.next()? {
-        let row = rows.entry(r.get(0)?).or_default();
-        row.pending = r.get(1)?;
-        row.running = r.get(2)?;
-    }
-
+    let rows = store.flow(&q.filter, since)?;
     let window_s = (now - since) as f64 / 1000.0;
     let mut t = Table::new(
         "throughput",
@@ -134,7 +86,7 @@ pub fn throughput(store: &dyn Store, conn: &Connection, q: &Query) -> Result<Tab
 
 /// The most jobs an hour the model's `--rpm` / `--tpm` allow one runner (the tokens per job
 /// from the done jobs of the window); None when it is not paced (or no job shows its tokens).
-fn paced_per_hour(m: &crate::models::ModelConfig, row: &Row) -> Option<f64> {
+fn paced_per_hour(m: &crate::models::ModelConfig, row: &ModelFlow) -> Option<f64> {
     let by_requests = m.rpm.map(|n| n as f64 * 60.0);
     let by_tokens = m
         .tpm

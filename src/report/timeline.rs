@@ -41,7 +41,7 @@ pub fn timeline(src: &dyn ReportSource, q: &Query) -> Result<Table> {
         let at = start + row.bucket * step * 1000;
         t.push(vec![
             json!(row.model),
-            json!(crate::commands::iso_time(at)),
+            json!(crate::timefmt::iso_time(at)),
             json!(row.bucket * step),
             json!(step),
             json!(row.done),
@@ -49,8 +49,8 @@ pub fn timeline(src: &dyn ReportSource, q: &Query) -> Result<Table> {
     }
     t.notes.push(format!(
         "from {} to {}, per {}",
-        crate::commands::iso_time(start),
-        crate::commands::iso_time(hi),
+        crate::timefmt::iso_time(start),
+        crate::timefmt::iso_time(hi),
         human_secs(step as f64)
     ));
     Ok(t)

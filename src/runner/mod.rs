@@ -748,7 +748,11 @@ impl Coordinator<'_> {
                     .parent_output
                     .as_ref()
                     .map_or(0, |o| o.chars().count());
-            let tokens = pacer.estimate(chars);
+            // A grade job sends the rubric, never its item's own options.
+            let tokens = match claim.rubric_id {
+                Some(_) => pacer.estimate(chars),
+                None => pacer.estimate_item(chars, &claim.options),
+            };
             pacer.take(tokens);
             lane.estimates.insert(claim.job_id, tokens);
             log::debug!(
@@ -1102,8 +1106,10 @@ impl Coordinator<'_> {
 /// While the runner stops, a child that died of a stop signal (systemd signals the whole
 /// cgroup, a terminal the whole process group) was interrupted, not broken: not charged.
 fn interrupted_by_stop(f: &mut Finish) {
-    let by_signal = matches!(f.signal, Some(s) if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&(s as i32)));
-    let by_exit = matches!(f.exit_code, Some(129 | 130 | 143));
+    let by_signal = f
+        .signal
+        .is_some_and(|s| i32::try_from(s).is_ok_and(crate::exec::is_stop_signal));
+    let by_exit = f.exit_code.is_some_and(crate::exec::is_stop_exit);
     let hit = match f.outcome {
         Outcome::Crash => by_signal,
         Outcome::Exit => by_exit,

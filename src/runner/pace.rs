@@ -4,6 +4,7 @@
 //! requests are evenly spaced from the first one on and no window ever holds more than the
 //! limit. Several runners on one database pace themselves independently: their rates add up.
 
+use serde_json::{Map, Value};
 use std::time::{Duration, Instant};
 
 use crate::models::ModelConfig;
@@ -14,6 +15,14 @@ const CHARS_PER_TOKEN: usize = 4;
 
 /// Option names that cap a request's output tokens (OpenAI, newer OpenAI, Ollama).
 const MAX_TOKEN_OPTIONS: [&str; 3] = ["max_tokens", "max_completion_tokens", "num_predict"];
+
+/// The max tokens option among `options`, if any.
+fn max_tokens(options: &Map<String, Value>) -> Option<u64> {
+    MAX_TOKEN_OPTIONS
+        .iter()
+        .find_map(|k| options.get(*k))
+        .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64)))
+}
 
 pub struct Pacer {
     rpm: Option<f64>,
@@ -31,10 +40,7 @@ impl Pacer {
         if m.rpm.is_none() && m.tpm.is_none() {
             return None;
         }
-        let max_output = MAX_TOKEN_OPTIONS
-            .iter()
-            .find_map(|k| m.settings.options.get(*k))
-            .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64)));
+        let max_output = max_tokens(&m.settings.options);
         let now = Instant::now();
         Some(Pacer {
             rpm: m.rpm.map(|n| n as f64),
@@ -53,6 +59,15 @@ impl Pacer {
     /// Tokens a request is expected to use: its prompt plus the most it may answer.
     pub fn estimate(&self, prompt_chars: usize) -> u64 {
         prompt_chars.div_ceil(CHARS_PER_TOKEN) as u64 + self.max_output.unwrap_or(0)
+    }
+
+    /// As [`Pacer::estimate`], where an item's own max tokens option (a Batch API line's
+    /// `max_tokens`) wins over the model's, as it does in the request.
+    pub fn estimate_item(&self, prompt_chars: usize, item_options: &Map<String, Value>) -> u64 {
+        match max_tokens(item_options) {
+            Some(own) => prompt_chars.div_ceil(CHARS_PER_TOKEN) as u64 + own,
+            None => self.estimate(prompt_chars),
+        }
     }
 
     /// Takes the shares of one request of `tokens` (estimated) tokens.
@@ -123,6 +138,14 @@ mod tests {
         m.settings.options.insert("max_tokens".into(), json!(60));
         let mut p = Pacer::for_model(&m).unwrap();
         assert_eq!(p.estimate(160), 100);
+        let mut own = Map::new();
+        own.insert("max_completion_tokens".into(), json!(10));
+        assert_eq!(
+            p.estimate_item(160, &own),
+            50,
+            "a Batch API line's own limit wins"
+        );
+        assert_eq!(p.estimate_item(160, &Map::new()), 100);
         p.take(100); // 100 of 6000 a minute: 1 s
         let gap = p.ready_at().saturating_duration_since(Instant::now());
         assert!(gap > Duration::from_millis(950) && gap <= Duration::from_secs(1));

@@ -81,10 +81,5 @@ pub fn exit_code(sig: i32) -> i32 {
 }
 
 pub fn name(sig: i32) -> &'static str {
-    match sig {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        SIGHUP => "SIGHUP",
-        _ => "a signal",
-    }
+    crate::exec::signal_abbrev(sig).unwrap_or("a signal")
 }

@@ -1,7 +1,5 @@
 //! Helpers shared by the test modules: a temp database, the binary, fixtures, SQL peeks.
 
-#![allow(dead_code)]
-
 use assert_cmd::Command;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -239,11 +237,6 @@ fn pids_where(file: &str, needle: &str) -> Vec<u32> {
             (!zombie && text.contains(needle)).then_some(pid)
         })
         .collect()
-}
-
-/// Whether any live process has `needle` in its command line (zombies don't count).
-pub fn process_alive_matching(needle: &str) -> bool {
-    !pids_where("cmdline", needle).is_empty()
 }
 
 pub fn kill(pid: u32, sig: i32) {

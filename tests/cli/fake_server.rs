@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 test server on 127.0.0.1 that answers like Ollama's `/api/generate` and
-//! OpenAI's `/v1/chat/completions`, recording every request; shared by the `http`, `stream`
-//! and grading tests. Streams are sent as real servers send them: chunked transfer encoding,
-//! Ollama NDJSON, OpenAI SSE with a role-only first chunk, a usage-only last chunk, `[DONE]`.
+//! `/api/chat` and OpenAI's `/v1/chat/completions`, recording every request; shared by the
+//! `http`, `stream`, `formats` and grading tests. Streams are sent as real servers send them:
+//! chunked transfer encoding, Ollama NDJSON, OpenAI SSE with a role-only first chunk, a
+//! usage-only last chunk, `[DONE]`.
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -69,6 +70,28 @@ pub fn ollama_stream(model: &str, tokens: &[&str], first: Duration, each: Durati
         ));
     }
     let mut last = ollama_answer(model, "", None, "stop");
+    last["eval_count"] = json!(tokens.len());
+    pieces.push((Duration::ZERO, format!("{last}\n").into_bytes()));
+    Stream {
+        content_type: NDJSON,
+        pieces,
+        hang: false,
+    }
+}
+
+/// Ollama's `/api/chat` NDJSON stream: as [`ollama_stream`], with each token in
+/// `message.content` and a `done` object whose message is empty.
+pub fn ollama_chat_stream(model: &str, tokens: &[&str], first: Duration, each: Duration) -> Stream {
+    let mut pieces = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let line = json!({"model": model, "created_at": "2026-11-23T03:00:00Z",
+                          "message": {"role": "assistant", "content": t}, "done": false});
+        pieces.push((
+            if i == 0 { first } else { each },
+            format!("{line}\n").into_bytes(),
+        ));
+    }
+    let mut last = ollama_chat_answer(model, "");
     last["eval_count"] = json!(tokens.len());
     pieces.push((Duration::ZERO, format!("{last}\n").into_bytes()));
     Stream {
@@ -411,6 +434,23 @@ pub fn openai_answer(model: &str, content: &str, reasoning: Option<&str>) -> Val
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+    })
+}
+
+/// Ollama's non-streaming `/api/chat` answer: the text in `message`, timings as for generate.
+pub fn ollama_chat_answer(model: &str, content: &str) -> Value {
+    json!({
+        "model": model,
+        "created_at": "2026-11-23T03:00:00.000000Z",
+        "message": {"role": "assistant", "content": content},
+        "done": true,
+        "done_reason": "stop",
+        "total_duration": 1_043_500_667u64,
+        "load_duration": 5_025_959u64,
+        "prompt_eval_count": 21,
+        "prompt_eval_duration": 125_953_000u64,
+        "eval_count": 9,
+        "eval_duration": 409_213_000u64
     })
 }
 

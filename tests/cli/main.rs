@@ -4,6 +4,7 @@
 mod common;
 mod core;
 mod fake_server;
+mod formats;
 mod grade;
 mod grade_http;
 mod hostile;

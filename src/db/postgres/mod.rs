@@ -26,6 +26,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "002_streaming",
         include_str!("../../../sql/postgres/002_streaming.sql"),
     ),
+    (
+        "003_item_messages",
+        include_str!("../../../sql/postgres/003_item_messages.sql"),
+    ),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -141,7 +141,7 @@ pub fn claim(
          )
          SELECT t.id, t.attempt_id, t.attempts, t.lease_token, t.updated_at, t.kind, t.batch,
                 t.item_id, i.prompt, i.vars, t.charged, t.max_attempts, t.parent_id, t.rubric_id,
-                pa.output, COALESCE(({eps}::text[])[t.slot], '')
+                pa.output, COALESCE(({eps}::text[])[t.slot], ''), i.messages, i.options
          FROM taken t
          JOIN items i ON i.batch = t.batch AND i.item_id = t.item_id
          LEFT JOIN jobs pj ON pj.id = t.parent_id
@@ -170,6 +170,13 @@ pub fn claim(
             parent_id: r.get(12),
             rubric_id: r.get(13),
             parent_output: r.get(14),
+            messages: r
+                .get::<_, Option<&str>>(16)
+                .and_then(|m| serde_json::from_str(m).ok()),
+            options: r
+                .get::<_, Option<&str>>(17)
+                .and_then(|o| serde_json::from_str(o).ok())
+                .unwrap_or_default(),
         })
         .collect())
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use super::queue::{self, Params};
 use super::session::Session;
 use super::{catalog, Target};
+use crate::db::export::*;
 use crate::db::report::*;
 use crate::db::store::*;
 use crate::domain::{JobKind, JobState, Outcome};
@@ -361,18 +362,22 @@ impl Enqueue for PgEnqueue<'_> {
         let ids: Vec<&str> = items.iter().map(|i| i.id).collect();
         let prompts: Vec<&str> = items.iter().map(|i| i.prompt).collect();
         let vars: Vec<&str> = items.iter().map(|i| i.vars).collect();
+        let messages: Vec<Option<&str>> = items.iter().map(|i| i.messages).collect();
+        let options: Vec<Option<&str>> = items.iter().map(|i| i.options).collect();
         self.with(|c| {
             let added = c.execute(
-                "INSERT INTO items (batch, item_id, prompt, vars)
-                 SELECT $1, i, p, v FROM unnest($2::text[], $3::text[], $4::text[]) AS d(i, p, v)
+                "INSERT INTO items (batch, item_id, prompt, vars, messages, options)
+                 SELECT $1, i, p, v, m, o
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS d(i, p, v, m, o)
                  ON CONFLICT DO NOTHING",
-                &[&batch, &ids, &prompts, &vars],
+                &[&batch, &ids, &prompts, &vars, &messages, &options],
             )?;
             if added as usize == items.len() {
                 return Ok(None);
             }
             let rows = c.query(
-                "SELECT m.prompt, m.vars FROM unnest($2::text[]) WITH ORDINALITY AS d(i, n)
+                "SELECT m.prompt, m.vars, m.messages, m.options
+                 FROM unnest($2::text[]) WITH ORDINALITY AS d(i, n)
                  JOIN items m ON m.batch = $1 AND m.item_id = d.i ORDER BY d.n",
                 &[&batch, &ids],
             )?;
@@ -381,6 +386,8 @@ impl Enqueue for PgEnqueue<'_> {
                     .map(|r| StoredItem {
                         prompt: r.get(0),
                         vars: r.get(1),
+                        messages: r.get(2),
+                        options: r.get(3),
                     })
                     .collect(),
             ))
@@ -398,23 +405,24 @@ impl Enqueue for PgEnqueue<'_> {
         })
     }
 
-    fn add_jobs(&self, batch: &str, item_ids: &[&str], models: &[String]) -> Result<u64> {
-        if item_ids.is_empty() || models.is_empty() {
+    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str)]) -> Result<u64> {
+        if jobs.is_empty() {
             return Ok(0);
         }
+        let items: Vec<&str> = jobs.iter().map(|j| j.0).collect();
+        let models: Vec<&str> = jobs.iter().map(|j| j.1).collect();
         self.with(|c| {
             Ok(c.execute(
                 "INSERT INTO jobs (batch, item_id, model, kind, created_at, updated_at)
-                 SELECT $1, i.id, m.name, 'generate', llmbatch_now_ms(), llmbatch_now_ms()
-                 FROM unnest($2::text[]) WITH ORDINALITY AS i(id, n)
-                 CROSS JOIN unnest($3::text[]) WITH ORDINALITY AS m(name, k)
+                 SELECT $1, d.i, d.m, 'generate', llmbatch_now_ms(), llmbatch_now_ms()
+                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS d(i, m, n)
                  -- Rows already there are left out before they draw an id, so the new jobs'
                  -- ids are one range (ON CONFLICT alone would spend ids on them).
                  WHERE NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = 'generate'
-                                   AND o.batch = $1 AND o.item_id = i.id AND o.model = m.name)
-                 ORDER BY i.n, m.k
+                                   AND o.batch = $1 AND o.item_id = d.i AND o.model = d.m)
+                 ORDER BY d.n
                  ON CONFLICT DO NOTHING",
-                &[&batch, &item_ids, &models],
+                &[&batch, &items, &models],
             )?)
         })
     }
@@ -525,6 +533,43 @@ impl ReportSource for PgStore {
         self.snap(|d| d.runners(since_ms, limit))
     }
 
+    fn clock(&self) -> Result<i64> {
+        self.snap(|d| d.clock())
+    }
+
+    fn flow(&self, filter: &Filter, since_ms: i64) -> Result<BTreeMap<String, ModelFlow>> {
+        self.snap(|d| d.flow(filter, since_ms))
+    }
+
+    fn phase_samples(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+        cold_load_ms: f64,
+    ) -> Result<Vec<PhaseSample>> {
+        self.snap(|d| d.phase_samples(scope, by, cold_load_ms))
+    }
+
+    fn generates(&self, filter: &Filter, model: &str) -> Result<bool> {
+        self.snap(|d| d.generates(filter, model))
+    }
+
+    fn grade_groups(&self, scope: &AttemptScope) -> Result<Vec<GradeGroup>> {
+        self.snap(|d| d.grade_groups(scope))
+    }
+
+    fn grader_sums(&self, scope: &AttemptScope) -> Result<Vec<GraderSums>> {
+        self.snap(|d| d.grader_sums(scope))
+    }
+
+    fn grader_jobs(&self, filter: &Filter) -> Result<Vec<GraderJobs>> {
+        self.snap(|d| d.grader_jobs(filter))
+    }
+
+    fn grader_pairs(&self, scope: &AttemptScope) -> Result<Vec<GraderPair>> {
+        self.snap(|d| d.grader_pairs(scope))
+    }
+
     fn outcomes_since(&self, model: &str, outcome: Outcome, since_ms: i64) -> Result<i64> {
         self.snap(|d| d.outcomes_since(model, outcome, since_ms))
     }
@@ -562,6 +607,41 @@ impl ReportSource for PgStore {
         outcome: Option<Outcome>,
     ) -> Result<(Vec<JobRow>, i64)> {
         self.snap(|d| d.jobs(scope, state, outcome))
+    }
+}
+
+/// Exports read the same snapshot as the reports, with the SQLite code.
+impl ExportSource for PgStore {
+    fn each_output(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(OutputRow) -> Result<()>,
+    ) -> Result<u64> {
+        self.snap(|d| d.each_output(filter, each))
+    }
+
+    fn grades_of(&self, job_id: i64) -> Result<Vec<GradeRow>> {
+        self.snap(|d| d.grades_of(job_id))
+    }
+
+    fn grade_pairs(&self, filter: &Filter) -> Result<Vec<(String, String)>> {
+        self.snap(|d| d.grade_pairs(filter))
+    }
+
+    fn each_attempt(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(AttemptRow) -> Result<()>,
+    ) -> Result<u64> {
+        self.snap(|d| d.each_attempt(filter, each))
+    }
+
+    fn each_batch_result(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(BatchResultRow) -> Result<()>,
+    ) -> Result<u64> {
+        self.snap(|d| d.each_batch_result(filter, each))
     }
 }
 

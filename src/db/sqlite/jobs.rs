@@ -98,7 +98,7 @@ pub fn claim(
     let (cond, mut args) = filter.sql("j");
     let sql = format!(
         "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
-                j.parent_id, j.rubric_id, pa.output
+                j.parent_id, j.rubric_id, pa.output, i.messages, i.options
          FROM jobs j
          JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
          LEFT JOIN jobs p ON p.id = j.parent_id
@@ -115,6 +115,8 @@ pub fn claim(
         .query_map(params_from_iter(head), |r| {
             let kind: String = r.get(1)?;
             let vars: String = r.get(5)?;
+            let messages: Option<String> = r.get(11)?;
+            let options: Option<String> = r.get(12)?;
             Ok(Claim {
                 job_id: r.get(0)?,
                 attempt_id: 0,
@@ -128,6 +130,10 @@ pub fn claim(
                 endpoint: String::new(),
                 prompt: r.get(4)?,
                 vars: serde_json::from_str(&vars).unwrap_or_default(),
+                messages: messages.and_then(|m| serde_json::from_str(&m).ok()),
+                options: options
+                    .and_then(|o| serde_json::from_str(&o).ok())
+                    .unwrap_or_default(),
                 charged: r.get(6)?,
                 max_attempts: r.get(7)?,
                 parent_id: r.get(8)?,

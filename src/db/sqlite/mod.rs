@@ -3,7 +3,10 @@
 
 pub mod catalog;
 pub mod cost;
+mod export;
 mod failures;
+mod flow;
+mod grades;
 mod jobs;
 mod latency;
 mod queue;
@@ -33,6 +36,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "005_streaming",
         include_str!("../../../sql/005_streaming.sql"),
+    ),
+    (
+        "006_item_messages",
+        include_str!("../../../sql/006_item_messages.sql"),
     ),
 ];
 
@@ -159,7 +166,8 @@ fn merge(draft: &Path, path: &Path) -> Result<NewJobs> {
         .query_row(
             "SELECT d.batch, d.item_id, d.prompt <> m.prompt FROM draft.items d
              JOIN main.items m ON m.batch = d.batch AND m.item_id = d.item_id
-             WHERE d.prompt <> m.prompt OR d.vars <> m.vars LIMIT 1",
+             WHERE d.prompt <> m.prompt OR d.vars <> m.vars
+                OR d.messages IS NOT m.messages OR d.options IS NOT m.options LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )

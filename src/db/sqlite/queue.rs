@@ -313,26 +313,35 @@ impl Enqueue for SqliteEnqueue<'_> {
         if n == 0 {
             return Ok(None);
         }
-        let rows = vec!["(?, ?, ?, ?)"; n].join(", ");
+        let rows = vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ");
         let mut insert = self.tx().prepare_cached(&format!(
-            "INSERT OR IGNORE INTO items (batch, item_id, prompt, vars) VALUES {rows}"
+            "INSERT OR IGNORE INTO items (batch, item_id, prompt, vars, messages, options) VALUES {rows}"
         ))?;
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 4);
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 6);
         for it in items {
-            args.extend([&batch as &dyn rusqlite::ToSql, &it.id, &it.prompt, &it.vars]);
+            args.extend([
+                &batch as &dyn rusqlite::ToSql,
+                &it.id,
+                &it.prompt,
+                &it.vars,
+                &it.messages,
+                &it.options,
+            ]);
         }
         if insert.execute(args.as_slice())? == n {
             return Ok(None);
         }
-        let mut stored = self
-            .tx()
-            .prepare_cached("SELECT prompt, vars FROM items WHERE batch = ?1 AND item_id = ?2")?;
+        let mut stored = self.tx().prepare_cached(
+            "SELECT prompt, vars, messages, options FROM items WHERE batch = ?1 AND item_id = ?2",
+        )?;
         let mut found = Vec::with_capacity(n);
         for it in items {
             found.push(stored.query_row(params![batch, it.id], |r| {
                 Ok(StoredItem {
                     prompt: r.get(0)?,
                     vars: r.get(1)?,
+                    messages: r.get(2)?,
+                    options: r.get(3)?,
                 })
             })?);
         }
@@ -349,26 +358,23 @@ impl Enqueue for SqliteEnqueue<'_> {
             .query_row(params![batch, item_id, self.first_new], |r| r.get(0))?)
     }
 
-    fn add_jobs(&self, batch: &str, item_ids: &[&str], models: &[String]) -> Result<u64> {
-        let jobs = item_ids.len() * models.len();
-        if jobs == 0 {
+    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str)]) -> Result<u64> {
+        if jobs.is_empty() {
             return Ok(0);
         }
-        let rows = vec!["(?, ?, ?, 'generate', ?, ?)"; jobs].join(", ");
+        let rows = vec!["(?, ?, ?, 'generate', ?, ?)"; jobs.len()].join(", ");
         let mut insert = self.tx().prepare_cached(&format!(
             "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at) VALUES {rows}"
         ))?;
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(jobs * 5);
-        for id in item_ids {
-            for model in models {
-                args.extend([
-                    &batch as &dyn rusqlite::ToSql,
-                    id,
-                    model,
-                    &self.now,
-                    &self.now,
-                ]);
-            }
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(jobs.len() * 5);
+        for (id, model) in jobs {
+            args.extend([
+                &batch as &dyn rusqlite::ToSql,
+                id,
+                model,
+                &self.now,
+                &self.now,
+            ]);
         }
         Ok(insert.execute(args.as_slice())? as u64)
     }

@@ -115,6 +115,54 @@ impl ReportSource for Db {
         ))
     }
 
+    fn generates(&self, filter: &Filter, model: &str) -> Result<bool> {
+        let (cond, args) = filter.sql("j");
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM jobs j
+                 WHERE j.state IN ('pending', 'running', 'done', 'failed', 'cancelled')
+                   AND j.model = ? AND j.kind = 'generate'{cond})"
+        );
+        let mut all = vec![SqlValue::Text(model.to_string())];
+        all.extend(args);
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row(params_from_iter(all), |r| r.get(0))?)
+    }
+
+    fn grade_groups(&self, scope: &AttemptScope) -> Result<Vec<GradeGroup>> {
+        super::grades::grade_groups(&self.conn, scope)
+    }
+
+    fn grader_sums(&self, scope: &AttemptScope) -> Result<Vec<GraderSums>> {
+        super::grades::grader_sums(&self.conn, scope)
+    }
+
+    fn grader_jobs(&self, filter: &Filter) -> Result<Vec<GraderJobs>> {
+        super::grades::grader_jobs(&self.conn, filter)
+    }
+
+    fn grader_pairs(&self, scope: &AttemptScope) -> Result<Vec<GraderPair>> {
+        super::grades::grader_pairs(&self.conn, scope)
+    }
+
+    fn clock(&self) -> Result<i64> {
+        Ok(now_ms())
+    }
+
+    fn flow(&self, filter: &Filter, since_ms: i64) -> Result<BTreeMap<String, ModelFlow>> {
+        super::flow::flow(&self.conn, filter, since_ms)
+    }
+
+    fn phase_samples(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+        cold_load_ms: f64,
+    ) -> Result<Vec<PhaseSample>> {
+        super::flow::phase_samples(&self.conn, scope, by, cold_load_ms)
+    }
+
     fn models_in_scope(&self, filter: &Filter) -> Result<Vec<String>> {
         models_in_scope(&self.conn, filter)
     }

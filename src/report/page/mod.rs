@@ -13,7 +13,7 @@ use super::data::Sections;
 use super::models::{self, Leaderboard};
 use super::render::{rows_json, Table};
 use super::{distribution, failed, timeline};
-use crate::commands::iso_time;
+use crate::timefmt::iso_time;
 use crate::util::now_ms;
 
 /// Failed jobs listed on the page at most.
