@@ -18,7 +18,8 @@
 #   + commits    the same loop committing twice per job, synchronous=NORMAL and FULL
 # and: enqueue of BENCH_BIG prompts; every report section over BENCH_BIG attempts;
 # re-enqueueing BENCH_JOBS done prompts; a run with nothing to do; peak RSS of run over
-# 10 x BENCH_JOBS jobs against BENCH_JOBS jobs.
+# 10 x BENCH_JOBS jobs against BENCH_JOBS jobs; `run --cache` answering BENCH_CACHE jobs
+# (default 100,000) whose identical requests were answered in another batch.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ else
     RUNS=${BENCH_RUNS:-3}; JOBS=${BENCH_JOBS:-10000}; BIG=${BENCH_BIG:-1000000}
 fi
 MEM_JOBS=$((JOBS * 10))
+CACHE=${BENCH_CACHE:-100000}
 WORK=${BENCH_DIR:-$(mktemp -d -t llmbatch-bench.XXXXXX)}
 mkdir -p "$WORK"
 [ "${BENCH_KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
@@ -182,6 +184,26 @@ rss() { # rss N: peak RSS (KiB) of run over N fresh jobs
 RSS_BIG=$(rss "$MEM_JOBS"); RSS_SMALL=$(rss "$JOBS")
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
+say "run --cache over $CACHE answered jobs"
+# Batch a is answered for real (cat, 4 at a time); batch b asks the same: every job from the
+# cache, no process started.
+rm -f "$WORK"/cache.db*
+prompts_csv "$CACHE" "$WORK/cache.csv"
+export LLMBATCH_DB=$WORK/cache.db
+$B -q enqueue --model cat --batch a "$WORK/cache.csv" >/dev/null
+$B -q models set cat --backend command --command cat --concurrency 4 >/dev/null
+$B -q run --jobs 4
+: >"$WORK/t.cache"
+for r in $(seq 1 "$RUNS"); do
+    sqlite3 "$WORK/cache.db" "DELETE FROM attempts WHERE batch = 'b'; DELETE FROM jobs WHERE batch = 'b'; DELETE FROM items WHERE batch = 'b';"
+    $B -q enqueue --model cat --batch b "$WORK/cache.csv" >/dev/null
+    s=$(now); $B -q run --cache --batch b; elapsed "$s" >>"$WORK/t.cache"
+done
+unset LLMBATCH_DB
+T_cache=$(grep . "$WORK/t.cache" | median)
+HITS=$(sqlite3 "$WORK/cache.db" "SELECT COUNT(*) FROM attempts WHERE batch = 'b' AND outcome = 'cached'")
+[ "$HITS" = "$CACHE" ] || { say "run --cache answered $HITS jobs, expected $CACHE"; exit 1; }
+
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 cat <<EOF
 
@@ -200,6 +222,7 @@ median of $RUNS alternating run(s); $JOBS jobs of \`cat\`, 2 at a time
 | report latency --breakdown, $BIG attempts ($((BIG / 10)) with Ollama timings) (s) | $T_breakdown | | | | |
 | re-enqueue $JOBS done prompts (s) | $T_reenq | | | < 0.1 s | $(ok_if "$T_reenq" "<" 0.1) |
 | run with nothing to do (s) | $T_noop | | | < 0.1 s | $(ok_if "$T_noop" "<" 0.1) |
+| run --cache, $CACHE jobs all answered from the cache (s) | $T_cache | | | < 10 s | $(ok_if "$T_cache" "<" 10) |
 | peak RSS of run, $MEM_JOBS jobs (MiB) | $(mib "$RSS_BIG") | $(mib "$RSS_SMALL") ($JOBS jobs) | $(ratio "$RSS_BIG" "$RSS_SMALL")× | < 64 MiB, ≤ 1.10× | $(ok_if "$(mib "$RSS_BIG")" "<" 64) / $(ok_if "$(ratio "$RSS_BIG" "$RSS_SMALL")" "<" 1.101) |
 EOF
 

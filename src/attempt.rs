@@ -78,6 +78,7 @@ pub fn execute(job: &AttemptJob, stop: &StopSignal) -> Finish {
         Ok(s) => s,
         Err(e) => return Finish::new(Outcome::Spawn, 0).error(format!("{e:#}")),
     };
+    let key = crate::cache::key(&job.model, job.rubric.as_deref(), &job.claim, &prompt);
     let child = exec::run(&spec, stop);
     let mut finish = match job.model.backend {
         Backend::Command => from_command(job, child),
@@ -89,6 +90,7 @@ pub fn execute(job: &AttemptJob, stop: &StopSignal) -> Finish {
         }
     }
     redact_api_key(job, &mut finish);
+    finish.cache_key = key.ok();
     finish
 }
 
@@ -138,10 +140,33 @@ fn redact_json(v: &mut Value, redact: &dyn Fn(&mut String)) {
 }
 
 fn prompt_for(job: &AttemptJob) -> anyhow::Result<String> {
-    match &job.rubric {
-        Some(rubric) => crate::grading::grade_prompt(rubric, &job.claim),
-        None => Ok(job.claim.prompt.clone()),
+    prompt_text(job.rubric.as_deref(), &job.claim)
+}
+
+/// The text sent to the model: the item's prompt, or for a grade job the rubric filled in.
+pub fn prompt_text(
+    rubric: Option<&crate::grading::Rubric>,
+    claim: &Claim,
+) -> anyhow::Result<String> {
+    match rubric {
+        Some(rubric) => crate::grading::grade_prompt(rubric, claim),
+        None => Ok(claim.prompt.clone()),
     }
+}
+
+/// The command backend's argv: the template with `{model}` (the served name), `{repeat}` and
+/// the item's variables filled in.
+pub fn command_argv(model: &ModelConfig, c: &Claim, prompt: &str) -> anyhow::Result<Vec<String>> {
+    let Some(tpl) = model.command.as_deref() else {
+        anyhow::bail!(
+            "model {} has no command: set one with `llmbatch models set {} --command '…'`",
+            c.model,
+            c.model
+        );
+    };
+    let lookup = |name: &str| lookup(model, c, prompt, name);
+    template::command_argv(tpl, &lookup)
+        .map_err(|e| anyhow::anyhow!("command template of model {}: {e}", c.model))
 }
 
 fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
@@ -152,6 +177,11 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
         ("LLMBATCH_MODEL".to_string(), c.model.clone()),
         ("LLMBATCH_BATCH".to_string(), c.batch.clone()),
         ("LLMBATCH_ITEM_ID".to_string(), c.item_id.clone()),
+        ("LLMBATCH_REPEAT".to_string(), c.repeat.to_string()),
+        (
+            "LLMBATCH_SERVED_MODEL".to_string(),
+            job.model.served().to_string(),
+        ),
         (
             "LLMBATCH_RUNNER".to_string(),
             crate::liveness::own_runner_token().to_string(),
@@ -159,16 +189,7 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
     ];
     let (argv, stdin) = match job.model.backend {
         Backend::Command => {
-            let Some(tpl) = job.model.command.as_deref() else {
-                anyhow::bail!(
-                    "model {} has no command: set one with `llmbatch models set {} --command '…'`",
-                    c.model,
-                    c.model
-                );
-            };
-            let lookup = |name: &str| lookup(c, prompt, name);
-            let argv = template::command_argv(tpl, &lookup)
-                .map_err(|e| anyhow::anyhow!("command template of model {}: {e}", c.model))?;
+            let argv = command_argv(&job.model, c, prompt)?;
             let stdin = match job.model.settings.stdin {
                 Some(crate::models::StdinFormat::Json) => {
                     serde_json::to_vec(&crate::chat::request_messages(
@@ -186,7 +207,7 @@ fn spec_for(job: &AttemptJob, prompt: &str) -> anyhow::Result<ChildSpec> {
             let request = WorkerRequest {
                 backend,
                 endpoint: c.endpoint.clone(),
-                model: c.model.clone(),
+                model: job.model.served().to_string(),
                 prompt: prompt.to_string(),
                 messages: item_messages(job).map(<[Value]>::to_vec),
                 item_options: match job.rubric {
@@ -221,9 +242,13 @@ fn item_messages(job: &AttemptJob) -> Option<&[Value]> {
 /// The model's settings; an Ollama grader with no `format` of its own is asked for JSON in the
 /// shape of the rubric's fields, so its verdict is machine-readable by construction.
 fn settings_for(job: &AttemptJob) -> Settings {
-    let mut settings = job.model.settings.clone();
-    if let Some(rubric) = &job.rubric {
-        if job.model.backend == Backend::Ollama && settings.format.is_none() {
+    request_settings(&job.model, job.rubric.as_deref())
+}
+
+pub fn request_settings(model: &ModelConfig, rubric: Option<&crate::grading::Rubric>) -> Settings {
+    let mut settings = model.settings.clone();
+    if let Some(rubric) = rubric {
+        if model.backend == Backend::Ollama && settings.format.is_none() {
             settings.format = Some(rubric.json_schema());
         }
     }
@@ -237,9 +262,10 @@ fn worker_deadline(timeout: Duration) -> Duration {
     timeout.saturating_sub(margin).max(timeout / 2)
 }
 
-fn lookup(c: &Claim, prompt: &str, name: &str) -> Option<String> {
+fn lookup(model: &ModelConfig, c: &Claim, prompt: &str, name: &str) -> Option<String> {
     match name {
-        "model" => Some(c.model.clone()),
+        "model" => Some(model.served().to_string()),
+        "repeat" => Some(c.repeat.to_string()),
         "prompt" => Some(prompt.to_string()),
         "batch" => Some(c.batch.clone()),
         "item_id" => Some(c.item_id.clone()),
@@ -398,6 +424,7 @@ mod tests {
                 kind: JobKind::Grade,
                 batch: "b".into(),
                 item_id: "1".into(),
+                repeat: 1,
                 model: "judge".into(),
                 endpoint: "http://127.0.0.1:11434".into(),
                 prompt: "p".into(),

@@ -198,6 +198,8 @@ pub enum ModelsCommand {
       --api-key-env OPENAI_API_KEY
   llmbatch models set qwen3:32b --timeout 15m --stall-timeout 30s --first-token-timeout 2m
   llmbatch models set echo --backend command --command 'sh -c cat' --timeout 10
+  llmbatch models set qwen-t0 --remote-model qwen2.5:7b --option temperature=0
+  llmbatch models set qwen-t9 --remote-model qwen2.5:7b --option temperature=0.9
   llmbatch models set gpt-4o-mini --rpm 500 --tpm 200000 --price-in 0.15 --price-out 0.60
 
 A name never configured runs on Ollama at $OLLAMA_HOST (default http://127.0.0.1:11434).")]
@@ -226,7 +228,9 @@ pub struct ModelSetArgs {
     /// Seconds (or a duration like 10m) per attempt, or `auto` (2 × p99 of recent successes).
     #[arg(long, value_name = "SECS|auto")]
     pub timeout: Option<String>,
-    /// Attempts at once (per endpoint for HTTP models). Default 1.
+    /// Attempts at once (per endpoint for HTTP models). Default 1. Variants that send one
+    /// served model (--remote-model) to one endpoint share their slots there: together they
+    /// never have more in flight on it than this.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub concurrency: Option<i64>,
     /// Attempt budget per job (retries included). Default 3.
@@ -247,6 +251,11 @@ pub struct ModelSetArgs {
     /// System prompt (Ollama `system`; a system message for openai).
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
+    /// Make NAME a variant: the backend is sent this model (and `{model}` in a command template
+    /// is it), with NAME's own options, think, system prompt and format. Each variant is its
+    /// own lane, report row and grade set.
+    #[arg(long, value_name = "SERVED")]
+    pub remote_model: Option<String>,
     /// Structured output: `json` or a JSON schema (Ollama `format`; openai `response_format`).
     #[arg(long, value_name = "json|SCHEMA")]
     pub format_output: Option<String>,
@@ -318,6 +327,11 @@ pub struct EnqueueArgs {
     /// when the input starts with `{`, else csv).
     #[arg(long, value_enum)]
     pub input_format: Option<InputFormat>,
+    /// Samples per prompt and model: N jobs numbered 1..N (`{repeat}`, LLMBATCH_REPEAT). A
+    /// larger N later adds only the missing repeats.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(i64).range(1..=10000))]
+    pub repeat: i64,
     #[command(flatten)]
     pub format: FormatArgs,
     /// CSV, TSV or JSONL file, or - for stdin.
@@ -396,6 +410,11 @@ pub struct RunArgs {
     /// Stop a model's lane when all its endpoints stay unreachable this long (jobs stay pending).
     #[arg(long, value_parser = duration_arg, default_value = "2m", value_name = "DUR")]
     pub unavailable_limit: Duration,
+    /// Answer a job from an earlier `done` attempt of the identical request (same backend,
+    /// served model, answer-changing settings, prompt and repeat), from any batch, without
+    /// calling the model. Recorded as outcome `cached`.
+    #[arg(long)]
+    pub cache: bool,
     /// Stop claiming once the recorded cost of this run's scope (--batch / --model, counted
     /// over all runs, so cron ticks share one budget) reaches USD; attempts in flight finish,
     /// the rest stay pending, exit 0. Needs prices (`models set --price-in/--price-out`).
@@ -461,6 +480,9 @@ pub enum Section {
     Grades,
     /// The leaderboard: one row per model, best first.
     Models,
+    /// Agreement across the repeats of one prompt (`enqueue --repeat`), per model and grader:
+    /// all passed, all agreed, pass@k, score mean and spread.
+    Consistency,
     /// Tokens and USD per model (and --by batch), from the models' prices.
     Cost,
 }
@@ -557,16 +579,8 @@ pub enum ExportFormat {
     OpenaiBatch,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Csv,
-    Json,
-    /// Only job ids, one per line (for job listings).
-    Ids,
-    /// One self-contained HTML page (`report` only).
-    Html,
-}
+/// Output formats: the renderer's own, a flag value here.
+pub use crate::report::render::Format;
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct FormatArgs {

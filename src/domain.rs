@@ -32,10 +32,12 @@ pub enum Outcome {
     Throttled,
     /// A streamed answer went silent past the model's `--stall-timeout`.
     Stall,
+    /// Answered from an earlier identical request (`run --cache`); not charged
+    Cached,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Ok,
         Outcome::Timeout,
         Outcome::Exit,
@@ -49,6 +51,7 @@ impl Outcome {
         Outcome::Interrupted,
         Outcome::Throttled,
         Outcome::Stall,
+        Outcome::Cached,
     ];
 
     /// What the outcome means, in a few words (shown by `--help`).
@@ -69,6 +72,9 @@ impl Outcome {
                 "The server pushed back (429, 503, \"server busy\") or the quota ran out; not charged"
             }
             Outcome::Stall => "A streamed answer went silent past the model's `--stall-timeout`",
+            Outcome::Cached => {
+                "Answered from an earlier identical request (`run --cache`); not charged"
+            }
         }
     }
 
@@ -87,6 +93,7 @@ impl Outcome {
             Outcome::Interrupted => "interrupted",
             Outcome::Throttled => "throttled",
             Outcome::Stall => "stall",
+            Outcome::Cached => "cached",
         }
     }
 
@@ -97,14 +104,23 @@ impl Outcome {
     pub fn charged(self) -> bool {
         !matches!(
             self,
-            Outcome::Unavailable | Outcome::Interrupted | Outcome::Lost | Outcome::Throttled
+            Outcome::Unavailable
+                | Outcome::Interrupted
+                | Outcome::Lost
+                | Outcome::Throttled
+                | Outcome::Cached
         )
+    }
+
+    /// Whether the attempt gave the job its answer: `ok`, or `cached` (an earlier `ok`'s).
+    pub fn answered(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::Cached)
     }
 
     /// Whether another attempt may help. HTTP: 408, 429 and 5xx may; other 4xx never.
     pub fn retryable(self, http_status: Option<i64>) -> bool {
         match self {
-            Outcome::Ok | Outcome::Spawn => false,
+            Outcome::Ok | Outcome::Cached | Outcome::Spawn => false,
             Outcome::Http => match http_status {
                 Some(s) => s == 408 || s == 429 || s >= 500,
                 None => true,
@@ -125,6 +141,8 @@ pub struct Claim {
     pub kind: JobKind,
     pub batch: String,
     pub item_id: String,
+    /// The sample number, 1..N of `enqueue --repeat N` (a grade job: its graded job's).
+    pub repeat: i64,
     pub model: String,
     pub endpoint: String,
     pub prompt: String,
@@ -163,6 +181,11 @@ pub struct Finish {
     pub quota_exhausted: bool,
     /// Streaming metrics measured by the HTTP worker.
     pub metrics: Option<Metrics>,
+    /// The hash of the exact request (see `crate::cache`), kept so a later `run --cache` can
+    /// reuse an `ok` answer, and a miss can be explained.
+    pub cache_key: Option<String>,
+    /// For `cached`: the attempt whose answer this is.
+    pub cached_from: Option<i64>,
 }
 
 /// Per-attempt latency of a streamed answer, as vLLM's benchmark defines it (milliseconds).
@@ -198,6 +221,8 @@ impl Finish {
             retry_after_ms: None,
             quota_exhausted: false,
             metrics: None,
+            cache_key: None,
+            cached_from: None,
         }
     }
 
@@ -288,7 +313,7 @@ impl JobKind {
 /// waits the later of that backoff (n = its uncharged attempts, so it grows while the server
 /// keeps pushing back) and the server's Retry-After; it is never charged.
 pub fn decide(claim: &Claim, f: &Finish, budget: i64, retry_base_ms: i64) -> Next {
-    if f.outcome == Outcome::Ok {
+    if f.outcome.answered() {
         return Next::Done;
     }
     if f.outcome == Outcome::Throttled && !f.quota_exhausted {
@@ -327,6 +352,7 @@ mod tests {
             kind: JobKind::Generate,
             batch: "b".into(),
             item_id: "1".into(),
+            repeat: 1,
             model: "m".into(),
             endpoint: String::new(),
             prompt: "p".into(),

@@ -156,6 +156,7 @@ pub fn grade_prompt(rubric: &Rubric, claim: &Claim) -> Result<String> {
     let lookup = |name: &str| match name {
         "prompt" => Some(claim.prompt.clone()),
         "output" => Some(output.clone()),
+        "repeat" => Some(claim.repeat.to_string()),
         _ => claim.vars.get(name).map(template::value_text),
     };
     template::render(&rubric.body, &lookup).with_context(|| format!("rubric {}", rubric.name))

@@ -17,6 +17,7 @@ macro_rules! outln {
 
 pub mod attempt;
 pub mod backends;
+pub mod cache;
 pub mod chat;
 pub mod cli;
 pub mod commands;

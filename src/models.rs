@@ -63,6 +63,10 @@ pub struct Settings {
     /// What a command model reads on stdin (default: text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<StdinFormat>,
+    /// The model name the backend is sent, when it differs from ours: a variant
+    /// (`qwen-t0`, `qwen-t9`) is one served model (`qwen2.5:7b`) with its own settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_model: Option<String>,
 }
 
 impl Settings {
@@ -124,6 +128,11 @@ impl ModelConfig {
             price_out: None,
             configured: false,
         }
+    }
+
+    /// The model name the backend is sent: `--remote-model`, or our own name.
+    pub fn served(&self) -> &str {
+        self.settings.remote_model.as_deref().unwrap_or(&self.name)
     }
 
     /// Whether this model has a price for its tokens.

@@ -61,6 +61,7 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
     let mut counts = Counts::default();
     let models = {
         let mut sink = Sink::new(&*tx, &batch, &a.models, template.as_deref(), &name)?;
+        sink.repeats = a.repeat;
         sink.format = format;
         {
             let mut each = |rec: Record| sink.add(rec, &mut counts);
@@ -114,11 +115,16 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
         )?,
         Format::Table => writeln!(
             out,
-            "batch {batch}: {} new, {} already queued ({} items × {} models)",
+            "batch {batch}: {} new, {} already queued ({} items × {} models{})",
             counts.new,
             counts.existing,
             counts.items,
-            models.len()
+            models.len(),
+            if a.repeat > 1 {
+                format!(" × {} repeats", a.repeat)
+            } else {
+                String::new()
+            }
         )?,
         Format::Ids => {
             for id in first_new..=last_new {
@@ -129,7 +135,7 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
             let mut t = Table::new(
                 "enqueue",
                 "Enqueued",
-                &["batch", "new", "existing", "items", "models"],
+                &["batch", "new", "existing", "items", "models", "repeat"],
             );
             t.push(vec![
                 json!(batch),
@@ -137,6 +143,7 @@ pub fn run(a: &EnqueueArgs, db: &mut dyn Store) -> Result<u8> {
                 json!(counts.existing),
                 json!(counts.items),
                 json!(models.join(",")),
+                json!(a.repeat),
             ]);
             render(&[t], f, &mut out)?;
         }
@@ -463,6 +470,8 @@ struct Sink<'a> {
     models: &'a [String],
     template: Option<&'a str>,
     name: &'a str,
+    /// Jobs per item and model (`--repeat`), numbered 1..repeats.
+    repeats: i64,
     /// Records waiting for the next chunk, with their rendered prompt and stored columns.
     pending: Vec<(Record, Stored)>,
     format: InputFormat,
@@ -496,6 +505,7 @@ impl<'a> Sink<'a> {
             models,
             template,
             name,
+            repeats: 1,
             pending: Vec::with_capacity(CHUNK),
             format: InputFormat::Csv,
             models_seen: BTreeSet::new(),
@@ -609,12 +619,15 @@ impl<'a> Sink<'a> {
                 self.models_seen.insert(m.to_string());
             }
         }
-        let jobs = pairs.len();
-        let pairs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(rec, m)| (rec.id.as_str(), m.as_str()))
-            .collect();
-        let new = self.tx.add_jobs(self.batch, &pairs)?;
+        // Repeats of one item and model are adjacent, so a sweep runs item by item.
+        let mut keys: Vec<(&str, &str, i64)> = Vec::new();
+        for (rec, model) in &pairs {
+            for repeat in 1..=self.repeats {
+                keys.push((&rec.id, model, repeat));
+            }
+        }
+        let jobs = keys.len();
+        let new = self.tx.add_jobs(self.batch, &keys)?;
         counts.new += new;
         counts.existing += jobs as u64 - new;
         self.pending.clear();

@@ -104,6 +104,13 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
             other => usage!("--think {other:?}: expected true, false, low, medium or high"),
         });
     }
+    if let Some(r) = &a.remote_model {
+        if r.trim().is_empty() {
+            usage!("model {}: --remote-model cannot be empty", a.name);
+        }
+        // The variant's own name again means "no variant".
+        m.settings.remote_model = (r.trim() != m.name).then(|| r.trim().to_string());
+    }
     if let Some(s) = &a.system {
         m.settings.system = Some(s.clone());
     }
@@ -228,8 +235,12 @@ fn describe(m: &ModelConfig) -> String {
             m.effective_endpoints().join(", ")
         ),
     };
+    let served = match &m.settings.remote_model {
+        Some(r) => format!(" (sends model {r:?})"),
+        None => String::new(),
+    };
     let mut text = format!(
-        "{target}, timeout {}, concurrency {}, max attempts {}",
+        "{target}{served}, timeout {}, concurrency {}, max attempts {}",
         timeout_text(m),
         m.concurrency,
         m.max_attempts
@@ -277,6 +288,7 @@ fn list_table(catalog: &dyn Catalog) -> Result<Table> {
         &[
             "name",
             "backend",
+            "served_model",
             "target",
             "timeout_s",
             "timeout_auto",
@@ -298,6 +310,7 @@ fn list_table(catalog: &dyn Catalog) -> Result<Table> {
         t.push(vec![
             json!(m.name),
             json!(m.backend.as_str()),
+            json!(m.served()),
             json!(target),
             json!(m.timeout()),
             json!(m.timeout_auto),

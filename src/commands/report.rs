@@ -6,7 +6,9 @@ use anyhow::Result;
 use crate::cli::{Format, ReportArgs, Section};
 use crate::db::{ReportSource, Store};
 use crate::report::data::Sections;
-use crate::report::{breakdown, cost, models, page, render, sections, throughput, Query};
+use crate::report::{
+    breakdown, consistency, cost, models, page, render, sections, throughput, Query,
+};
 use crate::util::now_ms;
 
 pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
@@ -64,6 +66,7 @@ pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
             Section::Throughput => tables.push(throughput::throughput(db, &q)?),
             Section::Grades => tables.extend(s.grades()?.iter().cloned()),
             Section::Models => tables.push(models::leaderboard(&s)?.table()),
+            Section::Consistency => tables.push(consistency::consistency(db, &q)?),
             Section::Cost => tables.push(cost::cost(db, &q)?),
         }
     }

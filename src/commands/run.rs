@@ -31,11 +31,17 @@ pub fn run(a: &RunArgs, store: &dyn Store, cli: &Cli) -> Result<u8> {
         watch: a.watch,
         poll: a.poll.max(std::time::Duration::from_millis(50)),
         progress: !cli.quiet && std::io::stderr().is_terminal(),
+        cache: a.cache,
     };
     let s = runner::run(store, opts)?;
     if !cli.quiet {
+        let cached = if a.cache {
+            format!(" ({} answered from the cache)", s.cached)
+        } else {
+            String::new()
+        };
         let mut line = format!(
-            "llmbatch: {} done, {} failed, {} retried in {}",
+            "llmbatch: {} done{cached}, {} failed, {} retried in {}",
             s.done,
             s.failed,
             s.retried,

@@ -57,9 +57,9 @@ fn enqueue(s: &dyn Store, batch: &str, ids: &[&str], models: &[String]) -> NewJo
         })
         .collect();
     tx.add_items(batch, &items).unwrap();
-    let jobs: Vec<(&str, &str)> = ids
+    let jobs: Vec<(&str, &str, i64)> = ids
         .iter()
-        .flat_map(|id| models.iter().map(move |m| (*id, m.as_str())))
+        .flat_map(|id| models.iter().map(move |m| (*id, m.as_str(), 1)))
         .collect();
     tx.add_jobs(batch, &jobs).unwrap();
     tx.commit().unwrap()

@@ -11,6 +11,8 @@ pub struct OutputRow {
     pub job_id: i64,
     pub batch: String,
     pub item_id: String,
+    /// The sample number of `enqueue --repeat`.
+    pub repeat: i64,
     pub model: String,
     pub vars: Value,
     pub prompt: String,

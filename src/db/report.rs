@@ -161,6 +161,11 @@ pub struct JobRow {
     pub last_outcome: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: i64,
+    /// The sample number of `enqueue --repeat`.
+    pub repeat: i64,
+    /// The request hash of its last attempt, and the attempt a cached answer came from.
+    pub cache_key: Option<String>,
+    pub cached_from: Option<i64>,
 }
 
 /// A model's jobs done since a time, and its open work now.
@@ -241,6 +246,19 @@ pub struct GraderPair {
     pub mean_abs_score_diff: Option<f64>,
 }
 
+/// The verdict of one graded repeat, for `report consistency`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepeatGrade {
+    pub model: String,
+    pub grader: String,
+    pub rubric: String,
+    pub rubric_id: i64,
+    pub batch: String,
+    pub item_id: String,
+    pub pass: Option<bool>,
+    pub score: Option<f64>,
+}
+
 /// Typed rows for the report sections. Read only.
 pub trait ReportSource {
     /// Token sums per group of `by` (which holds `Model`: prices are per model) over the
@@ -309,6 +327,14 @@ pub trait ReportSource {
     /// Pairs of graders on the same outputs, sorted.
     fn grader_pairs(&self, scope: &AttemptScope) -> Result<Vec<GraderPair>>;
 
+    /// Verdicts of done grade jobs on the generated jobs in scope, ordered by model, grader,
+    /// rubric id, batch and item: streamed to `each`.
+    fn each_repeat_grade(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(RepeatGrade) -> Result<()>,
+    ) -> Result<()>;
+
     /// Models a per-model section covers: configured ones and those with jobs or attempts;
     /// with a batch, ids or models in the filter, only those with jobs in scope. Sorted.
     fn models_in_scope(&self, filter: &Filter) -> Result<Vec<String>>;
@@ -345,6 +371,9 @@ pub trait ReportSource {
     /// Per model (sorted), jobs in scope (created since `since_ms`) by state; the engine's
     /// clock when read.
     fn status(&self, scope: &AttemptScope) -> Result<(Vec<(String, ModelStatus)>, i64)>;
+
+    /// Done jobs in scope (created since `since_ms`) answered from the cache.
+    fn cached_done(&self, scope: &AttemptScope) -> Result<i64>;
 
     /// Running jobs in scope (jobs created since `since_ms`), oldest attempt first.
     fn running_jobs(&self, scope: &AttemptScope, limit: usize) -> Result<Vec<RunningJob>>;

@@ -247,6 +247,34 @@ pub trait QueueStore {
     /// when dropped.
     fn enqueue(&self) -> Result<Box<dyn Enqueue + '_>>;
 
+    /// The lowest id of a pending job of `model`: where a walk of [`QueueStore::runnable`]
+    /// starts, past the done history of a long-lived database.
+    fn first_pending(&self, model: &str) -> Result<Option<i64>>;
+
+    /// Pending jobs of `model` in scope that could run now, with ids above `after`, in id
+    /// order, at most `limit`: what `run --cache` looks up before anything is claimed. The
+    /// claims are not taken (no attempt, token or lease).
+    fn runnable(
+        &self,
+        model: &str,
+        filter: &Filter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Claim>>;
+
+    /// The newest `ok` attempt answered under `key`, as a `cached` finish of it.
+    fn cached_answer(&self, key: &str) -> Result<Option<Finish>>;
+
+    /// Gives pending jobs their answers from the cache, in one transaction: a `cached`
+    /// attempt each (not charged, no duration, no endpoint) and the job `done` (a grade job's
+    /// verdict stored), fenced by its still being pending. Per answer: its attempt's id and
+    /// number, or None when the job was taken meanwhile.
+    fn answer_cached(
+        &self,
+        runner_id: i64,
+        answers: &[(Claim, Finish)],
+    ) -> Result<Vec<Option<(i64, i64)>>>;
+
     /// The ids (sorted) in `ids` that name no job.
     fn unknown_ids(&self, ids: &[i64]) -> Result<Vec<i64>>;
 
@@ -280,8 +308,9 @@ pub trait Enqueue {
     /// Whether an item had jobs before this enqueue started.
     fn queued_before(&self, batch: &str, item_id: &str) -> Result<bool>;
 
-    /// One generate job per (item id, model) (existing ones are kept); returns how many new.
-    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str)]) -> Result<u64>;
+    /// One generate job per (item id, model, repeat) (existing ones are kept); returns how
+    /// many are new.
+    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str, i64)]) -> Result<u64>;
 
     /// Commits; returns the ids of the jobs added.
     fn commit(self: Box<Self>) -> Result<NewJobs>;

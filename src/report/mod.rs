@@ -2,6 +2,7 @@
 //! [`render::Table`], once.
 
 pub mod breakdown;
+pub mod consistency;
 pub mod cost;
 pub mod data;
 pub mod distribution;

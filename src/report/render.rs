@@ -5,7 +5,17 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table as Gr
 use serde_json::{Map, Value};
 use std::io::Write;
 
-use crate::cli::Format;
+/// How a command writes its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    /// Only job ids, one per line (for job listings).
+    Ids,
+    /// One self-contained HTML page (`report` only).
+    Html,
+}
 
 /// One section: named columns (snake_case, as in JSON) and rows of JSON values.
 #[derive(Debug, Clone)]
@@ -23,6 +33,8 @@ pub struct Table {
     pub empty: String,
     /// Columns whose floats need more than 3 decimals as text (USD: fractions of a cent).
     pub decimals: Vec<(String, usize)>,
+    /// Columns for pipes only (CSV, JSON), left out of the table people read: long hashes.
+    pub pipe_only: Vec<String>,
 }
 
 impl Table {
@@ -36,6 +48,7 @@ impl Table {
             warnings: Vec::new(),
             empty: "(nothing yet)".to_string(),
             decimals: Vec::new(),
+            pipe_only: Vec::new(),
         }
     }
 
@@ -76,11 +89,19 @@ fn render_tables(tables: &[Table], out: &mut dyn Write) -> Result<()> {
         if t.rows.is_empty() {
             writeln!(out, "  {}", t.empty)?;
         } else {
+            let shown: Vec<bool> = t.columns.iter().map(|c| !t.pipe_only.contains(c)).collect();
             let mut grid = Grid::new();
             grid.load_preset(UTF8_FULL_CONDENSED);
-            grid.set_header(t.columns.iter().map(Cell::new));
+            grid.set_header(
+                t.columns
+                    .iter()
+                    .zip(&shown)
+                    .filter(|(_, s)| **s)
+                    .map(|(c, _)| Cell::new(c)),
+            );
             for row in &t.rows {
-                grid.add_row(row.iter().enumerate().map(|(i, v)| {
+                let cells = row.iter().enumerate().filter(|(i, _)| shown[*i]);
+                grid.add_row(cells.map(|(i, v)| {
                     let cell = Cell::new(cell_text_to(v, t.places(i)));
                     if v.is_number() {
                         cell.set_alignment(CellAlignment::Right)

@@ -35,6 +35,14 @@ pub fn status(src: &dyn ReportSource, q: &Query) -> Result<Vec<Table>> {
         row.push(secs(m.oldest_running.map(|s| (now - s).max(0) as f64)));
         t.push(row);
     }
+    // Jobs answered by `run --cache` are done like any other; say how many, so none is
+    // mistaken for a model call.
+    let cached = src.cached_done(&q.scope())?;
+    if cached > 0 {
+        t.notes.push(format!(
+            "{cached} of the done jobs were answered from the cache (run --cache): no model call."
+        ));
+    }
     let running = running_jobs(src, q)?;
     if pending_total > 0 && !running.rows.is_empty() {
         t.notes.push(format!(
@@ -207,6 +215,7 @@ pub fn jobs(
             "id",
             "batch",
             "item",
+            "repeat",
             "model",
             "kind",
             "state",
@@ -214,13 +223,18 @@ pub fn jobs(
             "last_outcome",
             "last_error",
             "age_s",
+            "cache_key",
+            "cached_from",
         ],
     );
+    // The key explains a cache miss: compare it with the key of the answer expected to match.
+    t.pipe_only = vec!["cache_key".into(), "cached_from".into()];
     for j in rows {
         t.push(vec![
             json!(j.id),
             json!(j.batch),
             json!(j.item_id),
+            json!(j.repeat),
             json!(j.model),
             json!(j.kind),
             json!(j.state),
@@ -228,6 +242,8 @@ pub fn jobs(
             json!(j.last_outcome),
             json!(j.last_error),
             secs(Some((now - j.updated_at).max(0) as f64)),
+            json!(j.cache_key),
+            json!(j.cached_from),
         ]);
     }
     Ok(t)

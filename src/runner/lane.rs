@@ -64,7 +64,7 @@ impl Endpoint {
     }
 
     /// Slots in use: attempts in flight and answered attempts still holding theirs.
-    fn busy(&self, now: Instant) -> usize {
+    pub fn busy(&self, now: Instant) -> usize {
         self.in_flight + self.held.iter().filter(|t| **t + self.hold > now).count()
     }
 }
@@ -135,6 +135,8 @@ pub struct Lane {
     /// Output tokens and time (ms, request to last byte) of this run's streamed answers.
     pub stream_tokens: i64,
     pub stream_ms: f64,
+    /// When this lane last started an attempt: lanes that share an endpoint take turns.
+    pub last_claim: Option<Instant>,
 }
 
 impl Lane {
@@ -165,6 +167,7 @@ impl Lane {
             estimates: BTreeMap::new(),
             stream_tokens: 0,
             stream_ms: 0.0,
+            last_claim: None,
             model: Arc::new(model),
         }
     }
@@ -212,8 +215,15 @@ impl Lane {
         self.timeout = timeout;
     }
 
-    /// One endpoint per free slot, the least busy first, so work spreads evenly.
-    pub fn free_slots(&self, now: Instant, cap: usize) -> Vec<String> {
+    /// One endpoint per free slot, the least busy first, so work spreads evenly. `busy` gives
+    /// the attempts in flight on an endpoint counted against this lane's concurrency: its own,
+    /// plus those of the variants that send the same served model there.
+    pub fn free_slots(
+        &self,
+        now: Instant,
+        cap: usize,
+        busy: &dyn Fn(&Endpoint) -> usize,
+    ) -> Vec<String> {
         if self.stopped.is_some() || now < self.idle_until {
             return Vec::new();
         }
@@ -223,23 +233,12 @@ impl Lane {
             Some(_) => cap.min(1),
             None => cap,
         };
-        let concurrency = self.model.concurrency.max(1) as usize;
-        let extra = self.lookahead();
-        // An endpoint back from a rest gets one probe, not its full concurrency; a throttled
-        // one its AIMD limit.
         let mut load: Vec<(usize, usize, usize)> = self
             .endpoints
             .iter()
             .enumerate()
             .filter(|(_, e)| e.rest_until.is_none_or(|t| now >= t))
-            .map(|(i, e)| {
-                let max = if e.down_since.is_some() {
-                    1
-                } else {
-                    e.limit.clamp(1, concurrency) + extra
-                };
-                (e.busy(now), i, max)
-            })
+            .map(|(i, e)| (busy(e), i, self.max_on(e)))
             .collect();
         let mut slots = Vec::new();
         while slots.len() < cap {
@@ -252,6 +251,16 @@ impl Lane {
             *n += 1;
         }
         slots
+    }
+
+    /// Attempts at once this lane may have on an endpoint: its concurrency and the jobs kept
+    /// ready; one probe for an endpoint back from a rest; the AIMD limit for a throttled one.
+    pub fn max_on(&self, e: &Endpoint) -> usize {
+        if e.down_since.is_some() {
+            return 1;
+        }
+        let concurrency = self.model.concurrency.max(1) as usize;
+        e.limit.clamp(1, concurrency) + self.lookahead()
     }
 
     /// Whether a server of this lane is pushing back (or pacing applies): then every start

@@ -2,6 +2,8 @@
 //! attempt to a pool thread (which runs a child process), and records what comes back —
 //! finishes and the next claims in one transaction. It never blocks on a model.
 
+mod accounting;
+mod cache;
 mod heartbeat;
 mod lane;
 mod pace;
@@ -26,6 +28,9 @@ use lane::{End, Lane, Reach};
 
 /// Attempts at once over all lanes when `--jobs` is not given.
 const DEFAULT_JOBS: usize = 64;
+
+/// Which lane plans a claim first: fewest attempts in flight, then the one served longest ago.
+type TurnOrder = (usize, Option<Instant>);
 
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
@@ -86,11 +91,15 @@ pub struct RunOptions {
     pub watch: bool,
     pub poll: Duration,
     pub progress: bool,
+    /// `--cache`: answer jobs from earlier identical requests before claiming any.
+    pub cache: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct Summary {
     pub done: u64,
+    /// Of `done`, the jobs answered from the cache.
+    pub cached: u64,
     pub failed: u64,
     pub retried: u64,
     pub attempts: u64,
@@ -235,6 +244,9 @@ impl Coordinator<'_> {
             log::warn!(
                 "--max-cost counts nothing here: no model in scope has prices (`llmbatch models set NAME --price-in USD --price-out USD`)"
             );
+        }
+        if self.opts.cache {
+            self.answer_from_cache()?;
         }
         Ok(())
     }
@@ -503,37 +515,6 @@ impl Coordinator<'_> {
         self.opts.limit.is_none_or(|l| self.claimed < l)
     }
 
-    /// Whether --max-failures is reached once these results are counted too.
-    fn failures_reached_with(&self, results: &[Done]) -> bool {
-        let Some(limit) = self.opts.max_failures else {
-            return false;
-        };
-        let failed = results
-            .iter()
-            .filter(|d| d.finish.outcome.charged() && d.finish.outcome != Outcome::Ok)
-            .count() as u64;
-        limit.reached(
-            self.summary.failed_attempts + failed,
-            self.summary.attempts + results.len() as u64,
-        )
-    }
-
-    /// Whether --max-cost is reached once these results are counted too.
-    fn cost_reached_with(&self, results: &[Done]) -> bool {
-        let Some(cap) = self.opts.max_cost else {
-            return false;
-        };
-        let more: f64 = results
-            .iter()
-            .filter_map(|d| {
-                let lane = self.lanes.get(&d.claim.model)?;
-                crate::report::cost::Usage::from_timings(d.finish.timings.as_ref())?
-                    .cost(&lane.model)
-            })
-            .sum();
-        self.summary.spent + more >= cap
-    }
-
     /// How long to wait for a result before looking again.
     fn wait_time(&self) -> Duration {
         let now = Instant::now();
@@ -686,15 +667,41 @@ impl Coordinator<'_> {
         if let Some(limit) = self.opts.limit {
             room = room.min(limit.saturating_sub(self.claimed) as usize);
         }
-        // One slot per lane per round, the lanes with the fewest attempts in flight first, so no
-        // lane can take the whole cap from the others.
-        let mut free: Vec<(&String, Vec<String>, usize)> = self
+        // Variants of one served model on one server share its concurrency there: attempts
+        // in flight per (endpoint, backend, served model), over every lane.
+        let shared_key = |lane: &Lane, url: &str| {
+            (
+                url.to_string(),
+                lane.model.backend.as_str(),
+                lane.model.served().to_string(),
+            )
+        };
+        let mut shared: HashMap<(String, &str, String), usize> = HashMap::new();
+        for lane in self.lanes.values() {
+            for e in lane.endpoints.iter().filter(|e| !e.url.is_empty()) {
+                *shared.entry(shared_key(lane, &e.url)).or_default() += e.busy(now);
+            }
+        }
+        let mut free: Vec<(&String, Vec<String>, TurnOrder)> = self
             .lanes
             .iter()
-            .map(|(name, lane)| (name, lane.free_slots(now, room), lane.in_flight))
+            .map(|(name, lane)| {
+                let busy = |e: &lane::Endpoint| {
+                    if e.url.is_empty() {
+                        e.busy(now)
+                    } else {
+                        shared.get(&shared_key(lane, &e.url)).copied().unwrap_or(0)
+                    }
+                };
+                let order = (lane.in_flight, lane.last_claim);
+                (name, lane.free_slots(now, room, &busy), order)
+            })
             .filter(|(_, slots, _)| !slots.is_empty())
             .collect();
-        free.sort_by_key(|(_, _, busy)| *busy);
+        // One slot per lane per round, the lanes with the fewest attempts in flight first, so no
+        // lane can take the whole cap from the others; among those, the one served longest ago,
+        // so variants competing for a shared endpoint take turns.
+        free.sort_by_key(|(_, _, order)| *order);
         let free: Vec<(&String, Vec<String>)> = free.into_iter().map(|(n, s, _)| (n, s)).collect();
         let mut plan: Vec<(String, Vec<String>)> = free
             .iter()
@@ -703,9 +710,20 @@ impl Coordinator<'_> {
         let mut round = 0;
         while room > 0 {
             let mut gave = false;
-            for ((_, slots), (_, taken)) in free.iter().zip(plan.iter_mut()) {
+            for ((name, slots), (_, taken)) in free.iter().zip(plan.iter_mut()) {
                 if room > 0 && round < slots.len() {
-                    taken.push(slots[round].clone());
+                    let lane = &self.lanes[*name];
+                    let url = &slots[round];
+                    // A slot another variant took this round is no longer free.
+                    let endpoint = lane.endpoints.iter().find(|e| e.url == *url);
+                    if let (false, Some(e)) = (url.is_empty(), endpoint) {
+                        let n = shared.entry(shared_key(lane, url)).or_default();
+                        if *n >= lane.max_on(e) {
+                            continue;
+                        }
+                        *n += 1;
+                    }
+                    taken.push(url.clone());
                     room -= 1;
                     gave = true;
                 }
@@ -728,6 +746,8 @@ impl Coordinator<'_> {
         };
         if let Some(lane) = self.lanes.get_mut(model) {
             lane.idle_until = Instant::now() + wait;
+            // Its turn at a shared endpoint is used up: the others go first next time.
+            lane.last_claim = Some(Instant::now());
         }
         Ok(())
     }
@@ -742,6 +762,7 @@ impl Coordinator<'_> {
             .get_mut(&claim.model)
             .expect("lane of a claimed job");
         lane.started(claim.job_id, &claim.endpoint);
+        lane.last_claim = Some(Instant::now());
         if let Some(pacer) = lane.pacer.as_mut() {
             let chars = claim.prompt.chars().count()
                 + claim
@@ -840,217 +861,6 @@ impl Coordinator<'_> {
         let r = Arc::new(self.store.rubric(id)?);
         self.rubrics.insert(id, r.clone());
         Ok(r)
-    }
-
-    /// Gives back the slot of a finished attempt (global, lane and endpoint).
-    fn release(&mut self, done: &Done) {
-        self.in_flight -= 1;
-        let f = &done.finish;
-        let end = match f.outcome {
-            Outcome::Unavailable => End::Unreachable,
-            Outcome::Throttled if !f.quota_exhausted => End::Throttled(
-                f.retry_after_ms
-                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
-            ),
-            _ => End::Answered,
-        };
-        // Any end may make other work runnable (a graded parent, a freed slot).
-        for lane in self.lanes.values_mut() {
-            lane.idle_until = Instant::now();
-        }
-        let lane = self
-            .lanes
-            .get_mut(&done.claim.model)
-            .expect("lane of a claimed job");
-        if let Some(estimated) = lane.estimates.remove(&done.claim.job_id) {
-            if let (Some(pacer), Some(used)) = (
-                lane.pacer.as_mut(),
-                crate::report::cost::Usage::from_timings(f.timings.as_ref()),
-            ) {
-                pacer.correct(estimated, used.total());
-            }
-        }
-        if f.outcome == Outcome::Throttled {
-            lane.throttled += 1;
-            self.summary.throttled += 1;
-        }
-        if f.quota_exhausted && lane.stopped.is_none() {
-            let msg = format!(
-                "model {}: quota exhausted at {} — {}; its jobs stay pending, nothing was charged (add credit or raise the limit, then run again)",
-                done.claim.model,
-                done.claim.endpoint,
-                f.error.as_deref().unwrap_or("no detail")
-            );
-            log::error!("{msg}");
-            lane.stopped = Some("quota exhausted".into());
-            self.summary
-                .stopped_lanes
-                .push((done.claim.model.clone(), msg));
-        }
-        match lane.ended(done.claim.job_id, &done.claim.endpoint, end) {
-            Reach::Throttled {
-                rest,
-                by_server,
-                limit,
-            } => log::info!(
-                "{} throttled ({}): resting it {}{}, concurrency {} → {} (not charged)",
-                done.claim.endpoint,
-                f.http_status
-                    .map_or("busy".to_string(), |s| format!("HTTP {s}")),
-                human_secs(rest.as_secs_f64()),
-                if by_server {
-                    " as its Retry-After asks"
-                } else {
-                    ""
-                },
-                limit.0,
-                limit.1
-            ),
-            Reach::Down(rest) => log::warn!(
-                "{} unreachable, resting it {} (its jobs wait, not charged): {}",
-                if done.claim.endpoint.is_empty() {
-                    &done.claim.model
-                } else {
-                    &done.claim.endpoint
-                },
-                human_secs(rest.as_secs_f64()),
-                done.finish.error.as_deref().unwrap_or("unavailable")
-            ),
-            Reach::Up => {
-                lane.outage_reported = false;
-                log::info!("{} reachable again", done.claim.endpoint)
-            }
-            Reach::Same => {}
-        }
-        if done.finish.outcome == Outcome::Ok {
-            lane.observe(done.finish.duration_ms);
-        }
-        self.update_lookahead();
-    }
-
-    /// Takes a result in: its slot is free from now on; it is recorded with the next commit.
-    fn receive(&mut self, done: Done, pending: &mut Vec<Done>) {
-        self.release(&done);
-        pending.push(done);
-    }
-
-    /// Updates counters for a recorded attempt (its slot already released), and says what
-    /// happened.
-    fn account(&mut self, done: Done, next: Next, kept: bool) {
-        let Done { claim, finish } = done;
-        let lane = self
-            .lanes
-            .get_mut(&claim.model)
-            .expect("lane of a claimed job");
-        let what = format!(
-            "job {} ({}, {}/{})",
-            claim.job_id, claim.model, claim.batch, claim.item_id
-        );
-        if !kept {
-            self.summary.discarded += 1;
-            log::warn!(
-                "{what}: result of attempt {} ({}) discarded — the job was reaped meanwhile (lease lost)",
-                claim.number,
-                finish.outcome.as_str()
-            );
-            return;
-        }
-        self.summary.attempts += 1;
-        if self.opts.max_cost.is_some() {
-            let usage = crate::report::cost::Usage::from_timings(finish.timings.as_ref());
-            if let Some(cost) = usage.and_then(|u| u.cost(&lane.model)) {
-                self.summary.spent += cost;
-            }
-        }
-        lane.count_tokens(&finish);
-        if finish.outcome.charged() && finish.outcome != Outcome::Ok {
-            self.summary.failed_attempts += 1;
-        }
-        let why = finish.error.as_deref().unwrap_or(finish.outcome.as_str());
-        match next {
-            Next::Done => {
-                lane.done += 1;
-                self.summary.done += 1;
-            }
-            Next::Failed => {
-                lane.failed += 1;
-                self.summary.failed += 1;
-                log::warn!(
-                    "{what} failed after attempt {}: {}: {why}",
-                    claim.number,
-                    finish.outcome.as_str()
-                );
-            }
-            Next::Retry(_) if finish.outcome.charged() => {
-                self.summary.retried += 1;
-                log::info!(
-                    "{what} attempt {} {}: {why}; will retry",
-                    claim.number,
-                    finish.outcome.as_str()
-                );
-            }
-            Next::Retry(_) => {
-                self.summary.requeued += 1;
-                log::debug!("{what} back to pending: {why}");
-            }
-        }
-    }
-
-    /// Stops lanes whose endpoints all stayed unreachable past the limit; their jobs stay pending.
-    fn check_unreachable(&mut self) {
-        for (name, lane) in self.lanes.iter_mut() {
-            if lane.stopped.is_some() {
-                continue;
-            }
-            let Some(blocked) = lane.blocked_past(self.opts.unavailable_limit) else {
-                // Working again: a later outage is reported again.
-                lane.outage_reported = false;
-                continue;
-            };
-            let urls = &blocked.urls;
-            // A command lane has no server: what failed is starting its command.
-            let (what, hint) = if urls.iter().all(|u| u.is_empty()) {
-                (
-                    "its command could not be started".to_string(),
-                    "is the machine out of processes or files?",
-                )
-            } else if blocked.throttled {
-                (
-                    format!("{} throttled every request (429/503 busy)", urls.join(", ")),
-                    "is the server overloaded, or its rate limit below --rpm/--tpm (or unset)?",
-                )
-            } else {
-                (
-                    format!("{} unreachable", urls.join(", ")),
-                    "is the server running?",
-                )
-            };
-            // A daemon outlives the outage: it keeps probing (every 30 s at most).
-            if self.opts.watch {
-                if !lane.outage_reported {
-                    log::error!(
-                        "model {name}: {what} for {} — {hint} still trying (--watch)",
-                        human_secs(self.opts.unavailable_limit.as_secs_f64())
-                    );
-                    lane.outage_reported = true;
-                }
-                continue;
-            }
-            let msg = format!(
-                "model {name}: {what} for {} — {hint} its jobs stay pending",
-                human_secs(self.opts.unavailable_limit.as_secs_f64())
-            );
-            log::error!("{msg}");
-            lane.stopped = Some(
-                if blocked.throttled {
-                    "throttled"
-                } else {
-                    "unreachable"
-                }
-                .into(),
-            );
-            self.summary.stopped_lanes.push((name.clone(), msg));
-        }
     }
 
     /// Whether any job in scope may still run: pending (not in a stopped lane, and not waiting

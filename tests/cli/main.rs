@@ -16,4 +16,5 @@ mod recovery;
 mod reports;
 mod store;
 mod stream;
+mod sweeps;
 mod throttle;

@@ -384,7 +384,7 @@ fn enqueue_honours_the_shared_format() {
     ])
     .assert()
     .success()
-    .stdout("batch,new,existing,items,models\np,2,2,2,\"a,c\"\n");
+    .stdout("batch,new,existing,items,models,repeat\np,2,2,2,\"a,c\",1\n");
 }
 
 /// `report`, `export` and `models list` never write: the database's bytes and its directory

@@ -30,6 +30,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "003_item_messages",
         include_str!("../../../sql/postgres/003_item_messages.sql"),
     ),
+    (
+        "004_sweeps",
+        include_str!("../../../sql/postgres/004_sweeps.sql"),
+    ),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

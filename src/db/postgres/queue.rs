@@ -132,7 +132,8 @@ pub fn claim(
                     attempt_id = nextval(pg_get_serial_sequence('attempts', 'id'))
              FROM slots s WHERE j.id = s.id
              RETURNING j.id, j.attempt_id, j.attempts, j.lease_token, j.updated_at, j.kind, j.batch,
-                       j.item_id, j.model, j.charged, j.max_attempts, j.parent_id, j.rubric_id, s.slot
+                       j.item_id, j.model, j.charged, j.max_attempts, j.parent_id, j.rubric_id, s.slot,
+                       j.repeat
          ),
          recorded AS (
              INSERT INTO attempts (id, job_id, number, model, batch, runner_id, endpoint, timeout_s, started_at)
@@ -141,7 +142,7 @@ pub fn claim(
          )
          SELECT t.id, t.attempt_id, t.attempts, t.lease_token, t.updated_at, t.kind, t.batch,
                 t.item_id, i.prompt, i.vars, t.charged, t.max_attempts, t.parent_id, t.rubric_id,
-                pa.output, COALESCE(({eps}::text[])[t.slot], ''), i.messages, i.options
+                pa.output, COALESCE(({eps}::text[])[t.slot], ''), i.messages, i.options, t.repeat
          FROM taken t
          JOIN items i ON i.batch = t.batch AND i.item_id = t.item_id
          LEFT JOIN jobs pj ON pj.id = t.parent_id
@@ -161,6 +162,7 @@ pub fn claim(
             kind: JobKind::parse(r.get::<_, &str>(5)).unwrap_or(JobKind::Generate),
             batch: r.get(6),
             item_id: r.get(7),
+            repeat: r.get(18),
             model: want.model.to_string(),
             endpoint: r.get(15),
             prompt: r.get(8),
@@ -215,7 +217,8 @@ pub fn finish(c: &mut impl GenericClient, st: &mut Statements, fp: &FinishParams
                     duration_ms = $8, outcome = $4, charged = $2, exit_code = $9, signal = $10,
                     http_status = $11, output = $12, reasoning = $13, raw_output = $14,
                     stderr = $15, error = $16, timings = $17, ttft_ms = $19, tpot_ms = $20,
-                    e2e_ms = $21, output_tokens = $22, max_gap_ms = $23
+                    e2e_ms = $21, output_tokens = $22, max_gap_ms = $23, cache_key = $24,
+                    cached_from = $25
              WHERE id = $18 AND outcome IS NULL AND EXISTS (SELECT 1 FROM moved)
              RETURNING id
          )
@@ -247,6 +250,8 @@ pub fn finish(c: &mut impl GenericClient, st: &mut Statements, fp: &FinishParams
             &m.e2e_ms,
             &m.output_tokens,
             &m.max_gap_ms,
+            &f.cache_key,
+            &f.cached_from,
         ],
     )?;
     let kept = row.get::<_, i64>(0) > 0;
@@ -257,7 +262,7 @@ pub fn finish(c: &mut impl GenericClient, st: &mut Statements, fp: &FinishParams
 }
 
 /// The attempt's timings as stored: a grade job's verdict is kept there too, under `grade`.
-fn stored_timings(f: &Finish) -> Option<Value> {
+pub fn stored_timings(f: &Finish) -> Option<Value> {
     let Some(verdict) = &f.verdict else {
         return f.timings.clone();
     };
@@ -271,7 +276,7 @@ fn stored_timings(f: &Finish) -> Option<Value> {
     Some(timings)
 }
 
-fn record_grade(c: &mut impl GenericClient, claim: &Claim, f: &Finish) -> Result<()> {
+pub fn record_grade(c: &mut impl GenericClient, claim: &Claim, f: &Finish) -> Result<()> {
     let v = f.verdict.clone().unwrap_or(Value::Null);
     c.execute(
         "INSERT INTO grades (job_id, graded_job_id, attempt_id, grader, pass, score, reason, fields)
@@ -434,4 +439,135 @@ pub fn release_runner(c: &mut impl GenericClient, runner_id: i64) -> Result<usiz
         &[&runner_id],
     )?;
     Ok(row.get::<_, i64>(0) as usize)
+}
+
+/// Pending jobs of `model` in scope that could run now, ids above `after`, in id order: what
+/// `run --cache` looks up. Nothing is taken.
+pub fn runnable(
+    c: &mut impl GenericClient,
+    model: &str,
+    filter: &Filter,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<Claim>> {
+    let mut p = Params::default();
+    let m = p.add(model.to_string());
+    let a = p.add(after);
+    let cond = scope(filter, "j", &mut p);
+    let l = p.add(limit as i64);
+    let sql = format!(
+        "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
+                j.parent_id, j.rubric_id, pa.output, j.repeat, i.messages, i.options
+         FROM jobs j
+         JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
+         LEFT JOIN jobs p ON p.id = j.parent_id
+         LEFT JOIN attempts pa ON pa.id = p.attempt_id
+         WHERE j.state = 'pending' AND j.model = {m} AND j.id > {a}
+           AND (j.parent_id IS NULL OR p.state = 'done'){cond}
+         ORDER BY j.id LIMIT {l}"
+    );
+    Ok(c.query(&sql, &p.refs())?
+        .iter()
+        .map(|r| Claim {
+            job_id: r.get(0),
+            attempt_id: 0,
+            number: 0,
+            token: 0,
+            started_at: 0,
+            kind: JobKind::parse(r.get::<_, &str>(1)).unwrap_or(JobKind::Generate),
+            batch: r.get(2),
+            item_id: r.get(3),
+            repeat: r.get(11),
+            model: model.to_string(),
+            endpoint: String::new(),
+            prompt: r.get(4),
+            vars: serde_json::from_str(r.get::<_, &str>(5)).unwrap_or_default(),
+            messages: r
+                .get::<_, Option<&str>>(12)
+                .and_then(|m| serde_json::from_str(m).ok()),
+            options: r
+                .get::<_, Option<&str>>(13)
+                .and_then(|o| serde_json::from_str(o).ok())
+                .unwrap_or_default(),
+            charged: r.get(6),
+            max_attempts: r.get(7),
+            parent_id: r.get(8),
+            rubric_id: r.get(9),
+            parent_output: r.get(10),
+        })
+        .collect())
+}
+
+/// The newest `ok` attempt answered under `key`, as a `cached` finish.
+pub fn cached_answer(c: &mut impl GenericClient, key: &str) -> Result<Option<Finish>> {
+    let row = c.query_opt(
+        "SELECT id, output, reasoning, raw_output, timings, output_tokens FROM attempts
+         WHERE cache_key = $1 AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
+        &[&key],
+    )?;
+    Ok(row.map(|r| {
+        let mut f = Finish::new(crate::domain::Outcome::Cached, 0);
+        f.cached_from = Some(r.get(0));
+        f.output = r.get(1);
+        f.reasoning = r.get(2);
+        f.raw_output = r.get(3);
+        f.timings = r
+            .get::<_, Option<&str>>(4)
+            .and_then(|t| serde_json::from_str(t).ok());
+        f.cache_key = Some(key.to_string());
+        f.metrics = Some(crate::domain::Metrics {
+            output_tokens: r.get(5),
+            ..crate::domain::Metrics::default()
+        });
+        f
+    }))
+}
+
+/// One job answered from the cache in one statement, fenced by its still being pending: a
+/// `cached` attempt (uncharged, no duration) and the job done. Returns (attempt id, number).
+pub fn answer_cached(
+    c: &mut impl GenericClient,
+    runner_id: i64,
+    claim: &Claim,
+    f: &Finish,
+) -> Result<Option<(i64, i64)>> {
+    let timings = stored_timings(f).map(|t| t.to_string());
+    let output_tokens = f.metrics.as_ref().and_then(|m| m.output_tokens);
+    let row = c.query_opt(
+        "WITH done AS (
+             UPDATE jobs SET state = 'done', attempts = attempts + 1, not_before = 0,
+                    last_outcome = 'cached', last_error = NULL, updated_at = llmbatch_now_ms(),
+                    attempt_id = nextval(pg_get_serial_sequence('attempts', 'id'))
+             WHERE id = $1 AND state = 'pending'
+             RETURNING id, attempts, attempt_id, model, batch, updated_at
+         ),
+         recorded AS (
+             INSERT INTO attempts (id, job_id, number, model, batch, runner_id, started_at,
+                    finished_at, duration_ms, outcome, charged, output, reasoning, raw_output,
+                    timings, cache_key, cached_from, output_tokens)
+             SELECT attempt_id, id, attempts, model, batch, $2, updated_at, updated_at, 0,
+                    'cached', 0, $3, $4, $5, $6, $7, $8, $9 FROM done
+         )
+         SELECT attempt_id, attempts FROM done",
+        &[
+            &claim.job_id,
+            &runner_id,
+            &f.output,
+            &f.reasoning,
+            &f.raw_output,
+            &timings,
+            &f.cache_key,
+            &f.cached_from,
+            &output_tokens,
+        ],
+    )?;
+    let Some(r) = row else { return Ok(None) };
+    let (attempt_id, number): (i64, i64) = (r.get(0), r.get(1));
+    if claim.kind == JobKind::Grade {
+        let mut answered = claim.clone();
+        answered.attempt_id = attempt_id;
+        answered.number = number;
+        record_grade(c, &answered, f)?;
+    }
+    Ok(Some((attempt_id, number)))
 }

@@ -183,6 +183,46 @@ impl QueueStore for PgStore {
         PgEnqueue::begin(self).map(|e| Box::new(e) as Box<dyn Enqueue>)
     }
 
+    fn first_pending(&self, model: &str) -> Result<Option<i64>> {
+        self.with(|c| {
+            Ok(c.query_one(
+                "SELECT MIN(id) FROM jobs WHERE state = 'pending' AND model = $1",
+                &[&model],
+            )?
+            .get(0))
+        })
+    }
+
+    fn runnable(
+        &self,
+        model: &str,
+        filter: &Filter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::Claim>> {
+        self.with(|c| queue::runnable(c, model, filter, after, limit))
+    }
+
+    fn cached_answer(&self, key: &str) -> Result<Option<crate::domain::Finish>> {
+        self.with(|c| queue::cached_answer(c, key))
+    }
+
+    fn answer_cached(
+        &self,
+        runner_id: i64,
+        answers: &[(crate::domain::Claim, crate::domain::Finish)],
+    ) -> Result<Vec<Option<(i64, i64)>>> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let mut out = Vec::with_capacity(answers.len());
+            for (claim, f) in answers {
+                out.push(queue::answer_cached(&mut tx, runner_id, claim, f)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
     fn unknown_ids(&self, ids: &[i64]) -> Result<Vec<i64>> {
         self.with(|c| {
             Ok(c.query(
@@ -405,24 +445,26 @@ impl Enqueue for PgEnqueue<'_> {
         })
     }
 
-    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str)]) -> Result<u64> {
+    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str, i64)]) -> Result<u64> {
         if jobs.is_empty() {
             return Ok(0);
         }
         let items: Vec<&str> = jobs.iter().map(|j| j.0).collect();
         let models: Vec<&str> = jobs.iter().map(|j| j.1).collect();
+        let repeats: Vec<i64> = jobs.iter().map(|j| j.2).collect();
         self.with(|c| {
             Ok(c.execute(
-                "INSERT INTO jobs (batch, item_id, model, kind, created_at, updated_at)
-                 SELECT $1, d.i, d.m, 'generate', llmbatch_now_ms(), llmbatch_now_ms()
-                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS d(i, m, n)
+                "INSERT INTO jobs (batch, item_id, model, kind, created_at, updated_at, repeat)
+                 SELECT $1, d.i, d.m, 'generate', llmbatch_now_ms(), llmbatch_now_ms(), d.r
+                 FROM unnest($2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS d(i, m, r, n)
                  -- Rows already there are left out before they draw an id, so the new jobs'
                  -- ids are one range (ON CONFLICT alone would spend ids on them).
                  WHERE NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = 'generate'
-                                   AND o.batch = $1 AND o.item_id = d.i AND o.model = d.m)
+                                   AND o.batch = $1 AND o.item_id = d.i AND o.model = d.m
+                                   AND o.repeat = d.r)
                  ORDER BY d.n
                  ON CONFLICT DO NOTHING",
-                &[&batch, &items, &models],
+                &[&batch, &items, &models, &repeats],
             )?)
         })
     }
@@ -531,6 +573,18 @@ impl ReportSource for PgStore {
 
     fn runners(&self, since_ms: Option<i64>, limit: Option<usize>) -> Result<Vec<RunnerRow>> {
         self.snap(|d| d.runners(since_ms, limit))
+    }
+
+    fn each_repeat_grade(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(RepeatGrade) -> Result<()>,
+    ) -> Result<()> {
+        self.snap(|d| d.each_repeat_grade(filter, each))
+    }
+
+    fn cached_done(&self, scope: &AttemptScope) -> Result<i64> {
+        self.snap(|d| d.cached_done(scope))
     }
 
     fn clock(&self) -> Result<i64> {

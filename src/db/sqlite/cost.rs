@@ -50,7 +50,7 @@ pub fn token_sums(
     let (cond, args) = scope.sql("a");
     let sql = format!(
         "SELECT {key_list}, COUNT(*), COUNT(DISTINCT CASE WHEN a.charged = 1 THEN a.job_id END), SUM({PROMPT}), SUM({OUTPUT})
-         FROM attempts a WHERE a.outcome IS NOT NULL{cond}
+         FROM attempts a WHERE a.outcome IS NOT NULL AND a.outcome <> 'cached'{cond}
          GROUP BY {key_list} ORDER BY {key_list}"
     );
     let mut stmt = conn.prepare(&sql)?;

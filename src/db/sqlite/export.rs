@@ -29,7 +29,7 @@ impl ExportSource for Db {
                     a.duration_ms, a.finished_at, {PROMPT_TOKENS}, {OUTPUT_TOKENS},
                     CASE WHEN json_valid(a.timings)
                          THEN json_extract(a.timings, '$.done_reason') = 'length' ELSE 0 END,
-                    a.ttft_ms, a.tpot_ms, i.messages
+                    a.ttft_ms, a.tpot_ms, i.messages, j.repeat
              FROM jobs j JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
                   LEFT JOIN attempts a ON a.id = j.attempt_id AND j.state = 'done'
              WHERE j.kind = 'generate'{cond} ORDER BY j.id"
@@ -43,6 +43,7 @@ impl ExportSource for Db {
                 job_id: r.get(0)?,
                 batch: r.get(1)?,
                 item_id: r.get(2)?,
+                repeat: r.get(20)?,
                 model: r.get(3)?,
                 vars: serde_json::from_str(&vars).unwrap_or(Value::Object(Map::new())),
                 prompt: r.get(5)?,

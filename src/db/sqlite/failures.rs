@@ -104,8 +104,9 @@ pub fn jobs(
     }
     let sql = format!(
         "SELECT j.id, j.batch, j.item_id, j.model, j.kind, j.state, j.attempts, j.last_outcome,
-                j.last_error, j.updated_at
-         FROM jobs j WHERE 1 = 1{cond} ORDER BY j.id"
+                j.last_error, j.updated_at, j.repeat, a.cache_key, a.cached_from
+         FROM jobs j LEFT JOIN attempts a ON a.id = j.attempt_id
+         WHERE 1 = 1{cond} ORDER BY j.id"
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(params_from_iter(args), |r| {
@@ -120,6 +121,9 @@ pub fn jobs(
             last_outcome: r.get(7)?,
             last_error: r.get(8)?,
             updated_at: r.get(9)?,
+            repeat: r.get(10)?,
+            cache_key: r.get(11)?,
+            cached_from: r.get(12)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

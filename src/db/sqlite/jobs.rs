@@ -98,7 +98,7 @@ pub fn claim(
     let (cond, mut args) = filter.sql("j");
     let sql = format!(
         "SELECT j.id, j.kind, j.batch, j.item_id, i.prompt, i.vars, j.charged, j.max_attempts,
-                j.parent_id, j.rubric_id, pa.output, i.messages, i.options
+                j.parent_id, j.rubric_id, pa.output, i.messages, i.options, j.repeat
          FROM jobs j
          JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
          LEFT JOIN jobs p ON p.id = j.parent_id
@@ -126,6 +126,7 @@ pub fn claim(
                 kind: JobKind::parse(&kind).unwrap_or(JobKind::Generate),
                 batch: r.get(2)?,
                 item_id: r.get(3)?,
+                repeat: r.get(13)?,
                 model: p.model.to_string(),
                 endpoint: String::new(),
                 prompt: r.get(4)?,
@@ -228,7 +229,8 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
         "UPDATE attempts SET finished_at = ?1, duration_ms = ?2, outcome = ?3, charged = ?4,
                 exit_code = ?5, signal = ?6, http_status = ?7, output = ?8, reasoning = ?9,
                 raw_output = ?10, stderr = ?11, error = ?12, timings = ?13, ttft_ms = ?15,
-                tpot_ms = ?16, e2e_ms = ?17, output_tokens = ?18, max_gap_ms = ?19
+                tpot_ms = ?16, e2e_ms = ?17, output_tokens = ?18, max_gap_ms = ?19,
+                cache_key = ?20, cached_from = ?21
          WHERE id = ?14 AND outcome IS NULL",
     )?
     .execute(params![
@@ -251,6 +253,8 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
         m.e2e_ms,
         m.output_tokens,
         m.max_gap_ms,
+        f.cache_key,
+        f.cached_from,
     ])?;
     if next == Next::Done && claim.kind == JobKind::Grade {
         record_grade(tx, claim, f)?;
@@ -259,7 +263,7 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
 }
 
 /// The attempt's timings as stored: a grade job's verdict is kept there too, under `grade`.
-fn stored_timings(f: &Finish) -> Option<Value> {
+pub fn stored_timings(f: &Finish) -> Option<Value> {
     let Some(verdict) = &f.verdict else {
         return f.timings.clone();
     };
@@ -274,7 +278,7 @@ fn stored_timings(f: &Finish) -> Option<Value> {
 }
 
 /// Stores the verdict of a finished grade job.
-fn record_grade(tx: &Transaction, claim: &Claim, f: &Finish) -> Result<()> {
+pub fn record_grade(tx: &Transaction, claim: &Claim, f: &Finish) -> Result<()> {
     let v = f.verdict.clone().unwrap_or(Value::Null);
     tx.prepare_cached(
         "INSERT OR REPLACE INTO grades (job_id, graded_job_id, attempt_id, grader, pass, score, reason, fields)

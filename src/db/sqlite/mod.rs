@@ -1,6 +1,7 @@
 //! The SQLite engine: one database file, pragmas on every open, migrations by
 //! `PRAGMA user_version`; the store traits implemented with SQLite's SQL.
 
+mod cache;
 pub mod catalog;
 pub mod cost;
 mod export;
@@ -41,6 +42,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "006_item_messages",
         include_str!("../../../sql/006_item_messages.sql"),
     ),
+    ("007_sweeps", include_str!("../../../sql/007_sweeps.sql")),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -465,6 +467,7 @@ fn apply(conn: &mut Connection) -> Result<()> {
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
 
@@ -576,8 +579,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            indexes, 7,
-            "004 rebuilt the four indexes of attempts; 005 adds three"
+            indexes, 8,
+            "004 rebuilt the four indexes of attempts; 005 adds three, 007 the cache's"
         );
     }
 

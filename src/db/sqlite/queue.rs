@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::{catalog, jobs, Db};
 use crate::db::store::*;
-use crate::domain::JobState;
+use crate::domain::{Claim, Finish, JobState};
 use crate::grading::Rubric;
 use crate::models::ModelConfig;
 use crate::util::now_ms;
@@ -129,6 +129,41 @@ impl QueueStore for Db {
         Ok(Box::new(SqliteEnqueue::begin(self)?))
     }
 
+    fn first_pending(&self, model: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT MIN(id) FROM jobs WHERE state = 'pending' AND model = ?1")?
+            .query_row([model], |r| r.get(0))?)
+    }
+
+    fn runnable(
+        &self,
+        model: &str,
+        filter: &Filter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Claim>> {
+        super::cache::runnable(&self.conn, model, filter, after, limit)
+    }
+
+    fn cached_answer(&self, key: &str) -> Result<Option<Finish>> {
+        super::cache::cached_answer(&self.conn, key)
+    }
+
+    fn answer_cached(
+        &self,
+        runner_id: i64,
+        answers: &[(Claim, Finish)],
+    ) -> Result<Vec<Option<(i64, i64)>>> {
+        let tx = self.write()?;
+        let mut out = Vec::with_capacity(answers.len());
+        for (claim, f) in answers {
+            out.push(super::cache::answer_cached(&tx, runner_id, claim, f)?);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
     fn unknown_ids(&self, ids: &[i64]) -> Result<Vec<i64>> {
         jobs::unknown_ids(&self.conn, ids)
     }
@@ -245,8 +280,8 @@ fn enqueue_grades(tx: &Transaction, p: &EnqueueGradesParams) -> Result<GradesQue
     let now = now_ms();
     let mut insert = tx.prepare(&format!(
         "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, parent_id, rubric_id,
-                                    created_at, updated_at)
-         SELECT j.batch, j.item_id, ?, 'grade', j.id, ?, ?, ? FROM jobs j
+                                    created_at, updated_at, repeat)
+         SELECT j.batch, j.item_id, ?, 'grade', j.id, ?, ?, ?, j.repeat FROM jobs j
          WHERE j.kind = 'generate'{cond} ORDER BY j.id"
     ))?;
     for grader in p.graders {
@@ -261,6 +296,9 @@ fn enqueue_grades(tx: &Transaction, p: &EnqueueGradesParams) -> Result<GradesQue
     }
     Ok(queued)
 }
+
+/// Job rows per insert: many models or repeats per record make more than one statement.
+const JOB_ROWS: usize = 1024;
 
 /// One enqueue: a transaction with foreign keys off. Each job's item is written just before
 /// it in this same transaction, so the key holds by construction: checking it row by row
@@ -358,25 +396,28 @@ impl Enqueue for SqliteEnqueue<'_> {
             .query_row(params![batch, item_id, self.first_new], |r| r.get(0))?)
     }
 
-    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str)]) -> Result<u64> {
-        if jobs.is_empty() {
-            return Ok(0);
+    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str, i64)]) -> Result<u64> {
+        let mut new = 0u64;
+        // Rows per statement stay well under SQLite's limit of bound variables.
+        for part in jobs.chunks(JOB_ROWS) {
+            let rows = vec!["(?, ?, ?, 'generate', ?, ?, ?)"; part.len()].join(", ");
+            let mut insert = self.tx().prepare_cached(&format!(
+                "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at, repeat) VALUES {rows}"
+            ))?;
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(part.len() * 6);
+            for (id, model, repeat) in part {
+                args.extend([
+                    &batch as &dyn rusqlite::ToSql,
+                    id,
+                    model,
+                    &self.now,
+                    &self.now,
+                    repeat,
+                ]);
+            }
+            new += insert.execute(args.as_slice())? as u64;
         }
-        let rows = vec!["(?, ?, ?, 'generate', ?, ?)"; jobs.len()].join(", ");
-        let mut insert = self.tx().prepare_cached(&format!(
-            "INSERT OR IGNORE INTO jobs (batch, item_id, model, kind, created_at, updated_at) VALUES {rows}"
-        ))?;
-        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(jobs.len() * 5);
-        for (id, model) in jobs {
-            args.extend([
-                &batch as &dyn rusqlite::ToSql,
-                id,
-                model,
-                &self.now,
-                &self.now,
-            ]);
-        }
-        Ok(insert.execute(args.as_slice())? as u64)
+        Ok(new)
     }
 
     fn commit(mut self: Box<Self>) -> Result<NewJobs> {

@@ -146,6 +146,36 @@ impl ReportSource for Db {
         super::grades::grader_pairs(&self.conn, scope)
     }
 
+    fn each_repeat_grade(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(RepeatGrade) -> Result<()>,
+    ) -> Result<()> {
+        let (cond, args) = filter.sql("p");
+        let sql = format!(
+            "SELECT p.model, g.grader, r.name, r.id, p.batch, p.item_id, g.pass, g.score
+             FROM grades g JOIN jobs gj ON gj.id = g.job_id JOIN jobs p ON p.id = g.graded_job_id
+                  JOIN rubrics r ON r.id = gj.rubric_id
+             WHERE gj.state = 'done'{cond}
+             ORDER BY p.model, g.grader, r.id, p.batch, p.item_id"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query(params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            each(RepeatGrade {
+                model: r.get(0)?,
+                grader: r.get(1)?,
+                rubric: r.get(2)?,
+                rubric_id: r.get(3)?,
+                batch: r.get(4)?,
+                item_id: r.get(5)?,
+                pass: r.get::<_, Option<i64>>(6)?.map(|p| p != 0),
+                score: r.get(7)?,
+            })?;
+        }
+        Ok(())
+    }
+
     fn clock(&self) -> Result<i64> {
         Ok(now_ms())
     }
@@ -336,6 +366,16 @@ impl ReportSource for Db {
             models.entry(r.get(0)?).or_default().oldest_running = r.get(1)?;
         }
         Ok((models.into_iter().collect(), now))
+    }
+
+    fn cached_done(&self, scope: &AttemptScope) -> Result<i64> {
+        let (cond, args) = scope.job_sql("j", "created_at");
+        let sql = format!(
+            "SELECT COUNT(*) FROM jobs j WHERE j.state = 'done' AND j.last_outcome = 'cached'{cond}"
+        );
+        Ok(self
+            .conn
+            .query_row(&sql, params_from_iter(args), |r| r.get(0))?)
     }
 
     fn running_jobs(&self, scope: &AttemptScope, limit: usize) -> Result<Vec<RunningJob>> {

@@ -35,7 +35,7 @@ pub fn css(c: RGBColor) -> String {
 }
 
 /// The colour of each outcome in the failure mix: green for ok, warm for the model failing,
-/// greys for what was not its fault.
+/// greys for what was not its fault (light green for answers taken from the cache).
 pub fn outcome_colour(outcome: &str) -> RGBColor {
     match outcome {
         "ok" => RGBColor(60, 160, 90),
@@ -46,7 +46,10 @@ pub fn outcome_colour(outcome: &str) -> RGBColor {
         "http" => RGBColor(140, 86, 75),
         "empty" => RGBColor(230, 120, 190),
         "parse" => RGBColor(188, 170, 34),
-        "lost" => RGBColor(23, 160, 190),
+        "stall" => RGBColor(250, 200, 60),
+        "cached" => RGBColor(150, 205, 165),
+        "lost" => RGBColor(135, 140, 160),
+        "throttled" => RGBColor(110, 110, 110),
         "unavailable" => RGBColor(170, 170, 170),
         "interrupted" => RGBColor(205, 205, 205),
         _ => RGBColor(90, 90, 90),

@@ -516,14 +516,20 @@ fn leader_table(entries: &[Entry]) -> String {
     let mut out = String::from(
         "<div class=\"wide\"><table class=\"sortable leader\" id=\"leaderboard\"><thead><tr>",
     );
-    for (name, _) in LEADER_COLUMNS {
+    // Cost only where some model has prices: an empty column would crowd a laptop screen.
+    let priced = entries.iter().any(|e| e.cost_usd.is_some());
+    let columns: Vec<_> = LEADER_COLUMNS
+        .iter()
+        .filter(|(name, _)| priced || *name != "cost")
+        .collect();
+    for (name, _) in &columns {
         let _ = write!(out, "<th>{}</th>", escape(name));
     }
     out.push_str("</tr></thead><tbody>");
     for (i, e) in entries.iter().enumerate() {
         let best = i == 0 && e.rank.is_some();
         out.push_str(if best { "<tr class=\"best\">" } else { "<tr>" });
-        for (_, make) in LEADER_COLUMNS {
+        for (_, make) in &columns {
             let (text, sort, class) = make(e);
             let sort = sort.map_or(String::new(), |v| format!(" data-v=\"{v}\""));
             let _ = write!(out, "<td class=\"{class}\"{sort}>{}</td>", escape(&text));
@@ -566,7 +572,7 @@ fn latency(
 
 fn failures(d: &PageData, order: &[String]) -> Result<String> {
     let mut out = String::from(
-        "<p class=\"lead\">What each model's attempts ended as. Grey kinds (unavailable, interrupted) were not the model's fault and are not charged.</p>",
+        "<p class=\"lead\">What each model's attempts ended as. Grey kinds (unavailable, throttled, interrupted, lost) were not the model's fault and are not charged; light green is an answer taken from the cache.</p>",
     );
     if d.failures.rows.is_empty() {
         out.push_str("<p class=\"empty\">(no attempts in scope)</p>");
