@@ -368,6 +368,8 @@ struct OwnServer {
     data: std::path::PathBuf,
     _dir: tempfile::TempDir,
     url: String,
+    /// The server's options, for a start after a stop.
+    opts: String,
 }
 
 impl OwnServer {
@@ -388,12 +390,18 @@ impl OwnServer {
             .arg(dir.path())
             .status()
             .unwrap();
-        let port = 40000 + (std::process::id() % 20000) as u16;
+        // A port free now: the kernel's pick for a listener closed at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut s = OwnServer {
             bin,
             data: data.clone(),
             _dir: dir,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            opts: format!("-p {port} -h 127.0.0.1 -k {} -c fsync=off", data.display()),
         };
         let ok = s
             .as_postgres("initdb")
@@ -493,5 +501,60 @@ fn a_runner_rides_out_a_postgresql_restart() {
     assert_eq!(
         env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'ok'"),
         16
+    );
+}
+
+/// PostgreSQL stays down for longer than a lease: the runner, whose heartbeat cannot be renewed,
+/// stops claiming and says so (other hosts may have reaped its jobs); once the server is back it
+/// says it claims again, and finishes everything, each job once.
+#[test]
+fn a_runner_whose_heartbeat_lapses_stops_claiming_and_says_so() {
+    let Some(server) = OwnServer::start() else {
+        return;
+    };
+    let mut env = Env::new();
+    env.db = std::path::PathBuf::from(&server.url);
+    env.engine = Engine::Postgres;
+    let marker = unique_marker("lapse");
+    env.model_cmd(
+        "slow",
+        &marked(&marker, "slow", "0.3"),
+        &["--concurrency", "1", "--max-attempts", "100"],
+    );
+    let input = env.prompts("p.csv", 12);
+    env.cmd(&["enqueue", "--model", "slow", &input])
+        .assert()
+        .success();
+    let log = env.dir.path().join("run.log");
+    let mut run = env
+        .spawn_cmd(&["run", "--lease", "1s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    wait_for("some jobs done", Duration::from_secs(60), || {
+        env.state_count("done") >= 2
+    });
+    server.pg_ctl(&["stop", "-m", "fast", "-w"]);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(
+        "the runner to stop claiming",
+        Duration::from_secs(30),
+        || read().contains("stopped claiming, since this runner's jobs may have been reaped"),
+    );
+    server.pg_ctl(&["start", "-w", "-o", &server.opts]);
+    let status = wait_child(&mut run, Duration::from_secs(120));
+    let text = read();
+    assert_eq!(status.code(), Some(0), "{text}");
+    let stopped = text.find("stopped claiming").unwrap();
+    let again = text
+        .find("heartbeat renewed again: claiming again")
+        .unwrap_or_else(|| panic!("no word of claiming again:\n{text}"));
+    assert!(stopped < again, "{text}");
+    assert_eq!(env.state_count("done"), 12, "{text}");
+    assert_eq!(
+        env.int("SELECT COUNT(*) FROM attempts WHERE outcome = 'ok'"),
+        12
     );
 }
