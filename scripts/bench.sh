@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh                  # full: 10,000 jobs, 1,000,000 prompts, 3 alternating runs
 #   BENCH_QUICK=1 scripts/bench.sh    # quick look: 2,000 jobs, 100,000 prompts, 1 run
+#   scripts/with-postgres.sh scripts/bench.sh   # and the PostgreSQL section (scripts/bench-postgres.sh)
 #
 # Environment: BENCH_RUNS (alternating runs per measurement), BENCH_JOBS (jobs for the runner
 # comparison), BENCH_BIG (prompts for enqueue / report), BENCH_DIR (work directory, default a
@@ -224,3 +225,12 @@ median of $RUNS alternating run(s); $JOBS jobs of \`cat\`, 2 at a time
 | run --cache, $CACHE jobs all answered from the cache (s) | $T_cache | | | < 10 s | $(ok_if "$T_cache" "<" 10) |
 | peak RSS of run, $MEM_JOBS jobs (MiB) | $(mib "$RSS_BIG") | $(mib "$RSS_SMALL") ($JOBS jobs) | $(ratio "$RSS_BIG" "$RSS_SMALL")× | < 64 MiB, ≤ 1.10× | $(ok_if "$(mib "$RSS_BIG")" "<" 64) / $(ok_if "$(ratio "$RSS_BIG" "$RSS_SMALL")" "<" 1.101) |
 EOF
+
+# The PostgreSQL section: with a server given (BENCH_PG, or LLMBATCH_TEST_PG under
+# scripts/with-postgres.sh), jobs/s of 1, 2 and 4 runners sharing one queue against 1 runner
+# on SQLite, claim latency and connections per runner.
+if [ -n "${BENCH_PG:-${LLMBATCH_TEST_PG:-}}" ]; then
+    BENCH_JOBS=$JOBS BENCH_RUNS=$RUNS "$ROOT/scripts/bench-postgres.sh"
+else
+    say "PostgreSQL section skipped: run scripts/with-postgres.sh scripts/bench.sh (or set BENCH_PG)"
+fi

@@ -34,13 +34,15 @@ retries, crash recovery and every attempt on record in one SQLite file.",
     after_long_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// The database file (the only state).
+    /// The database file (the only state), or a postgres:// URL: one queue for several hosts.
     #[arg(
         long,
         global = true,
         help_heading = "Global options",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         env = "LLMBATCH_DB",
+        // The value may be a URL with a password: never shown in --help.
+        hide_env_values = true,
         default_value = "llmbatch.db"
     )]
     pub db: PathBuf,

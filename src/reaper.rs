@@ -59,6 +59,12 @@ fn judge(job: StuckJob) -> Option<Orphan> {
             r.pid,
             human_secs(job.lease_expired_ms as f64 / 1000.0)
         ),
+        // Another host: only its heartbeat, on the database's clock, can tell.
+        RunnerLife::Remote => format!(
+            "its runner on {} sent no heartbeat and its lease expired {} ago",
+            r.host,
+            human_secs(job.lease_expired_ms as f64 / 1000.0)
+        ),
         _ => format!(
             "its lease expired {} ago",
             human_secs(job.lease_expired_ms as f64 / 1000.0)

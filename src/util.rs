@@ -3,12 +3,40 @@
 use anyhow::{bail, Result};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch: the one time unit stored in the database.
+/// Milliseconds since the Unix epoch: the one time unit stored in the database. (On
+/// PostgreSQL the database's clock writes every stored time; this host's clock only measures
+/// lengths.)
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+        + clock_skew_ms()
+        + CLOCK_OFFSET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How far the database's clock is ahead of this host's, for a reader that computes ages from
+/// a snapshot of a PostgreSQL queue (whose times are the database's).
+static CLOCK_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub fn set_clock_offset(ms: i64) {
+    CLOCK_OFFSET.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// For tests of hosts whose clocks drift: `LLMBATCH_TEST_CLOCK_SKEW=+10m` (or `-90s`) makes
+/// this process's clock read that far off.
+fn clock_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        let Ok(text) = std::env::var("LLMBATCH_TEST_CLOCK_SKEW") else {
+            return 0;
+        };
+        let (sign, rest) = match text.strip_prefix('-') {
+            Some(rest) => (-1, rest),
+            None => (1, text.trim_start_matches('+')),
+        };
+        parse_duration(rest).map_or(0, |d| sign * d.as_millis() as i64)
+    })
 }
 
 /// The longest duration accepted anywhere: 100 years (36500d). Longer is a typo or an attack,

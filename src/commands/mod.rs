@@ -16,7 +16,7 @@ pub mod worker;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command, ModelsCommand, ScopeArgs};
-use crate::db::{self, Access, Db, Filter, QueueStore};
+use crate::db::{self, Access, Filter, QueueStore};
 
 pub fn dispatch(cli: &Cli) -> Result<u8> {
     // These touch no database.
@@ -27,6 +27,9 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         _ => {}
     }
     let result = run_command(cli);
+    if db::postgres::is_url(&cli.db.to_string_lossy()) {
+        return result;
+    }
     result.map_err(|e| db::explain_busy(e, &cli.db))
 }
 
@@ -41,16 +44,18 @@ fn run_command(cli: &Cli) -> Result<u8> {
         }
         _ => Access::Write,
     };
-    let mut db = Db::open(&cli.db, access)?;
+    // The engine the database calls for: a postgres:// URL or an SQLite file.
+    let mut db = db::open(&cli.db, access)?;
+    let db = &mut *db;
     let code = match &cli.command {
-        Command::Models(a) => models::run(a, &mut db)?,
-        Command::Enqueue(a) => enqueue::run(a, &mut db)?,
-        Command::Run(a) => run::run(a, &db, cli)?,
-        Command::Reap(a) => reap::run(a, cli.quiet, &db)?,
-        Command::Resume(a) => resume::run(a, &db)?,
-        Command::Grade(a) => grade::run(a, &db)?,
-        Command::Report(a) => report::run(a, &db)?,
-        Command::Export(a) => export::run(a, &db)?,
+        Command::Models(a) => models::run(a, db)?,
+        Command::Enqueue(a) => enqueue::run(a, db)?,
+        Command::Run(a) => run::run(a, db, cli)?,
+        Command::Reap(a) => reap::run(a, cli.quiet, db)?,
+        Command::Resume(a) => resume::run(a, db)?,
+        Command::Grade(a) => grade::run(a, db)?,
+        Command::Report(a) => report::run(a, db)?,
+        Command::Export(a) => export::run(a, db)?,
         Command::Worker | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled in dispatch")
         }
@@ -60,7 +65,6 @@ fn run_command(cli: &Cli) -> Result<u8> {
     Ok(code)
 }
 
-/// Turns `--batch/--model/--ids-file` into a filter, loading the ids into the connection.
 /// The jobs `--batch`, `--model` and `--ids-file` select; an id naming no job is bad input.
 pub fn scope_filter(scope: &ScopeArgs, store: &dyn QueueStore) -> Result<Filter> {
     let ids = match &scope.ids_file {

@@ -4,6 +4,7 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod export;
+pub mod postgres;
 pub mod report;
 pub mod sqlite;
 pub mod store;
@@ -12,7 +13,7 @@ use anyhow::Result;
 use std::path::Path;
 
 pub use export::*;
-pub use sqlite::{busy_timeout, explain_busy, is_busy, Db};
+pub use sqlite::{busy_timeout, explain_busy, is_busy, memory, Db};
 pub use store::*;
 
 /// What a command may do to the database.
@@ -26,7 +27,18 @@ pub enum Access {
     Create,
 }
 
-/// Opens the database named by `--db` with the engine it calls for.
+/// Opens the database named by `--db` with the engine it calls for: a `postgres://` or
+/// `postgresql://` URL is PostgreSQL, anything else an SQLite file.
 pub fn open(target: &Path, access: Access) -> Result<Box<dyn Store>> {
+    let text = target.to_string_lossy();
+    if postgres::is_url(&text) {
+        return Ok(Box::new(postgres::open(&text, access == Access::Create)?));
+    }
     Ok(Box::new(Db::open(target, access)?))
+}
+
+/// Whether an error may pass if the work is tried again later: a busy SQLite file, a
+/// PostgreSQL connection lost (a restart).
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    is_busy(err) || postgres::is_disconnect(err)
 }

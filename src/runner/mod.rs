@@ -34,6 +34,9 @@ type TurnOrder = (usize, Option<Instant>);
 
 /// The longest the coordinator sleeps before looking around again.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a runner keeps trying a database it cannot reach (a PostgreSQL restart, a busy
+/// file) before it stops with the error.
+const DB_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 /// How long results of a fast lane may gather before they are committed together.
 const GATHER: Duration = Duration::from_millis(3);
 
@@ -139,6 +142,11 @@ struct Coordinator<'a> {
     summary: Summary,
     started: Instant,
     next_reap: Instant,
+    heartbeat: Option<heartbeat::Heartbeat>,
+    /// Since when the heartbeat has gone unrenewed for over a lease: claims are paused.
+    stale_since: Option<Instant>,
+    /// Since when the database has failed every pass (busy or unreachable).
+    db_trouble_since: Option<Instant>,
 }
 
 /// Runs jobs in scope until none is left (or a stop condition), then reports what it did.
@@ -167,6 +175,9 @@ pub fn run(store: &dyn Store, opts: RunOptions) -> Result<Summary> {
         summary: Summary::default(),
         started,
         next_reap: started,
+        heartbeat: Some(heartbeat),
+        stale_since: None,
+        db_trouble_since: None,
         opts,
     };
     crate::logging::set_bars(coord.multi.clone());
@@ -183,7 +194,7 @@ pub fn run(store: &dyn Store, opts: RunOptions) -> Result<Summary> {
         result = Err(anyhow::anyhow!("internal error: attempts left in flight"));
     }
     crate::logging::set_bars(None);
-    drop(heartbeat);
+    drop(coord.heartbeat.take());
     let reason = match (&result, coord.summary.signal) {
         (Err(_), _) => "error",
         (_, Some(_)) => "interrupted",
@@ -324,35 +335,53 @@ impl Coordinator<'_> {
             self.gather(&mut pending);
             let claiming = self.may_claim();
             if claiming && Instant::now() >= self.next_reap {
-                let orphans = reaper::find_orphans(self.store, Some(self.runner_id))?;
-                self.reap_now(orphans)?;
-                // New models, and jobs put back by a reap or `resume`, get their lanes now.
-                self.refresh_lanes()?;
-            }
-            let dispatched = match self.record_and_claim(&mut pending, claiming) {
-                Ok(n) => n,
-                Err(e) if crate::db::is_busy(&e) => {
-                    // Results stay in `pending` and are recorded on the next pass.
-                    log::warn!("database busy, will retry: {e:#}");
-                    0
+                let found = reaper::find_orphans(self.store, Some(self.runner_id));
+                match self.soft(found)? {
+                    Some(orphans) => {
+                        let reaped = self.reap_now(orphans);
+                        self.soft(reaped)?;
+                    }
+                    None => self.next_reap = Instant::now() + TICK,
                 }
-                Err(e) => return Err(e),
-            };
+                // New models, and jobs put back by a reap or `resume`, get their lanes now.
+                let refreshed = self.refresh_lanes();
+                self.soft(refreshed)?;
+            }
+            // Results stay in `pending` while the database cannot take them (busy, or
+            // PostgreSQL restarting), and are recorded on a later pass.
+            let recorded = self.record_and_claim(&mut pending, claiming);
+            let dispatched = self.soft(recorded)?.unwrap_or(0);
             self.check_unreachable();
             for lane in self.lanes.values() {
                 lane.refresh_bar();
             }
             // Results not yet recorded (a busy database) keep the runner here until they are.
             if self.in_flight == 0 && dispatched == 0 && pending.is_empty() {
-                if !claiming || !self.work_left()? {
+                if let Some(since) = self.stale_since {
+                    // Claims wait for the heartbeat to come back, within the outage bound.
+                    if since.elapsed() > DB_OUTAGE_LIMIT {
+                        anyhow::bail!(
+                            "the heartbeat could not be renewed for {}: stopping",
+                            human_secs(DB_OUTAGE_LIMIT.as_secs_f64())
+                        );
+                    }
+                    if self.summary.signal.is_none() && self.stop.level() == 0 {
+                        self.nap(TICK);
+                        continue;
+                    }
+                }
+                let left = self.work_left();
+                if !claiming || !self.soft(left)?.unwrap_or(true) {
                     if self.opts.watch && claiming {
                         self.nap(self.opts.poll);
-                        self.refresh_lanes()?;
+                        let refreshed = self.refresh_lanes();
+                        self.soft(refreshed)?;
                         continue;
                     }
                     return Ok(());
                 }
-                self.refresh_lanes()?;
+                let refreshed = self.refresh_lanes();
+                self.soft(refreshed)?;
             }
             match self.rx.recv_timeout(self.wait_time()) {
                 Ok(done) => self.receive(done, &mut pending),
@@ -434,6 +463,24 @@ impl Coordinator<'_> {
     fn may_claim(&mut self) -> bool {
         if self.summary.signal.is_some() || self.stop.level() > 0 {
             return false;
+        }
+        // A runner whose heartbeat has not been renewed for a lease may have been reaped by
+        // another host: it takes no more work until the heartbeat is renewed again.
+        if let Some(hb) = &self.heartbeat {
+            let stale = hb.stale_for(self.opts.lease);
+            if stale.is_some() != self.stale_since.is_some() {
+                self.stale_since = stale.is_some().then(Instant::now);
+                match &stale {
+                    Some(why) => log::warn!(
+                        "heartbeat not renewed for over {} ({why}): stopped claiming, since this runner's jobs may have been reaped",
+                        human_secs(self.opts.lease.as_secs_f64())
+                    ),
+                    None => log::warn!("heartbeat renewed again: claiming again"),
+                }
+            }
+            if stale.is_some() {
+                return false;
+            }
         }
         if let Some(max) = self.opts.max_runtime {
             if self.started.elapsed() >= max {
@@ -827,6 +874,42 @@ impl Coordinator<'_> {
             .map(|(n, _)| n.clone())
             .collect();
         self.store.work_left(&self.opts.filter, &stopped)
+    }
+
+    /// A transient database error (see [`Self::db_trouble`]) becomes None; others stay errors.
+    fn soft<T>(&mut self, r: Result<T>) -> Result<Option<T>> {
+        match r {
+            Ok(v) => {
+                self.db_trouble_since = None;
+                Ok(Some(v))
+            }
+            Err(e) if crate::db::is_transient(&e) => {
+                self.db_trouble(e)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The database could not be used just now (a busy file, PostgreSQL restarting): what
+    /// waits to be recorded stays in memory and a later pass tries again — for at most
+    /// [`DB_OUTAGE_LIMIT`], after which the runner stops with the error.
+    fn db_trouble(&mut self, e: anyhow::Error) -> Result<()> {
+        let since = *self.db_trouble_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > DB_OUTAGE_LIMIT {
+            return Err(e.context(format!(
+                "the database stayed unavailable for {}",
+                human_secs(DB_OUTAGE_LIMIT.as_secs_f64())
+            )));
+        }
+        if crate::db::is_busy(&e) {
+            log::warn!("database busy, will retry: {e:#}");
+        } else {
+            log::warn!("database unavailable, will retry: {e:#}");
+            // Do not spin while it is down; the session reconnects with its own pauses.
+            self.nap(Duration::from_millis(200));
+        }
+        Ok(())
     }
 }
 

@@ -22,17 +22,87 @@ pub fn bin_path() -> PathBuf {
     assert_cmd::cargo::cargo_bin("llmbatch")
 }
 
-/// A temp directory holding one database; commands run with `--db` pointing at it.
+/// A temp directory holding one database; commands run with `--db` pointing at it. On the
+/// PostgreSQL engine `db` is the URL of a database made for this test alone (dropped at the end).
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
+    pub engine: Engine,
+}
+
+/// Which storage engine a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// The server `scripts/with-postgres.sh` started (`LLMBATCH_TEST_PG`). Absent: under CI a
+/// failure (CI always has one), elsewhere None after saying how to get one.
+pub fn pg_server() -> Option<String> {
+    if let Ok(url) = std::env::var("LLMBATCH_TEST_PG") {
+        return Some(url);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "LLMBATCH_TEST_PG is not set: CI must run the tests through scripts/with-postgres.sh"
+        );
+    }
+    eprintln!(
+        "PostgreSQL not available: this test is skipped; run scripts/with-postgres.sh cargo test"
+    );
+    None
+}
+
+/// Runs `$body` with `env` on PostgreSQL, or skips (saying so) when no server is available.
+#[macro_export]
+macro_rules! on_postgres {
+    ($body:expr) => {
+        if let Some(env) = $crate::common::Env::with_engine($crate::common::Engine::Postgres) {
+            $body(env);
+        }
+    };
+}
+
+/// A client for the test server's maintenance database (to create and drop test databases).
+pub fn pg_client(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).expect("connect to the test PostgreSQL")
 }
 
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("test.db");
-        Env { dir, db }
+        Env {
+            dir,
+            db,
+            engine: Engine::Sqlite,
+        }
+    }
+
+    /// An Env on `engine`; None when it is PostgreSQL and no server is available (see
+    /// [`pg_server`]).
+    pub fn with_engine(engine: Engine) -> Option<Env> {
+        if engine == Engine::Sqlite {
+            return Some(Env::new());
+        }
+        let server = pg_server()?;
+        let name = format!("t_{}", unique_marker("pg").replace('-', "_").to_lowercase());
+        pg_client(&server)
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let (base, _) = server.rsplit_once('/').expect("database URL");
+        let dir = tempfile::tempdir().expect("temp dir");
+        Some(Env {
+            dir,
+            db: PathBuf::from(format!("{base}/{name}")),
+            engine,
+        })
+    }
+
+    /// The database's URL (PostgreSQL) or path (SQLite) as text.
+    pub fn db_arg(&self) -> String {
+        self.db.to_string_lossy().into_owned()
     }
 
     /// `llmbatch --db <db> ARGS…`, with a clean environment for the variables we read.
@@ -85,9 +155,20 @@ impl Env {
         c
     }
 
-    /// One integer from a query.
+    /// One integer from a query (on either engine).
     pub fn int(&self, sql: &str) -> i64 {
+        if self.engine == Engine::Postgres {
+            let v = self.rows(sql).remove(0).remove(0);
+            return v
+                .parse()
+                .unwrap_or_else(|_| panic!("{sql}: {v} is not an integer"));
+        }
         self.conn().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    /// A client on this test's PostgreSQL database.
+    pub fn pg(&self) -> postgres::Client {
+        pg_client(&self.db_arg())
     }
 
     /// Job counts by state.
@@ -109,6 +190,20 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("report json")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.engine == Engine::Postgres {
+            if let (Some(server), Some((_, name))) = (
+                std::env::var("LLMBATCH_TEST_PG").ok(),
+                self.db_arg().rsplit_once('/'),
+            ) {
+                let _ = pg_client(&server)
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
     }
 }
 
@@ -194,6 +289,23 @@ impl Env {
 
     /// Rows of a query, each value rendered as text (NULL as "NULL").
     pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        if self.engine == Engine::Postgres {
+            // The simple protocol sends every value as text, whatever its type.
+            return self
+                .pg()
+                .simple_query(sql)
+                .expect(sql)
+                .into_iter()
+                .filter_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => Some(
+                        (0..r.len())
+                            .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect();
+        }
         let conn = self.conn();
         let mut stmt = conn.prepare(sql).expect(sql);
         let n = stmt.column_count();
@@ -240,6 +352,16 @@ impl Env {
 
     /// The output of a job: that of the attempt `jobs.attempt_id` points at.
     pub fn job_output(&self, job_id: i64) -> Option<String> {
+        if self.engine == Engine::Postgres {
+            return self
+                .pg()
+                .query_one(
+                    "SELECT a.output FROM jobs j JOIN attempts a ON a.id = j.attempt_id WHERE j.id = $1",
+                    &[&job_id],
+                )
+                .expect("job output")
+                .get(0);
+        }
         self.conn()
             .query_row(
                 "SELECT a.output FROM jobs j JOIN attempts a ON a.id = j.attempt_id WHERE j.id = ?1",

@@ -10,6 +10,7 @@ mod grade_http;
 mod hostile;
 mod http;
 mod page;
+mod postgres;
 mod promises;
 mod recovery;
 mod reports;

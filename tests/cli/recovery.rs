@@ -88,8 +88,8 @@ fn assert_invariants(env: &Env) {
     let bad = env.rows(
         "SELECT j.id FROM jobs j WHERE j.state = 'done' AND (
              (SELECT COUNT(*) FROM attempts a WHERE a.job_id = j.id AND a.outcome = 'ok') <> 1
-          OR (SELECT a.outcome FROM attempts a WHERE a.id = j.attempt_id) IS NOT 'ok'
-          OR (SELECT a.job_id FROM attempts a WHERE a.id = j.attempt_id) IS NOT j.id)",
+          OR (SELECT a.outcome FROM attempts a WHERE a.id = j.attempt_id) IS DISTINCT FROM 'ok'
+          OR (SELECT a.job_id FROM attempts a WHERE a.id = j.attempt_id) IS DISTINCT FROM j.id)",
     );
     assert!(
         bad.is_empty(),
@@ -177,7 +177,15 @@ fn chaos_rounds() -> usize {
 /// manual step and every invariant intact (LESSONS 2, 3; DESIGN invariants 1–6).
 #[test]
 fn chaos_kill_9_at_random_moments_then_run_to_completion() {
-    let env = Env::new();
+    chaos_kill_9_at_random_moments_then_run_to_completion_on(Env::new());
+}
+
+#[test]
+fn chaos_kill_9_at_random_moments_then_run_to_completion_postgres() {
+    crate::on_postgres!(chaos_kill_9_at_random_moments_then_run_to_completion_on);
+}
+
+fn chaos_kill_9_at_random_moments_then_run_to_completion_on(env: Env) {
     let marker = unique_marker("chaos");
     let many = ["--max-attempts", "100"];
     env.model_cmd(
@@ -335,7 +343,15 @@ fn chaos_kill_9_at_random_moments_then_run_to_completion() {
 /// and the job keeps B's result (LESSONS 5; DESIGN invariant 3).
 #[test]
 fn a_stopped_runner_is_reaped_and_its_late_result_discarded() {
-    let env = Env::new();
+    a_stopped_runner_is_reaped_and_its_late_result_discarded_on(Env::new());
+}
+
+#[test]
+fn a_stopped_runner_is_reaped_and_its_late_result_discarded_postgres() {
+    crate::on_postgres!(a_stopped_runner_is_reaped_and_its_late_result_discarded_on);
+}
+
+fn a_stopped_runner_is_reaped_and_its_late_result_discarded_on(env: Env) {
     let marker = unique_marker("race");
     env.model_cmd(
         "m",
@@ -548,7 +564,15 @@ fn start_slow_run(env: &Env, marker: &str, secs: &str, n: i64, extra: &[&str], l
 /// stopped, exit 143; the next run finishes them (LESSONS 4).
 #[test]
 fn sigterm_returns_jobs_to_pending_uncharged_and_exits_143() {
-    let env = Env::new();
+    sigterm_returns_jobs_to_pending_uncharged_and_exits_143_on(Env::new());
+}
+
+#[test]
+fn sigterm_returns_jobs_to_pending_uncharged_and_exits_143_postgres() {
+    crate::on_postgres!(sigterm_returns_jobs_to_pending_uncharged_and_exits_143_on);
+}
+
+fn sigterm_returns_jobs_to_pending_uncharged_and_exits_143_on(env: Env) {
     let marker = unique_marker("term");
     let mut child = start_slow_run(&env, &marker, "30", 2, &["--kill-grace", "1"], "run.log");
     let sent = Instant::now();
@@ -575,7 +599,8 @@ fn sigterm_returns_jobs_to_pending_uncharged_and_exits_143() {
     for a in &attempts {
         assert_eq!(a, &vec!["interrupted".to_string(), "0".into()]);
     }
-    let runner = env.rows("SELECT stopped_at IS NOT NULL, stop_reason FROM runners");
+    let runner =
+        env.rows("SELECT CASE WHEN stopped_at IS NULL THEN 0 ELSE 1 END, stop_reason FROM runners");
     assert_eq!(runner, vec![vec!["1".to_string(), "interrupted".into()]]);
     wait_for(
         "the attempts' processes gone",
@@ -651,7 +676,15 @@ fn a_second_signal_kills_at_once() {
 /// reaches the user (LESSONS 18; DESIGN: several runners).
 #[test]
 fn two_runners_share_200_jobs_each_done_once() {
-    let env = Env::new();
+    two_runners_share_200_jobs_each_done_once_on(Env::new());
+}
+
+#[test]
+fn two_runners_share_200_jobs_each_done_once_postgres() {
+    crate::on_postgres!(two_runners_share_200_jobs_each_done_once_on);
+}
+
+fn two_runners_share_200_jobs_each_done_once_on(env: Env) {
     let marker = unique_marker("two");
     let gate = env.dir.path().join("go").to_string_lossy().into_owned();
     env.model_cmd(
@@ -827,7 +860,15 @@ fn unknown_ids_are_listed_and_change_nothing() {
 /// and says how many; the attempts end `lost` (LESSONS 3).
 #[test]
 fn reap_finds_a_killed_runners_jobs_at_once() {
-    let env = Env::new();
+    reap_finds_a_killed_runners_jobs_at_once_on(Env::new());
+}
+
+#[test]
+fn reap_finds_a_killed_runners_jobs_at_once_postgres() {
+    crate::on_postgres!(reap_finds_a_killed_runners_jobs_at_once_on);
+}
+
+fn reap_finds_a_killed_runners_jobs_at_once_on(env: Env) {
     let marker = unique_marker("reap");
     env.cmd(&["enqueue", "--model", "slow", &env.prompts("p.csv", 3)])
         .assert()

@@ -1,0 +1,712 @@
+//! The store traits on PostgreSQL. One connection per handle (a runner's coordinator has one,
+//! its heartbeat another, from [`Store::reopen`]); it comes back after a restart (see
+//! [`Session`]). No transaction is left open between calls, so none is held across a model
+//! call.
+
+use anyhow::Result;
+use postgres::Client;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::queue::{self, Params};
+use super::session::Session;
+use super::{catalog, Target};
+use crate::db::export::*;
+use crate::db::report::*;
+use crate::db::store::*;
+use crate::domain::{JobKind, JobState, Outcome};
+use crate::grading::Rubric;
+use crate::models::ModelConfig;
+use std::collections::BTreeMap;
+
+pub struct PgStore {
+    session: RefCell<Session>,
+    /// The snapshot the report sections read, taken at the first one: every section of one
+    /// report sees the same moment.
+    snap: RefCell<Option<crate::db::Db>>,
+}
+
+impl PgStore {
+    pub fn new(target: Target, client: Client) -> PgStore {
+        PgStore {
+            session: RefCell::new(Session::with_client(target, client)),
+            snap: RefCell::new(None),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        self.session.borrow_mut().with(f)
+    }
+
+    pub fn target(&self) -> Target {
+        self.session.borrow().target.clone()
+    }
+
+    /// A consistent snapshot of the queue in an SQLite database in memory, for the reports.
+    pub fn snapshot(&self) -> Result<rusqlite::Connection> {
+        let shown = self.session.borrow().target.shown.clone();
+        self.with(|c| super::snapshot::snapshot(c, &shown))
+    }
+}
+
+impl QueueStore for PgStore {
+    fn register_runner(&self, runner: &NewRunner) -> Result<i64> {
+        self.with(|c| queue::register(c, runner))
+    }
+
+    fn renew_leases(&self, runner_id: i64, lease_ms: i64) -> Result<()> {
+        self.session
+            .borrow_mut()
+            .with_cache(|c, st| queue::renew(c, st, runner_id, lease_ms))
+    }
+
+    fn stop_runner(&self, runner_id: i64, reason: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runners SET stopped_at = llmbatch_now_ms(), stop_reason = $1 WHERE id = $2",
+                &[&reason, &runner_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn mark_runners_died(&self, runner_ids: &[i64]) -> Result<()> {
+        self.with(|c| queue::mark_runners_died(c, runner_ids))
+    }
+
+    fn record_and_claim(&self, p: &RecordAndClaimParams) -> Result<Recorded> {
+        self.session.borrow_mut().with_cache(|c, st| {
+            // Each finish and each claim is one statement, atomic and fenced by itself; more
+            // than one go in one short transaction (one commit), which ends before any
+            // claimed attempt starts.
+            // (A grade's finish also writes its verdict: always a transaction.)
+            let single = p.finishes.len() + p.claims.len() <= 1
+                && p.finishes.iter().all(|f| f.claim.kind != JobKind::Grade);
+            if single {
+                return record_and_claim_in(c, st, p);
+            }
+            let mut tx = c.transaction()?;
+            let done = record_and_claim_in(&mut tx, st, p)?;
+            tx.commit()?;
+            Ok(done)
+        })
+    }
+
+    fn find_stuck(&self, except_runner: Option<i64>) -> Result<Vec<StuckJob>> {
+        self.with(|c| queue::find_stuck(c, except_runner))
+    }
+
+    fn rescue(&self, jobs: &[Rescue]) -> Result<Vec<(usize, JobState)>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let rescued = queue::rescue(&mut tx, jobs)?;
+            tx.commit()?;
+            Ok(rescued)
+        })
+    }
+
+    fn reap(
+        &self,
+        except_runner: Option<i64>,
+        pick: &mut dyn FnMut(Vec<StuckJob>) -> Vec<Rescue>,
+    ) -> Result<Vec<(usize, JobState)>> {
+        self.with(|c| {
+            // Short: the jobs are judged from what was read, and each rescue is fenced by its
+            // token, so no lock is needed while `pick` looks at processes.
+            let mut tx = c.transaction()?;
+            let chosen = pick(queue::find_stuck(&mut tx, except_runner)?);
+            let rescued = queue::rescue(&mut tx, &chosen)?;
+            tx.commit()?;
+            Ok(rescued)
+        })
+    }
+
+    fn release_runner(&self, runner_id: i64) -> Result<usize> {
+        self.with(|c| queue::release_runner(c, runner_id))
+    }
+
+    fn resume(&self, p: &ResumeParams) -> Result<Vec<i64>> {
+        self.with(|c| queue::resume(c, p))
+    }
+
+    fn enqueue_grades(&self, p: &EnqueueGradesParams) -> Result<GradesQueued> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            // New job ids of one command form one range, as an enqueue's.
+            tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('llmbatch enqueue'))")?;
+            let rubric_id = catalog::save_rubric(&mut tx, p.rubric)?;
+            let mut q = Params::default();
+            let cond = queue::scope(p.filter, "j", &mut q);
+            let r = tx.query_one(
+                &format!(
+                    "SELECT COUNT(*), COUNT(*) FILTER (WHERE j.state <> 'done') FROM jobs j
+                     WHERE j.kind = 'generate'{cond}"
+                ),
+                &q.refs(),
+            )?;
+            let mut queued = GradesQueued {
+                rubric_id,
+                outputs: r.get(0),
+                waiting: r.get(1),
+                new: 0,
+            };
+            if queued.outputs == 0 {
+                return Ok(queued);
+            }
+            for grader in p.graders {
+                let mut q = Params::default();
+                let g = q.add(grader.clone());
+                let rid = q.add(rubric_id);
+                let cond = queue::scope(p.filter, "j", &mut q);
+                queued.new += tx.execute(
+                    &format!(
+                        "INSERT INTO jobs (batch, item_id, model, kind, parent_id, rubric_id, created_at, updated_at)
+                         SELECT j.batch, j.item_id, {g}, 'grade', j.id, {rid}, llmbatch_now_ms(), llmbatch_now_ms()
+                         FROM jobs j WHERE j.kind = 'generate'{cond}
+                           AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = 'grade'
+                                           AND o.parent_id = j.id AND o.model = {g} AND o.rubric_id = {rid})
+                         ORDER BY j.id
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    &q.refs(),
+                )? as i64;
+            }
+            tx.commit()?;
+            Ok(queued)
+        })
+    }
+
+    fn enqueue(&self) -> Result<Box<dyn Enqueue + '_>> {
+        PgEnqueue::begin(self).map(|e| Box::new(e) as Box<dyn Enqueue>)
+    }
+
+    fn first_pending(&self, model: &str) -> Result<Option<i64>> {
+        self.with(|c| {
+            Ok(c.query_one(
+                "SELECT MIN(id) FROM jobs WHERE state = 'pending' AND model = $1",
+                &[&model],
+            )?
+            .get(0))
+        })
+    }
+
+    fn runnable(
+        &self,
+        model: &str,
+        filter: &Filter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::Claim>> {
+        self.with(|c| queue::runnable(c, model, filter, after, limit))
+    }
+
+    fn cached_answer(&self, key: &str) -> Result<Option<crate::domain::Finish>> {
+        self.with(|c| queue::cached_answer(c, key))
+    }
+
+    fn answer_cached(
+        &self,
+        runner_id: i64,
+        answers: &[(crate::domain::Claim, crate::domain::Finish)],
+    ) -> Result<Vec<Option<(i64, i64)>>> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let mut out = Vec::with_capacity(answers.len());
+            for (claim, f) in answers {
+                out.push(queue::answer_cached(&mut tx, runner_id, claim, f)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn unknown_ids(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT DISTINCT u.id FROM unnest($1::bigint[]) AS u(id)
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.id) ORDER BY u.id",
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+    }
+
+    fn state_counts(&self, filter: &Filter) -> Result<HashMap<JobState, i64>> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql =
+                format!("SELECT j.state, COUNT(*) FROM jobs j WHERE true{cond} GROUP BY j.state");
+            Ok(c.query(&sql, &p.refs())?
+                .iter()
+                .filter_map(|r| JobState::parse(r.get::<_, &str>(0)).map(|s| (s, r.get(1))))
+                .collect())
+        })
+    }
+
+    fn pending_models(&self, filter: &Filter) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql = format!(
+                "SELECT DISTINCT j.model FROM jobs j WHERE j.state = 'pending'{cond} ORDER BY 1"
+            );
+            Ok(c.query(&sql, &p.refs())?.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn open_jobs(&self, filter: &Filter, model: &str) -> Result<u64> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let m = p.add(model.to_string());
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql = format!(
+                "SELECT COUNT(*) FROM jobs j WHERE j.state IN ('pending', 'running') AND j.model = {m}{cond}"
+            );
+            Ok(c.query_one(&sql, &p.refs())?.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn next_runnable_in(&self, filter: &Filter, model: &str) -> Result<Option<i64>> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let m = p.add(model.to_string());
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql = format!(
+                "SELECT MIN(j.not_before) - llmbatch_now_ms() FROM jobs j
+                 WHERE j.state = 'pending' AND j.model = {m}{cond}"
+            );
+            Ok(c.query_one(&sql, &p.refs())?.get(0))
+        })
+    }
+
+    fn work_left(&self, filter: &Filter, stopped: &[String]) -> Result<bool> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let s = p.add(stopped.to_vec());
+            let pcond = queue::scope(filter, "p", &mut p);
+            let cond = queue::scope(filter, "j", &mut p);
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id
+                 WHERE (j.state = 'running' OR (j.state = 'pending'
+                        AND (j.parent_id IS NULL OR p.state IN ('running', 'done')
+                             OR (p.state = 'pending'{pcond} AND p.model <> ALL({s}::text[])))))
+                   {cond} AND j.model <> ALL({s}::text[]))"
+            );
+            Ok(c.query_one(&sql, &p.refs())?.get(0))
+        })
+    }
+
+    fn items_missing_var(&self, filter: &Filter, name: &str) -> Result<MissingVar> {
+        self.with(|c| {
+            let mut p = Params::default();
+            let n = p.add(name.to_string());
+            let cond = queue::scope(filter, "j", &mut p);
+            let r = c.query_one(
+                &format!(
+                    "SELECT COUNT(*), MIN(j.batch || chr(31) || j.item_id) FROM jobs j
+                     JOIN items i ON i.batch = j.batch AND i.item_id = j.item_id
+                     WHERE NOT (i.vars::jsonb ? {n}) AND j.kind = 'generate'{cond}"
+                ),
+                &p.refs(),
+            )?;
+            let example: Option<String> = r.get(1);
+            Ok(MissingVar {
+                count: r.get(0),
+                example: example.and_then(|e| {
+                    e.split_once('\u{1f}')
+                        .map(|(b, i)| (b.to_string(), i.to_string()))
+                }),
+            })
+        })
+    }
+}
+
+fn record_and_claim_in(
+    c: &mut impl postgres::GenericClient,
+    st: &mut super::session::Statements,
+    p: &RecordAndClaimParams,
+) -> Result<Recorded> {
+    let mut done = Recorded::default();
+    for f in &p.finishes {
+        done.kept.push(queue::finish(c, st, f)?);
+    }
+    for want in &p.claims {
+        let started = std::time::Instant::now();
+        let got = queue::claim(c, st, p.runner_id, p.lease_ms, p.filter, want)?;
+        log::debug!(
+            target: "llmbatch::claim",
+            "claimed {} job(s): claim took {:.3} ms",
+            got.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        done.claims.push(got);
+    }
+    Ok(done)
+}
+
+/// An enqueue on PostgreSQL: one transaction, under a lock that makes concurrent enqueues
+/// (and grade) take turns, so the jobs one adds have one range of ids. Claims never wait for
+/// it.
+struct PgEnqueue<'a> {
+    session: RefCell<std::cell::RefMut<'a, Session>>,
+    first_new: i64,
+    done: bool,
+}
+
+impl<'a> PgEnqueue<'a> {
+    fn begin(store: &'a PgStore) -> Result<PgEnqueue<'a>> {
+        let mut session = store.session.borrow_mut();
+        let first_new = session.with(|c| {
+            c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('llmbatch enqueue'))")?;
+            Ok(
+                c.query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs", &[])?
+                    .get::<_, i64>(0),
+            )
+        })?;
+        Ok(PgEnqueue {
+            session: RefCell::new(session),
+            first_new,
+            done: false,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        // The session is held for the whole enqueue; a lost connection ends it (the
+        // transaction is gone with it).
+        self.session.borrow_mut().with(f)
+    }
+}
+
+impl Drop for PgEnqueue<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self
+                .session
+                .get_mut()
+                .with(|c| Ok(c.batch_execute("ROLLBACK")?));
+        }
+    }
+}
+
+impl Enqueue for PgEnqueue<'_> {
+    fn add_items(&self, batch: &str, items: &[NewItem]) -> Result<Option<Vec<StoredItem>>> {
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<&str> = items.iter().map(|i| i.id).collect();
+        let prompts: Vec<&str> = items.iter().map(|i| i.prompt).collect();
+        let vars: Vec<&str> = items.iter().map(|i| i.vars).collect();
+        let messages: Vec<Option<&str>> = items.iter().map(|i| i.messages).collect();
+        let options: Vec<Option<&str>> = items.iter().map(|i| i.options).collect();
+        self.with(|c| {
+            let added = c.execute(
+                "INSERT INTO items (batch, item_id, prompt, vars, messages, options)
+                 SELECT $1, i, p, v, m, o
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS d(i, p, v, m, o)
+                 ON CONFLICT DO NOTHING",
+                &[&batch, &ids, &prompts, &vars, &messages, &options],
+            )?;
+            if added as usize == items.len() {
+                return Ok(None);
+            }
+            let rows = c.query(
+                "SELECT m.prompt, m.vars, m.messages, m.options
+                 FROM unnest($2::text[]) WITH ORDINALITY AS d(i, n)
+                 JOIN items m ON m.batch = $1 AND m.item_id = d.i ORDER BY d.n",
+                &[&batch, &ids],
+            )?;
+            Ok(Some(
+                rows.iter()
+                    .map(|r| StoredItem {
+                        prompt: r.get(0),
+                        vars: r.get(1),
+                        messages: r.get(2),
+                        options: r.get(3),
+                    })
+                    .collect(),
+            ))
+        })
+    }
+
+    fn queued_before(&self, batch: &str, item_id: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = $1 AND item_id = $2
+                                AND kind = 'generate' AND id < $3)",
+                &[&batch, &item_id, &self.first_new],
+            )?
+            .get(0))
+        })
+    }
+
+    fn add_jobs(&self, batch: &str, jobs: &[(&str, &str, i64)]) -> Result<u64> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<&str> = jobs.iter().map(|j| j.0).collect();
+        let models: Vec<&str> = jobs.iter().map(|j| j.1).collect();
+        let repeats: Vec<i64> = jobs.iter().map(|j| j.2).collect();
+        self.with(|c| {
+            Ok(c.execute(
+                "INSERT INTO jobs (batch, item_id, model, kind, created_at, updated_at, repeat)
+                 SELECT $1, d.i, d.m, 'generate', llmbatch_now_ms(), llmbatch_now_ms(), d.r
+                 FROM unnest($2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS d(i, m, r, n)
+                 -- Rows already there are left out before they draw an id, so the new jobs'
+                 -- ids are one range (ON CONFLICT alone would spend ids on them).
+                 WHERE NOT EXISTS (SELECT 1 FROM jobs o WHERE o.kind = 'generate'
+                                   AND o.batch = $1 AND o.item_id = d.i AND o.model = d.m
+                                   AND o.repeat = d.r)
+                 ORDER BY d.n
+                 ON CONFLICT DO NOTHING",
+                &[&batch, &items, &models, &repeats],
+            )?)
+        })
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<NewJobs> {
+        let last = self.with(|c| {
+            let last: i64 = c
+                .query_one("SELECT COALESCE(MAX(id), 0) FROM jobs", &[])?
+                .get(0);
+            c.batch_execute("COMMIT")?;
+            Ok(last)
+        })?;
+        self.done = true;
+        Ok(NewJobs {
+            first: self.first_new,
+            last,
+        })
+    }
+}
+
+impl Catalog for PgStore {
+    fn model(&self, name: &str) -> Result<ModelConfig> {
+        self.with(|c| catalog::load_model(c, name))
+    }
+
+    fn models(&self) -> Result<Vec<ModelConfig>> {
+        self.with(catalog::list_models)
+    }
+
+    fn save_model(&self, model: &ModelConfig) -> Result<()> {
+        self.with(|c| catalog::save_model(c, model))
+    }
+
+    fn rubric(&self, id: i64) -> Result<Rubric> {
+        self.with(|c| catalog::load_rubric(c, id))
+    }
+
+    fn ok_durations(&self, model: &str, window_ms: i64) -> Result<DurationSample> {
+        self.with(|c| catalog::ok_durations(c, model, window_ms))
+    }
+
+    fn ok_gaps(&self, model: &str, window_ms: i64) -> Result<(i64, Option<f64>)> {
+        self.with(|c| catalog::ok_gaps(c, model, window_ms))
+    }
+}
+
+/// The report sections read a consistent snapshot (see [`super::snapshot`]) with the SQLite
+/// engine's code: one definition of every number, percentiles included, on both engines.
+impl PgStore {
+    fn snap<T>(&self, f: impl FnOnce(&crate::db::Db) -> Result<T>) -> Result<T> {
+        if self.snap.borrow().is_none() {
+            let db = crate::db::Db::in_memory(self.snapshot()?);
+            *self.snap.borrow_mut() = Some(db);
+        }
+        f(self.snap.borrow().as_ref().expect("taken above"))
+    }
+}
+
+impl ReportSource for PgStore {
+    fn token_sums(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<TokenSum>> {
+        self.snap(|d| d.token_sums(scope, by))
+    }
+
+    fn models_in_scope(&self, filter: &Filter) -> Result<Vec<String>> {
+        self.snap(|d| d.models_in_scope(filter))
+    }
+
+    fn generation_sums(&self, scope: &AttemptScope) -> Result<Vec<GenerationSums>> {
+        self.snap(|d| d.generation_sums(scope))
+    }
+
+    fn failed_jobs(&self, scope: &AttemptScope, cap: usize) -> Result<(i64, Vec<FailedJob>)> {
+        self.snap(|d| d.failed_jobs(scope, cap))
+    }
+
+    fn done_span(&self, filter: &Filter) -> Result<Option<(i64, i64)>> {
+        self.snap(|d| d.done_span(filter))
+    }
+
+    fn done_per_interval(
+        &self,
+        filter: &Filter,
+        start: i64,
+        step_ms: i64,
+        span: (i64, i64),
+    ) -> Result<Vec<DoneInBucket>> {
+        self.snap(|d| d.done_per_interval(filter, start, step_ms, span))
+    }
+
+    fn ok_durations_at(
+        &self,
+        scope: &AttemptScope,
+        model: &str,
+        positions: &[i64],
+    ) -> Result<Vec<i64>> {
+        self.snap(|d| d.ok_durations_at(scope, model, positions))
+    }
+
+    fn status(&self, scope: &AttemptScope) -> Result<(Vec<(String, ModelStatus)>, i64)> {
+        self.snap(|d| d.status(scope))
+    }
+
+    fn running_jobs(&self, scope: &AttemptScope, limit: usize) -> Result<Vec<RunningJob>> {
+        self.snap(|d| d.running_jobs(scope, limit))
+    }
+
+    fn runners(&self, since_ms: Option<i64>, limit: Option<usize>) -> Result<Vec<RunnerRow>> {
+        self.snap(|d| d.runners(since_ms, limit))
+    }
+
+    fn each_repeat_grade(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(RepeatGrade) -> Result<()>,
+    ) -> Result<()> {
+        self.snap(|d| d.each_repeat_grade(filter, each))
+    }
+
+    fn cached_done(&self, scope: &AttemptScope) -> Result<i64> {
+        self.snap(|d| d.cached_done(scope))
+    }
+
+    fn clock(&self) -> Result<i64> {
+        self.snap(|d| d.clock())
+    }
+
+    fn flow(&self, filter: &Filter, since_ms: i64) -> Result<BTreeMap<String, ModelFlow>> {
+        self.snap(|d| d.flow(filter, since_ms))
+    }
+
+    fn phase_samples(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+        cold_load_ms: f64,
+    ) -> Result<Vec<PhaseSample>> {
+        self.snap(|d| d.phase_samples(scope, by, cold_load_ms))
+    }
+
+    fn generates(&self, filter: &Filter, model: &str) -> Result<bool> {
+        self.snap(|d| d.generates(filter, model))
+    }
+
+    fn grade_groups(&self, scope: &AttemptScope) -> Result<Vec<GradeGroup>> {
+        self.snap(|d| d.grade_groups(scope))
+    }
+
+    fn grader_sums(&self, scope: &AttemptScope) -> Result<Vec<GraderSums>> {
+        self.snap(|d| d.grader_sums(scope))
+    }
+
+    fn grader_jobs(&self, filter: &Filter) -> Result<Vec<GraderJobs>> {
+        self.snap(|d| d.grader_jobs(filter))
+    }
+
+    fn grader_pairs(&self, scope: &AttemptScope) -> Result<Vec<GraderPair>> {
+        self.snap(|d| d.grader_pairs(scope))
+    }
+
+    fn outcomes_since(&self, model: &str, outcome: Outcome, since_ms: i64) -> Result<i64> {
+        self.snap(|d| d.outcomes_since(model, outcome, since_ms))
+    }
+
+    fn latency(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<LatencyGroup>> {
+        self.snap(|d| d.latency(scope, by))
+    }
+
+    fn metric_percentiles(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+        metric: StreamMetric,
+        ps: &[f64],
+    ) -> Result<BTreeMap<Vec<String>, Vec<f64>>> {
+        self.snap(|d| d.metric_percentiles(scope, by, metric, ps))
+    }
+
+    fn stream_rates(
+        &self,
+        scope: &AttemptScope,
+        by: &[GroupKey],
+    ) -> Result<BTreeMap<Vec<String>, f64>> {
+        self.snap(|d| d.stream_rates(scope, by))
+    }
+
+    fn outcome_counts(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<OutcomeCounts>> {
+        self.snap(|d| d.outcome_counts(scope, by))
+    }
+
+    fn jobs(
+        &self,
+        scope: &AttemptScope,
+        state: Option<JobState>,
+        outcome: Option<Outcome>,
+    ) -> Result<(Vec<JobRow>, i64)> {
+        self.snap(|d| d.jobs(scope, state, outcome))
+    }
+}
+
+/// Exports read the same snapshot as the reports, with the SQLite code.
+impl ExportSource for PgStore {
+    fn each_output(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(OutputRow) -> Result<()>,
+    ) -> Result<u64> {
+        self.snap(|d| d.each_output(filter, each))
+    }
+
+    fn grades_of(&self, job_id: i64) -> Result<Vec<GradeRow>> {
+        self.snap(|d| d.grades_of(job_id))
+    }
+
+    fn grade_pairs(&self, filter: &Filter) -> Result<Vec<(String, String)>> {
+        self.snap(|d| d.grade_pairs(filter))
+    }
+
+    fn each_attempt(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(AttemptRow) -> Result<()>,
+    ) -> Result<u64> {
+        self.snap(|d| d.each_attempt(filter, each))
+    }
+
+    fn each_batch_result(
+        &self,
+        filter: &Filter,
+        each: &mut dyn FnMut(BatchResultRow) -> Result<()>,
+    ) -> Result<u64> {
+        self.snap(|d| d.each_batch_result(filter, each))
+    }
+}
+
+impl Store for PgStore {
+    fn reopen(&self) -> Result<Box<dyn Store>> {
+        let target = self.target();
+        let client = target.connect()?;
+        Ok(Box::new(PgStore::new(target, client)))
+    }
+
+    fn publish(&mut self) -> Result<Option<NewJobs>> {
+        Ok(None)
+    }
+}
