@@ -160,8 +160,9 @@ fn figure(svg: &str, label: &str) -> String {
     format!("<figure>{svg}</figure>")
 }
 
-pub fn page(d: &PageData) -> Result<String> {
-    // Colours follow the leaderboard order, so a model keeps its colour on every chart.
+/// The models in leaderboard order, then any other the charts show, each with its colour:
+/// a model keeps its colour on every chart.
+fn model_colours(d: &PageData) -> (Vec<String>, BTreeMap<String, RGBColor>) {
     let mut order: Vec<String> = d
         .leaderboard
         .entries
@@ -182,6 +183,11 @@ pub fn page(d: &PageData) -> Result<String> {
         .enumerate()
         .map(|(i, m)| (m.clone(), PALETTE[i % PALETTE.len()]))
         .collect();
+    (order, colour)
+}
+
+pub fn page(d: &PageData) -> Result<String> {
+    let (order, colour) = model_colours(d);
     let model_key = |names: &[String], shape: &'static str| {
         key(&names
             .iter()
