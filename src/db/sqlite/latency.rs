@@ -146,6 +146,27 @@ fn picks_streamed(
     let mut stmt = conn.prepare(&stream_sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     let mut picks = Picks::new();
+    each_ranked(&mut rows, k, |key, i, r| {
+        let d: i64 = r.get(k)?;
+        let n = groups.get(&key).map(|g| g.0).unwrap_or(0);
+        let entry = picks.entry(key).or_insert([0; 3]);
+        for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
+            if i == rank(*p, n) {
+                entry[slot] = d;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(picks)
+}
+
+/// Walks rows ordered by their group key (the first `k` columns), giving each its key and its
+/// 1-based rank within its group.
+fn each_ranked(
+    rows: &mut rusqlite::Rows,
+    k: usize,
+    mut each: impl FnMut(Vec<String>, i64, &rusqlite::Row) -> Result<()>,
+) -> Result<()> {
     let mut current: Option<Vec<String>> = None;
     let mut i = 0i64;
     while let Some(r) = rows.next()? {
@@ -155,16 +176,9 @@ fn picks_streamed(
             i = 0;
         }
         i += 1;
-        let d: i64 = r.get(k)?;
-        let n = groups.get(&key).map(|g| g.0).unwrap_or(0);
-        let entry = picks.entry(key).or_insert([0; 3]);
-        for (slot, p) in [0.50, 0.95, 0.99].iter().enumerate() {
-            if i == rank(*p, n) {
-                entry[slot] = d;
-            }
-        }
+        each(key, i, r)?;
     }
-    Ok(picks)
+    Ok(())
 }
 
 /// Nearest-rank percentiles `ps` of a streaming metric column (ms) per group, over `ok`
@@ -202,15 +216,7 @@ pub fn metric_percentiles(
     );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
-    let mut current: Option<Vec<String>> = None;
-    let mut i = 0i64;
-    while let Some(r) = rows.next()? {
-        let key = group_key(r, k)?;
-        if current.as_ref() != Some(&key) {
-            current = Some(key.clone());
-            i = 0;
-        }
-        i += 1;
+    each_ranked(&mut rows, k, |key, i, r| {
         let n = counts.get(&key).copied().unwrap_or(0);
         let v: f64 = r.get(k)?;
         let entry = out.entry(key).or_insert_with(|| vec![0.0; ps.len()]);
@@ -219,7 +225,8 @@ pub fn metric_percentiles(
                 entry[slot] = v;
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
