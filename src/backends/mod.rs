@@ -6,6 +6,9 @@
 mod ollama;
 mod openai;
 mod stream;
+mod wire;
+
+pub use wire::{WorkerRequest, WorkerResponse};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -13,7 +16,6 @@ use std::io::{Read, Write};
 use std::time::Duration;
 use std::time::Instant;
 
-use crate::attempt::{WorkerRequest, WorkerResponse};
 use crate::models::Backend;
 use crate::text::split_thinking;
 

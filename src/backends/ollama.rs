@@ -8,7 +8,7 @@ use super::{
     answer, backpressure, cut_short, error_text, failure, not_json, read_lines, status_failure,
     stream, Reply, Streamed,
 };
-use crate::attempt::{WorkerRequest, WorkerResponse};
+use crate::backends::{WorkerRequest, WorkerResponse};
 
 /// Ollama's timing and token fields (durations in nanoseconds), kept as the server named them.
 const TIMING_FIELDS: [&str; 6] = [

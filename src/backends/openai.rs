@@ -11,7 +11,7 @@ use super::{
     answer, backpressure, cut_short, failure, not_json, read_lines, status_failure, stream, Reply,
     Streamed,
 };
-use crate::attempt::{WorkerRequest, WorkerResponse};
+use crate::backends::{WorkerRequest, WorkerResponse};
 
 pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
     let base = r.endpoint.trim_end_matches('/');

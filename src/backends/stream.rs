@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{failure, timed_out, transport, MAX_BODY};
-use crate::attempt::{WorkerRequest, WorkerResponse};
+use crate::backends::{WorkerRequest, WorkerResponse};
 use crate::domain::Metrics;
 use crate::util::human_secs;
 

@@ -84,35 +84,35 @@ fn jsonl(
     })
 }
 
+/// The CSV columns before the grade columns.
+const CSV_COLUMNS: [&str; 18] = [
+    "job_id",
+    "batch",
+    "item_id",
+    "repeat",
+    "model",
+    "state",
+    "attempts",
+    "last_outcome",
+    "latency_s",
+    "ttft_s",
+    "tpot_s",
+    "prompt_tokens",
+    "output_tokens",
+    "truncated",
+    "prompt",
+    "output",
+    "vars",
+    "error",
+];
+
 fn csv_records(
     src: &dyn ExportSource,
     filter: &Filter,
     with_grades: bool,
     out: &mut dyn Write,
 ) -> Result<u64> {
-    let mut header: Vec<String> = [
-        "job_id",
-        "batch",
-        "item_id",
-        "repeat",
-        "model",
-        "state",
-        "attempts",
-        "last_outcome",
-        "latency_s",
-        "ttft_s",
-        "tpot_s",
-        "prompt_tokens",
-        "output_tokens",
-        "truncated",
-        "prompt",
-        "output",
-        "vars",
-        "error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut header: Vec<String> = CSV_COLUMNS.iter().map(|s| s.to_string()).collect();
     // Grades as columns: `<grader>_pass`, `_score`, `_reason` per (grader, rubric) in scope.
     let slots = if with_grades {
         grade_slots(src, filter)?
@@ -155,29 +155,38 @@ fn csv_records(
             rec.error.unwrap_or_default(),
         ];
         if !slots.is_empty() {
-            let mut cells: Vec<String> = vec![String::new(); slots.len() * 3];
-            for g in src.grades_of(rec.job_id)? {
-                let Some(i) = slots
-                    .keys()
-                    .position(|k| *k == (g.grader.clone(), g.rubric.clone()))
-                else {
-                    continue;
-                };
-                cells[i * 3] = match g.pass {
-                    Some(true) => "yes".into(),
-                    Some(false) => "no".into(),
-                    None => String::new(),
-                };
-                cells[i * 3 + 1] = g.score.map(|s| s.to_string()).unwrap_or_default();
-                cells[i * 3 + 2] = g.reason.unwrap_or_default();
-            }
-            row.extend(cells);
+            row.extend(grade_cells(src, &slots, rec.job_id)?);
         }
         w.write_record(&row)?;
         Ok(())
     })?;
     w.flush()?;
     Ok(n)
+}
+
+/// A job's grades as `pass`, `score` and `reason` cells, three per grade slot.
+fn grade_cells(
+    src: &dyn ExportSource,
+    slots: &BTreeMap<(String, String), String>,
+    job_id: i64,
+) -> Result<Vec<String>> {
+    let mut cells: Vec<String> = vec![String::new(); slots.len() * 3];
+    for g in src.grades_of(job_id)? {
+        let Some(i) = slots
+            .keys()
+            .position(|k| *k == (g.grader.clone(), g.rubric.clone()))
+        else {
+            continue;
+        };
+        cells[i * 3] = match g.pass {
+            Some(true) => "yes".into(),
+            Some(false) => "no".into(),
+            None => String::new(),
+        };
+        cells[i * 3 + 1] = g.score.map(|s| s.to_string()).unwrap_or_default();
+        cells[i * 3 + 2] = g.reason.unwrap_or_default();
+    }
+    Ok(cells)
 }
 
 /// (grader, rubric) → column prefix: the grader's name, or `grader:rubric` when several rubrics

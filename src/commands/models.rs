@@ -21,6 +21,30 @@ pub fn run(cmd: &ModelsCommand, db: &mut dyn Store) -> Result<u8> {
 }
 
 fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
+    check_set_args(a)?;
+    let mut m = db.model(&a.name)?;
+    let was_configured = m.configured;
+    set_backend(a, &mut m, was_configured);
+    set_timeout(a, &mut m)?;
+    if let Some(c) = a.concurrency {
+        m.concurrency = c;
+    }
+    if let Some(n) = a.max_attempts {
+        m.max_attempts = n;
+    }
+    set_request_settings(a, &mut m)?;
+    set_key_and_pacing(a, &mut m)?;
+    set_streaming(a, &mut m)?;
+    validate(&m)?;
+    db.save_model(&m)?;
+    db.publish()?;
+    let verb = if was_configured { "updated" } else { "added" };
+    crate::outln!("{verb} model {}: {}", m.name, describe(&m))?;
+    Ok(0)
+}
+
+/// The arguments that can be refused before the model is read.
+fn check_set_args(a: &ModelSetArgs) -> Result<()> {
     if a.name.trim().is_empty() {
         usage!("models set: the model name cannot be empty");
     }
@@ -38,8 +62,11 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
             usage!("model {}: --endpoint {e:?} is not a server URL: {why} (e.g. http://gpu1:11434 or https://api.openai.com/v1)", a.name);
         }
     }
-    let mut m = db.model(&a.name)?;
-    let was_configured = m.configured;
+    Ok(())
+}
+
+/// The backend, its command template and its endpoints.
+fn set_backend(a: &ModelSetArgs, m: &mut ModelConfig, was_configured: bool) {
     if let Some(b) = a.backend {
         m.backend = b;
     } else if a.command.is_some() {
@@ -66,6 +93,10 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
         // rather than the one in effect when it was configured.
         m.endpoints.clear();
     }
+}
+
+/// `--timeout`: a duration, or `auto`.
+fn set_timeout(a: &ModelSetArgs, m: &mut ModelConfig) -> Result<()> {
     if let Some(t) = &a.timeout {
         if t.trim().eq_ignore_ascii_case("auto") {
             m.timeout_auto = true;
@@ -79,12 +110,12 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
             m.timeout_auto = false;
         }
     }
-    if let Some(c) = a.concurrency {
-        m.concurrency = c;
-    }
-    if let Some(n) = a.max_attempts {
-        m.max_attempts = n;
-    }
+    Ok(())
+}
+
+/// What is sent with each request: options, keep-alive, thinking, the remote model's name,
+/// system prompt, stdin mode and output format.
+fn set_request_settings(a: &ModelSetArgs, m: &mut ModelConfig) -> Result<()> {
     for opt in &a.options {
         let Some((k, v)) = opt.split_once('=') else {
             usage!("--option {opt:?}: expected KEY=VALUE");
@@ -128,6 +159,11 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
             })?
         });
     }
+    Ok(())
+}
+
+/// The API key's variable, request pacing and prices.
+fn set_key_and_pacing(a: &ModelSetArgs, m: &mut ModelConfig) -> Result<()> {
     if let Some(k) = &a.api_key_env {
         check_api_key_env(k)?;
         m.api_key_env = Some(k.clone());
@@ -145,6 +181,11 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
     if let Some(p) = a.price_out {
         m.price_out = Some(p);
     }
+    Ok(())
+}
+
+/// Streaming and its two deadlines.
+fn set_streaming(a: &ModelSetArgs, m: &mut ModelConfig) -> Result<()> {
     if let Some(on) = a.stream {
         m.settings.stream = Some(on);
     }
@@ -154,12 +195,7 @@ fn set(a: &ModelSetArgs, db: &mut dyn Store) -> Result<u8> {
     if let Some(d) = &a.first_token_timeout {
         m.settings.first_token_timeout_s = optional_duration("--first-token-timeout", d)?;
     }
-    validate(&m)?;
-    db.save_model(&m)?;
-    db.publish()?;
-    let verb = if was_configured { "updated" } else { "added" };
-    crate::outln!("{verb} model {}: {}", m.name, describe(&m))?;
-    Ok(0)
+    Ok(())
 }
 
 /// `--api-key-env` takes a variable's name. A key pasted there instead would be stored and

@@ -235,40 +235,11 @@ pub fn leaderboard(s: &Sections) -> Result<Leaderboard> {
         if let Some(r) = timeout_rows.get(&model) {
             e.advised_timeout_s = cell(timeouts, r, "advice_s").as_f64();
         }
-        // Grades: one row per (grader, rubric); averaged over them, each grader counting once
-        // however many outputs it graded, so one prolific grader does not outvote the rest.
-        let rows: Vec<&Vec<Value>> = grades
-            .rows
-            .iter()
-            .filter(|r| cell(grades, r, "model").as_str() == Some(model.as_str()))
-            .collect();
-        let graders: BTreeSet<&str> = rows
-            .iter()
-            .filter_map(|r| cell(grades, r, "grader").as_str())
-            .collect();
-        e.graders = graders.len() as i64;
-        e.graded = rows
-            .iter()
-            .filter_map(|r| cell(grades, r, "n").as_i64())
-            .sum();
-        e.grade_pass_rate = mean(
-            rows.iter()
-                .filter_map(|r| cell(grades, r, "pass_rate").as_f64()),
-        );
-        e.mean_score = mean(
-            rows.iter()
-                .filter_map(|r| cell(grades, r, "mean_score").as_f64()),
-        );
+        add_grades(&mut e, grades);
         entries.push(e);
     }
 
-    let basis = if entries.iter().any(|e| e.grade_pass_rate.is_some()) {
-        Basis::PassRate
-    } else if entries.iter().any(|e| e.mean_score.is_some()) {
-        Basis::MeanScore
-    } else {
-        Basis::SuccessRate
-    };
+    let basis = basis_of(&entries);
     rank(&mut entries, basis);
     let verdict = verdict(&entries, basis);
     Ok(Leaderboard {
@@ -277,6 +248,45 @@ pub fn leaderboard(s: &Sections) -> Result<Leaderboard> {
         verdict,
         graders_only,
     })
+}
+
+/// A model's grades: one row per (grader, rubric); averaged over them, each grader counting
+/// once however many outputs it graded, so one prolific grader does not outvote the rest.
+fn add_grades(e: &mut Entry, grades: &Table) {
+    let rows: Vec<&Vec<Value>> = grades
+        .rows
+        .iter()
+        .filter(|r| cell(grades, r, "model").as_str() == Some(e.model.as_str()))
+        .collect();
+    let graders: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| cell(grades, r, "grader").as_str())
+        .collect();
+    e.graders = graders.len() as i64;
+    e.graded = rows
+        .iter()
+        .filter_map(|r| cell(grades, r, "n").as_i64())
+        .sum();
+    e.grade_pass_rate = mean(
+        rows.iter()
+            .filter_map(|r| cell(grades, r, "pass_rate").as_f64()),
+    );
+    e.mean_score = mean(
+        rows.iter()
+            .filter_map(|r| cell(grades, r, "mean_score").as_f64()),
+    );
+}
+
+/// What the ranking is by: the grade pass rate where any model has one, else the mean score,
+/// else the success rate.
+fn basis_of(entries: &[Entry]) -> Basis {
+    if entries.iter().any(|e| e.grade_pass_rate.is_some()) {
+        Basis::PassRate
+    } else if entries.iter().any(|e| e.mean_score.is_some()) {
+        Basis::MeanScore
+    } else {
+        Basis::SuccessRate
+    }
 }
 
 /// Whether `model` has generate jobs in scope (a model that only grades is not ranked).

@@ -80,41 +80,8 @@ impl Coordinator<'_> {
                 .stopped_lanes
                 .push((done.claim.model.clone(), msg));
         }
-        match lane.ended(done.claim.job_id, &done.claim.endpoint, end) {
-            Reach::Throttled {
-                rest,
-                by_server,
-                limit,
-            } => log::info!(
-                "{} throttled ({}): resting it {}{}, concurrency {} → {} (not charged)",
-                done.claim.endpoint,
-                f.http_status
-                    .map_or("busy".to_string(), |s| format!("HTTP {s}")),
-                human_secs(rest.as_secs_f64()),
-                if by_server {
-                    " as its Retry-After asks"
-                } else {
-                    ""
-                },
-                limit.0,
-                limit.1
-            ),
-            Reach::Down(rest) => log::warn!(
-                "{} unreachable, resting it {} (its jobs wait, not charged): {}",
-                if done.claim.endpoint.is_empty() {
-                    &done.claim.model
-                } else {
-                    &done.claim.endpoint
-                },
-                human_secs(rest.as_secs_f64()),
-                done.finish.error.as_deref().unwrap_or("unavailable")
-            ),
-            Reach::Up => {
-                lane.outage_reported = false;
-                log::info!("{} reachable again", done.claim.endpoint)
-            }
-            Reach::Same => {}
-        }
+        let reach = lane.ended(done.claim.job_id, &done.claim.endpoint, end);
+        log_reach(lane, done, reach);
         if done.finish.outcome == Outcome::Ok {
             lane.observe(done.finish.duration_ms);
         }
@@ -244,5 +211,46 @@ impl Coordinator<'_> {
             );
             self.summary.stopped_lanes.push((name.clone(), msg));
         }
+    }
+}
+
+/// Says what an attempt's end did to its endpoint: throttled (resting, concurrency lowered),
+/// down, or reachable again.
+fn log_reach(lane: &mut Lane, done: &Done, reach: Reach) {
+    match reach {
+        Reach::Throttled {
+            rest,
+            by_server,
+            limit,
+        } => log::info!(
+            "{} throttled ({}): resting it {}{}, concurrency {} → {} (not charged)",
+            done.claim.endpoint,
+            done.finish
+                .http_status
+                .map_or("busy".to_string(), |s| format!("HTTP {s}")),
+            human_secs(rest.as_secs_f64()),
+            if by_server {
+                " as its Retry-After asks"
+            } else {
+                ""
+            },
+            limit.0,
+            limit.1
+        ),
+        Reach::Down(rest) => log::warn!(
+            "{} unreachable, resting it {} (its jobs wait, not charged): {}",
+            if done.claim.endpoint.is_empty() {
+                &done.claim.model
+            } else {
+                &done.claim.endpoint
+            },
+            human_secs(rest.as_secs_f64()),
+            done.finish.error.as_deref().unwrap_or("unavailable")
+        ),
+        Reach::Up => {
+            lane.outage_reported = false;
+            log::info!("{} reachable again", done.claim.endpoint)
+        }
+        Reach::Same => {}
     }
 }

@@ -537,22 +537,9 @@ impl Coordinator<'_> {
             .max(Duration::from_millis(5))
     }
 
-    /// Records finished attempts and claims replacements in one transaction, then starts them.
-    fn record_and_claim(&mut self, results: &mut Vec<Done>, claiming: bool) -> Result<usize> {
-        // The slots of these results were freed when they arrived (`receive`), so their
-        // replacements are claimed in this same transaction.
-        let mut dispatched = self.start_ready()?;
-        // Results not yet counted must still stop the claims at --max-failures.
-        let claiming =
-            claiming && !self.failures_reached_with(results) && !self.cost_reached_with(results);
-        let plan = if claiming {
-            self.plan_claims()
-        } else {
-            Vec::new()
-        };
-        if results.is_empty() && plan.is_empty() {
-            return Ok(dispatched);
-        }
+    /// What comes next for each finished job (done, retried, failed), its attempt marked
+    /// interrupted first when the runner is stopping.
+    fn decide(&self, results: &mut [Done]) -> Vec<Next> {
         let retry_base = self.opts.retry_base.as_millis() as i64;
         let stopping = self.summary.signal.is_some() || self.stop.level() > 0;
         let mut decided = Vec::with_capacity(results.len());
@@ -572,6 +559,26 @@ impl Coordinator<'_> {
                 retry_base,
             ));
         }
+        decided
+    }
+
+    /// Records finished attempts and claims replacements in one transaction, then starts them.
+    fn record_and_claim(&mut self, results: &mut Vec<Done>, claiming: bool) -> Result<usize> {
+        // The slots of these results were freed when they arrived (`receive`), so their
+        // replacements are claimed in this same transaction.
+        let mut dispatched = self.start_ready()?;
+        // Results not yet counted must still stop the claims at --max-failures.
+        let claiming =
+            claiming && !self.failures_reached_with(results) && !self.cost_reached_with(results);
+        let plan = if claiming {
+            self.plan_claims()
+        } else {
+            Vec::new()
+        };
+        if results.is_empty() && plan.is_empty() {
+            return Ok(dispatched);
+        }
+        let decided = self.decide(results);
         let timeouts: Vec<f64> = plan
             .iter()
             .map(|(model, _)| self.lanes[model].timeout.as_secs_f64())

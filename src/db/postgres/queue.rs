@@ -151,36 +151,38 @@ pub fn claim(
     );
     let stmt = st.get(c, &sql)?;
     let rows = c.query(&stmt, &p.refs())?;
-    Ok(rows
-        .iter()
-        .map(|r| Claim {
-            job_id: r.get(0),
-            attempt_id: r.get(1),
-            number: r.get(2),
-            token: r.get(3),
-            started_at: r.get(4),
-            kind: JobKind::parse(r.get::<_, &str>(5)).unwrap_or(JobKind::Generate),
-            batch: r.get(6),
-            item_id: r.get(7),
-            repeat: r.get(18),
-            model: want.model.to_string(),
-            endpoint: r.get(15),
-            prompt: r.get(8),
-            vars: serde_json::from_str(r.get::<_, &str>(9)).unwrap_or_default(),
-            charged: r.get(10),
-            max_attempts: r.get(11),
-            parent_id: r.get(12),
-            rubric_id: r.get(13),
-            parent_output: r.get(14),
-            messages: r
-                .get::<_, Option<&str>>(16)
-                .and_then(|m| serde_json::from_str(m).ok()),
-            options: r
-                .get::<_, Option<&str>>(17)
-                .and_then(|o| serde_json::from_str(o).ok())
-                .unwrap_or_default(),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| claim_row(r, want.model)).collect())
+}
+
+/// A claimed job as the claim statement returns it.
+fn claim_row(r: &postgres::Row, model: &str) -> Claim {
+    Claim {
+        job_id: r.get(0),
+        attempt_id: r.get(1),
+        number: r.get(2),
+        token: r.get(3),
+        started_at: r.get(4),
+        kind: JobKind::parse(r.get::<_, &str>(5)).unwrap_or(JobKind::Generate),
+        batch: r.get(6),
+        item_id: r.get(7),
+        repeat: r.get(18),
+        model: model.to_string(),
+        endpoint: r.get(15),
+        prompt: r.get(8),
+        vars: serde_json::from_str(r.get::<_, &str>(9)).unwrap_or_default(),
+        charged: r.get(10),
+        max_attempts: r.get(11),
+        parent_id: r.get(12),
+        rubric_id: r.get(13),
+        parent_output: r.get(14),
+        messages: r
+            .get::<_, Option<&str>>(16)
+            .and_then(|m| serde_json::from_str(m).ok()),
+        options: r
+            .get::<_, Option<&str>>(17)
+            .and_then(|o| serde_json::from_str(o).ok())
+            .unwrap_or_default(),
+    }
 }
 
 /// Records an attempt's end and moves its job in one statement, fenced by the lease token:

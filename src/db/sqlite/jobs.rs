@@ -112,36 +112,7 @@ pub fn claim(
     head.push(SqlValue::Integer(p.endpoints.len() as i64));
     let mut stmt = tx.prepare_cached(&sql)?;
     let rows = stmt
-        .query_map(params_from_iter(head), |r| {
-            let kind: String = r.get(1)?;
-            let vars: String = r.get(5)?;
-            let messages: Option<String> = r.get(11)?;
-            let options: Option<String> = r.get(12)?;
-            Ok(Claim {
-                job_id: r.get(0)?,
-                attempt_id: 0,
-                number: 0,
-                token: 0,
-                started_at: now,
-                kind: JobKind::parse(&kind).unwrap_or(JobKind::Generate),
-                batch: r.get(2)?,
-                item_id: r.get(3)?,
-                repeat: r.get(13)?,
-                model: p.model.to_string(),
-                endpoint: String::new(),
-                prompt: r.get(4)?,
-                vars: serde_json::from_str(&vars).unwrap_or_default(),
-                messages: messages.and_then(|m| serde_json::from_str(&m).ok()),
-                options: options
-                    .and_then(|o| serde_json::from_str(&o).ok())
-                    .unwrap_or_default(),
-                charged: r.get(6)?,
-                max_attempts: r.get(7)?,
-                parent_id: r.get(8)?,
-                rubric_id: r.get(9)?,
-                parent_output: r.get(10)?,
-            })
-        })?
+        .query_map(params_from_iter(head), |r| claim_row(r, p.model, now))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut take = tx.prepare_cached(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, runner_id = ?1,
@@ -182,6 +153,38 @@ pub fn claim(
         claims.push(c);
     }
     Ok(claims)
+}
+
+/// A runnable job as read by [`claim`], before it has an attempt, a number or a token.
+fn claim_row(r: &rusqlite::Row, model: &str, now: i64) -> rusqlite::Result<Claim> {
+    let kind: String = r.get(1)?;
+    let vars: String = r.get(5)?;
+    let messages: Option<String> = r.get(11)?;
+    let options: Option<String> = r.get(12)?;
+    Ok(Claim {
+        job_id: r.get(0)?,
+        attempt_id: 0,
+        number: 0,
+        token: 0,
+        started_at: now,
+        kind: JobKind::parse(&kind).unwrap_or(JobKind::Generate),
+        batch: r.get(2)?,
+        item_id: r.get(3)?,
+        repeat: r.get(13)?,
+        model: model.to_string(),
+        endpoint: String::new(),
+        prompt: r.get(4)?,
+        vars: serde_json::from_str(&vars).unwrap_or_default(),
+        messages: messages.and_then(|m| serde_json::from_str(&m).ok()),
+        options: options
+            .and_then(|o| serde_json::from_str(&o).ok())
+            .unwrap_or_default(),
+        charged: r.get(6)?,
+        max_attempts: r.get(7)?,
+        parent_id: r.get(8)?,
+        rubric_id: r.get(9)?,
+        parent_output: r.get(10)?,
+    })
 }
 
 /// Records an attempt's end and moves its job, fenced by the lease token: if the job is no

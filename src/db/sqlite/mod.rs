@@ -4,48 +4,29 @@
 mod cache;
 pub mod catalog;
 pub mod cost;
+mod draft;
 mod export;
 mod failures;
 mod flow;
 mod grades;
 mod jobs;
 mod latency;
+mod migrate;
 mod queue;
 pub mod report;
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Access, NewJobs};
+use super::Access;
 use crate::error::UsageError;
 use crate::usage;
 
-/// Migrations in order. Never remove or edit an entry once shipped: add a new file.
-const MIGRATIONS: &[(&str, &str)] = &[
-    ("001_init", include_str!("../../../sql/001_init.sql")),
-    ("002_grades", include_str!("../../../sql/002_grades.sql")),
-    (
-        "003_report_indexes",
-        include_str!("../../../sql/003_report_indexes.sql"),
-    ),
-    (
-        "004_backpressure_cost",
-        include_str!("../../../sql/004_backpressure_cost.sql"),
-    ),
-    (
-        "005_streaming",
-        include_str!("../../../sql/005_streaming.sql"),
-    ),
-    (
-        "006_item_messages",
-        include_str!("../../../sql/006_item_messages.sql"),
-    ),
-    ("007_sweeps", include_str!("../../../sql/007_sweeps.sql")),
-];
-
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+use draft::{draft_path, remove_stale_drafts};
+pub use migrate::SCHEMA_VERSION;
+use migrate::{check_version, migrate};
 
 /// The longest `LLMBATCH_BUSY_TIMEOUT` taken.
 const BUSY_TIMEOUT_MAX: Duration = Duration::from_secs(86400);
@@ -122,146 +103,6 @@ impl Db {
             path: path.to_path_buf(),
             draft: None,
         })
-    }
-
-    /// Puts a committed draft in place under the database's name: a hard link, which never
-    /// replaces a database another process created meanwhile. In that case (or where the file
-    /// system has no hard links) the draft's rows are merged into that database in one
-    /// transaction instead, and the ids of the jobs it added are returned. Afterwards this
-    /// `Db` works on the real file. A no-op for a database that already existed.
-    pub fn publish(&mut self) -> Result<Option<NewJobs>> {
-        let Some(draft) = self.draft.take() else {
-            return Ok(None);
-        };
-        // Close the draft first: its WAL is checkpointed and removed, the file is complete.
-        let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
-        conn.close().map_err(|(_, e)| e)?;
-        let merged = match std::fs::hard_link(&draft, &self.path) {
-            Ok(()) => Ok(None),
-            Err(e) => {
-                log::info!(
-                    "cannot link {} into place ({e}): merging it into {}",
-                    draft.display(),
-                    self.path.display()
-                );
-                merge(&draft, &self.path).map(Some)
-            }
-        };
-        remove_draft(&draft);
-        let merged = merged?;
-        self.conn = open_rw(&self.path, false)?;
-        Ok(merged)
-    }
-}
-
-/// Copies what a draft holds (models, items, jobs: all a creating command writes) into the
-/// database at `path`, in one transaction, with the rule enqueue applies: an item already
-/// there must be the same.
-fn merge(draft: &Path, path: &Path) -> Result<NewJobs> {
-    let mut conn = open_rw(path, true)?;
-    conn.execute(
-        "ATTACH DATABASE ?1 AS draft",
-        [draft.to_string_lossy().as_ref()],
-    )?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let changed: Option<(String, String, bool)> = tx
-        .query_row(
-            "SELECT d.batch, d.item_id, d.prompt <> m.prompt FROM draft.items d
-             JOIN main.items m ON m.batch = d.batch AND m.item_id = d.item_id
-             WHERE d.prompt <> m.prompt OR d.vars <> m.vars
-                OR d.messages IS NOT m.messages OR d.options IS NOT m.options LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    if let Some((batch, id, prompt)) = changed {
-        usage!(
-            "item {id:?} is already in batch {batch:?} with a different {}; a queued item never changes (its outputs were made from it): enqueue the changed input under another --batch",
-            if prompt { "prompt" } else { "field" }
-        );
-    }
-    let max_id = |tx: &rusqlite::Transaction| -> Result<i64> {
-        Ok(
-            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM main.jobs", [], |r| {
-                r.get(0)
-            })?,
-        )
-    };
-    let first = max_id(&tx)? + 1;
-    tx.execute_batch(
-        "INSERT OR REPLACE INTO main.models SELECT * FROM draft.models;
-         INSERT OR IGNORE INTO main.items SELECT * FROM draft.items;
-         INSERT OR IGNORE INTO main.jobs (batch, item_id, model, kind, created_at, updated_at)
-             SELECT batch, item_id, model, kind, created_at, updated_at FROM draft.jobs
-             WHERE kind = 'generate' ORDER BY id;",
-    )?;
-    let last = max_id(&tx)?;
-    tx.commit()?;
-    conn.execute("DETACH DATABASE draft", [])?;
-    Ok(NewJobs { first, last })
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        // A draft not published belongs to a command that failed: it was never visible.
-        if let Some(draft) = self.draft.take() {
-            if let Ok(conn) = Connection::open_in_memory() {
-                drop(std::mem::replace(&mut self.conn, conn));
-            }
-            remove_draft(&draft);
-        }
-    }
-}
-
-/// A name no other process opens: hidden, next to the target (a hard link needs the same
-/// file system), unique to this process and moment.
-fn draft_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "llmbatch.db".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    path.with_file_name(format!(".{name}.draft-{}-{nanos}", std::process::id()))
-}
-
-/// Drafts whose process is gone (killed before it could publish or remove its draft): no
-/// one will ever publish them.
-fn remove_stale_drafts(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let prefix = format!(".{}.draft-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-fn remove_draft(draft: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut p = draft.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -378,21 +219,6 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
-/// Refuses a database newer than this binary: before anything is written to it.
-fn check_version(conn: &Connection, path: &Path) -> Result<i64> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .with_context(|| format!("cannot read database {}", path.display()))?;
-    if version > SCHEMA_VERSION {
-        return Err(UsageError(format!(
-            "database {} has schema version {version}, newer than this llmbatch understands ({SCHEMA_VERSION}); upgrade llmbatch",
-            path.display()
-        ))
-        .into());
-    }
-    Ok(version)
-}
-
 /// An empty database in memory with the current schema, foreign keys off (for loading).
 pub fn memory() -> Result<Connection> {
     let mut conn = Connection::open_in_memory()?;
@@ -433,40 +259,6 @@ impl Db {
 fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(())
-}
-
-fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version == SCHEMA_VERSION {
-        return Ok(());
-    }
-    // A migration that rebuilds a table (SQLite's way to change a constraint) drops it while
-    // other tables still refer to it: foreign keys are off meanwhile (they cannot change inside
-    // a transaction) and checked before the migration commits.
-    conn.pragma_update(None, "foreign_keys", "OFF")?;
-    let result = apply(conn);
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    result
-}
-
-fn apply(conn: &mut Connection) -> Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    // Another process may have migrated while we waited for the write lock.
-    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (name, sql) in &MIGRATIONS[version.min(SCHEMA_VERSION) as usize..] {
-        tx.execute_batch(sql)
-            .with_context(|| format!("migration {name} failed"))?;
-    }
-    let broken: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
-        r.get(0)
-    })?;
-    if broken > 0 {
-        anyhow::bail!("{broken} row(s) would break a foreign key after migrating: not applied");
-    }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    tx.commit()?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
@@ -513,6 +305,7 @@ pub fn explain_busy(err: anyhow::Error, path: &Path) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
+    use super::migrate::MIGRATIONS;
     use super::*;
 
     #[test]
