@@ -4,6 +4,7 @@
 //! can wrap; inside the SVG, axis labels of model names are shortened with an ellipsis.
 
 use anyhow::Result;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -55,6 +56,36 @@ pub fn outcome_colour(outcome: &str) -> RGBColor {
         _ => RGBColor(90, 90, 90),
     }
 }
+
+/// A 0–100 % axis across, one band per model down (best first), with its mesh drawn: the
+/// frame of the failure mix and of the grades chart.
+fn percent_bands<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    names: &[String],
+    x_desc: &str,
+) -> Result<PercentChart<'a, 'b>> {
+    let n = names.len();
+    let mut chart = ChartBuilder::on(root)
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(label_width(names))
+        .build_cartesian_2d(0.0..100.0, (n as f64 - 0.5)..-0.5)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n.max(1))
+        .y_label_formatter(&model_axis_formatter(names))
+        .x_label_formatter(&|v| format!("{v:.0}%"))
+        .x_desc(x_desc)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .light_line_style(RGBColor(238, 238, 238))
+        .draw()?;
+    Ok(chart)
+}
+
+type PercentChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// A model name shortened for an axis label.
 pub fn short(name: &str, max: usize) -> String {
@@ -258,22 +289,7 @@ pub fn failure_mix(failures: &Table, order: &[String]) -> Result<(String, Vec<St
     }
     let n = names.len();
     let chart = svg(bands_height(n, 34), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(label_width(&names))
-            .build_cartesian_2d(0.0..100.0, (n as f64 - 0.5)..-0.5)?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(n.max(1))
-            .y_label_formatter(&model_axis_formatter(&names))
-            .x_label_formatter(&|v| format!("{v:.0}%"))
-            .x_desc("share of attempts, by outcome (%)")
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 16))
-            .light_line_style(RGBColor(238, 238, 238))
-            .draw()?;
+        let mut chart = percent_bands(root, &names, "share of attempts, by outcome (%)")?;
         for (i, r) in rows.iter().enumerate() {
             let attempts = cell(failures, r, "attempts").as_i64().unwrap_or(0).max(1) as f64;
             let ok = attempts as i64
@@ -397,22 +413,7 @@ pub fn grades(grades: &Table, order: &[String], graders: &[String]) -> Result<St
     let n = names.len();
     let g = graders.len().max(1);
     svg(bands_height(n, (14 * g as u32 + 14).max(34)), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(label_width(&names))
-            .build_cartesian_2d(0.0..100.0, (n as f64 - 0.5)..-0.5)?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(n.max(1))
-            .y_label_formatter(&model_axis_formatter(&names))
-            .x_label_formatter(&|v| format!("{v:.0}%"))
-            .x_desc("pass rate (%), one bar per grader")
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 16))
-            .light_line_style(RGBColor(238, 238, 238))
-            .draw()?;
+        let mut chart = percent_bands(root, &names, "pass rate (%), one bar per grader")?;
         let h = 0.8 / g as f64;
         for (i, model) in names.iter().enumerate() {
             for (j, grader) in graders.iter().enumerate() {
