@@ -29,7 +29,8 @@ LLMBATCH_BUSY_TIMEOUT (how long a write waits for another writer, default 30s)."
     about = "Run batches of LLM prompts against several models, from cron and shell pipelines",
     long_about = "Run batches of LLM prompts against several models — Ollama, any OpenAI-compatible \
 server, or any command reading a prompt on stdin — with hard per-model timeouts, automatic \
-retries, crash recovery and every attempt on record in one SQLite file.",
+retries, crash recovery and every attempt on record in one SQLite file (or one PostgreSQL \
+database shared by several hosts).",
     after_help = EXIT_CODES,
     after_long_help = EXIT_CODES
 )]
