@@ -45,8 +45,9 @@ pub struct TokenSum {
     pub output_tokens: i64,
 }
 
-/// Output tokens and generation seconds of a model's successful attempts whose backend
-/// reported them (Ollama's `eval_count` / `eval_duration`).
+/// Output tokens and generation seconds of a model's successful attempts: the backend's own
+/// (Ollama's `eval_count` / `eval_duration`) where it reports them, else a streamed answer's
+/// tokens after the first and the time from first token to end (e2e − TTFT).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationSums {
     pub model: String,

@@ -1,6 +1,8 @@
-//! Generation speed per model: output tokens per second of generation, from the backend's own
-//! timings where it reports them (today Ollama's `eval_count` / `eval_duration`). The one place
-//! that decides what "tokens/s" means for the leaderboard and the page.
+//! Generation speed per model: output tokens per second of generation (decode speed, the prompt's
+//! processing left out), from the backend's own timings where it reports them (Ollama's
+//! `eval_count` / `eval_duration`), else from streamed answers: (output tokens − 1) / (e2e −
+//! TTFT), the 1 / TPOT that servers report. The one place that decides what "tokens/s" means
+//! for the leaderboard and the page.
 
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -9,7 +11,7 @@ use super::Query;
 use crate::db::ReportSource;
 
 /// Per model over successful attempts in scope: Σ output tokens / Σ generation seconds.
-/// Models whose backend reports no token timings are absent (unknown, not zero).
+/// Models with neither token timings nor streamed answers are absent (unknown, not zero).
 pub fn tokens_per_s(src: &dyn ReportSource, q: &Query) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     for g in src.generation_sums(&q.scope())? {

@@ -107,6 +107,23 @@ fn known_timing_gives_ttft_and_tpot_on_both_backends() {
             assert_eq!(row[col], Value::Null, "{model} {col}: {row}");
         }
     }
+    // The leaderboard's tokens/s is generation speed: the server's own where it reports it
+    // (Ollama: eval_count / eval_duration), else 9 tokens after the first in ≥ 0.9 s.
+    let board = env.report_json(&["models"]);
+    let speed = |model: &str| {
+        board["models"]
+            .as_array()
+            .expect("leaderboard rows")
+            .iter()
+            .find(|r| r["model"] == model)
+            .unwrap_or_else(|| panic!("no leaderboard row for {model}: {board}"))["tokens_per_s"]
+            .clone()
+    };
+    assert_eq!(speed("oll"), json!(2.1), "{board}");
+    assert_eq!(speed("whole"), json!(61.6), "{board}");
+    let oai = speed("oai").as_f64().unwrap_or_else(|| panic!("{board}"));
+    assert!((4.0..=10.0).contains(&oai), "oai tokens/s {oai}: {board}");
+    assert_eq!(speed("cmd"), Value::Null, "{board}");
     // Token counts stay where they were: the stream's final object and usage chunk.
     let eval: i64 = env.int(
         "SELECT json_extract(timings, '$.eval_count') FROM attempts WHERE model = 'oll' LIMIT 1",
