@@ -129,31 +129,7 @@ pub fn run(store: &dyn Store, opts: RunOptions) -> Result<Summary> {
     let stop = Arc::new(StopSignal::default());
     let signals = signals::SignalWatch::install(stop.clone())?;
     let heartbeat = heartbeat::Heartbeat::start(store.reopen()?, runner_id, opts.lease)?;
-    let started = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    let mut coord = Coordinator {
-        store,
-        runner_id,
-        lanes: BTreeMap::new(),
-        pool: pool::Pool::new(opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512)),
-        cap: opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512),
-        in_flight: 0,
-        claimed: 0,
-        stop,
-        tx,
-        rx,
-        rubrics: HashMap::new(),
-        multi: opts
-            .progress
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
-        summary: Summary::default(),
-        started,
-        next_reap: started,
-        heartbeat: Some(heartbeat),
-        stale_since: None,
-        db_trouble_since: None,
-        opts,
-    };
+    let mut coord = Coordinator::new(store, opts, runner_id, stop, heartbeat);
     crate::logging::set_bars(coord.multi.clone());
     let mut result = coord.startup().and_then(|_| coord.work(&signals));
     if let Err(e) = &result {
@@ -167,20 +143,10 @@ pub fn run(store: &dyn Store, opts: RunOptions) -> Result<Summary> {
     if result.is_ok() && coord.in_flight > 0 {
         result = Err(anyhow::anyhow!("internal error: attempts left in flight"));
     }
-    crate::logging::set_bars(None);
-    drop(coord.heartbeat.take());
-    let reason = match (&result, coord.summary.signal) {
-        (Err(_), _) => "error",
-        (_, Some(_)) => "interrupted",
-        _ => "finished",
-    };
-    let _ = coord.store.stop_runner(runner_id, reason);
-    if let Some(multi) = &coord.multi {
-        let _ = multi.clear();
-    }
+    coord.sign_off(&result);
     result?;
     let mut summary = std::mem::take(&mut coord.summary);
-    summary.elapsed = started.elapsed();
+    summary.elapsed = coord.started.elapsed();
     Ok(summary)
 }
 
@@ -192,6 +158,58 @@ fn register(store: &dyn Store) -> Result<i64> {
         pid_start: crate::liveness::pid_start(pid),
         boot_id: crate::liveness::boot_id(),
     })
+}
+
+impl<'a> Coordinator<'a> {
+    fn new(
+        store: &'a dyn Store,
+        opts: RunOptions,
+        runner_id: i64,
+        stop: Arc<StopSignal>,
+        heartbeat: heartbeat::Heartbeat,
+    ) -> Coordinator<'a> {
+        let cap = opts.jobs.unwrap_or(DEFAULT_JOBS).clamp(1, 512);
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        Coordinator {
+            store,
+            runner_id,
+            lanes: BTreeMap::new(),
+            pool: pool::Pool::new(cap),
+            cap,
+            in_flight: 0,
+            claimed: 0,
+            stop,
+            tx,
+            rx,
+            rubrics: HashMap::new(),
+            multi: opts
+                .progress
+                .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            summary: Summary::default(),
+            started,
+            next_reap: started,
+            heartbeat: Some(heartbeat),
+            stale_since: None,
+            db_trouble_since: None,
+            opts,
+        }
+    }
+
+    /// The runner's record says how it ended; the heartbeat and the bars stop.
+    fn sign_off(&mut self, result: &Result<()>) {
+        crate::logging::set_bars(None);
+        drop(self.heartbeat.take());
+        let reason = match (result, self.summary.signal) {
+            (Err(_), _) => "error",
+            (_, Some(_)) => "interrupted",
+            _ => "finished",
+        };
+        let _ = self.store.stop_runner(self.runner_id, reason);
+        if let Some(multi) = &self.multi {
+            let _ = multi.clear();
+        }
+    }
 }
 
 impl Coordinator<'_> {
