@@ -438,6 +438,24 @@ mod tests {
     use crate::domain::{Finish, Metrics, Outcome};
 
     #[test]
+    fn the_scheduler_sees_a_throttled_endpoint_resting_at_half_its_limit() {
+        let mut model = ModelConfig::unconfigured("m");
+        model.concurrency = 4;
+        let mut lane = Lane::new(model, Duration::from_secs(60));
+        let url = lane.endpoints[0].url.clone();
+        let now = Instant::now();
+        assert_eq!(lane.view("m", now).endpoints[0].max, 4);
+        lane.started(1, &url);
+        assert_eq!(lane.view("m", now).endpoints[0].busy, 1);
+        lane.ended(1, &url, End::Throttled(Some(Duration::from_secs(5))));
+        let later = Instant::now();
+        let view = lane.view("m", later);
+        assert_eq!(view.endpoints[0].max, 2);
+        assert!(view.endpoints[0].rest_until.is_some_and(|t| t > later));
+        assert!(schedule::plan_claims(&[view], 64, later).is_empty());
+    }
+
+    #[test]
     fn the_bar_shows_tokens_per_second_of_streamed_answers() {
         let mut lane = Lane::new(ModelConfig::unconfigured("m"), Duration::from_secs(60));
         lane.bar = Some(ProgressBar::hidden());

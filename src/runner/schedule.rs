@@ -329,25 +329,42 @@ mod tests {
     }
 
     #[test]
-    fn idle_stopped_and_resting_lanes_and_endpoints_are_skipped() {
+    fn a_lane_that_found_no_open_job_gets_no_claim_until_its_backoff_ends() {
         let now = Instant::now();
-        // A lane whose last claim found no open job waits for its backoff.
         let mut idle = lane("idle", now, vec![endpoint("", 0, 2)]);
         idle.idle_until = now + S;
+        let busy = lane("busy", now, vec![endpoint("", 0, 2)]);
+        let plan = plan_claims(&[idle.clone(), busy], 64, now);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(slots(&plan, "busy").len(), 2);
+        assert_eq!(slots(&plan_claims(&[idle], 64, now + S), "idle").len(), 2);
+    }
+
+    #[test]
+    fn stopped_lanes_and_resting_or_throttled_endpoints_are_skipped() {
+        let now = Instant::now();
         let mut stopped = lane("stopped", now, vec![endpoint("", 0, 2)]);
         stopped.stopped = true;
-        let mut resting = lane(
-            "resting",
+        // `a` rests (unreachable, or throttled with a Retry-After); `b` was throttled and
+        // its AIMD limit went down to 1; `c` is fine.
+        let mut m = lane(
+            "m",
             now,
-            vec![endpoint("http://a", 0, 2), endpoint("http://b", 0, 2)],
+            vec![
+                endpoint("http://a", 0, 4),
+                endpoint("http://b", 0, 1),
+                endpoint("http://c", 0, 4),
+            ],
         );
-        resting.endpoints[0].rest_until = Some(now + S);
-        let plan = plan_claims(&[idle.clone(), stopped, resting], 64, now);
+        m.endpoints[0].rest_until = Some(now + S);
+        let plan = plan_claims(&[stopped, m.clone()], 64, now);
         assert_eq!(plan.len(), 1);
-        assert_eq!(slots(&plan, "resting"), ["http://b", "http://b"]);
-        // Once the backoff and the rest are over, both take work again.
-        let later = now + 2 * S;
-        assert_eq!(slots(&plan_claims(&[idle], 64, later), "idle").len(), 2);
+        assert_eq!(
+            slots(&plan, "m"),
+            ["http://b", "http://c", "http://c", "http://c", "http://c"]
+        );
+        // Once its rest is over, `a` takes work again.
+        assert_eq!(slots(&plan_claims(&[m], 64, now + S), "m").len(), 9);
     }
 
     #[test]
