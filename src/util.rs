@@ -43,34 +43,56 @@ fn clock_skew_ms() -> i64 {
 /// and would overflow the clock arithmetic it feeds (deadlines, lease expiry in ms).
 pub const MAX_DURATION_S: f64 = 100.0 * 365.0 * 86400.0;
 
-/// Parses `90s`, `5m`, `2h`, `7d`, `250ms` or a bare number of seconds (fractions allowed),
-/// at most [`MAX_DURATION_S`].
+/// Parses `90s`, `5m`, `2h`, `7d`, `250ms`, `1.5h` or a bare number of seconds (fractions
+/// allowed, whitespace around the unit too), at most [`MAX_DURATION_S`].
+///
+/// jiff's friendly duration format reads the number and the unit; this wrapper only chooses
+/// which of its forms llmbatch accepts (one number and one unit of ms, s, m, h or d: the forms
+/// accepted before jiff did the parsing) and says why it refused one.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = match num.parse() {
-        Ok(v) if num.chars().any(|c| c.is_ascii_digit()) => v,
-        _ => bail!("invalid duration {text:?}: expected a number with an optional unit, e.g. 90s, 5m, 2h, 7d"),
+    let Some(num) = friendly_number(num) else {
+        bail!("invalid duration {text:?}: expected a number with an optional unit, e.g. 90s, 5m, 2h, 7d");
     };
-    let factor = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" | "mins" => 60.0,
-        "h" | "hr" | "hrs" => 3600.0,
-        "d" | "day" | "days" => 86400.0,
+    // jiff reads days only into calendar spans; llmbatch's day is 24 hours, fractions allowed.
+    let (label, times) = match unit.trim() {
+        "" => ("s", 1),
+        "d" | "day" | "days" => ("h", 24),
+        u @ ("ms" | "s" | "sec" | "secs" | "m" | "min" | "mins" | "h" | "hr" | "hrs") => (u, 1),
         other => bail!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
     };
-    if value < 0.0 {
-        bail!("invalid duration {text:?}: must not be negative");
+    static PARSER: jiff::fmt::friendly::SpanParser = jiff::fmt::friendly::SpanParser::new();
+    // The number and unit are well-formed here: jiff can only refuse a size it cannot hold.
+    PARSER
+        .parse_unsigned_duration(format!("{num}{label}"))
+        .ok()
+        .and_then(|d| d.checked_mul(times))
+        .filter(|d| d.as_secs_f64() <= MAX_DURATION_S)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid duration {text:?}: longer than the limit of 100 years (36500d)"
+            )
+        })
+}
+
+/// Digits with at most one decimal point, written as jiff's friendly format wants them: a
+/// digit before the point, one after it, and at most nanoseconds (9 decimals) of precision.
+fn friendly_number(num: &str) -> Option<String> {
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if frac.contains('.') || (int.is_empty() && frac.is_empty()) {
+        return None;
     }
-    let secs = value * factor;
-    if !secs.is_finite() || secs > MAX_DURATION_S {
-        bail!("invalid duration {text:?}: longer than the limit of 100 years (36500d)");
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    let int = if int.is_empty() { "0" } else { int };
+    let frac = &frac[..frac.len().min(9)];
+    Some(if frac.is_empty() {
+        int.to_string()
+    } else {
+        format!("{int}.{frac}")
+    })
 }
 
 /// clap value parser for durations.
@@ -98,12 +120,71 @@ pub fn human_secs(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::parse_duration;
+    use std::time::Duration;
 
     #[test]
-    fn durations_beyond_100_years_are_refused() {
-        assert_eq!(parse_duration("36500d").unwrap().as_secs(), 3_153_600_000);
-        for absurd in ["36501d", "99999999999999999999s", &"9".repeat(400), "1e300"] {
-            assert!(parse_duration(absurd).is_err(), "{absurd}");
+    fn every_accepted_form_parses() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        for (text, want) in [
+            ("90", s(90)),
+            ("0", s(0)),
+            ("1.5", ms(1500)),
+            ("90s", s(90)),
+            ("90 sec", s(90)),
+            ("90secs", s(90)),
+            ("250ms", ms(250)),
+            ("0.5ms", Duration::from_micros(500)),
+            ("5m", s(300)),
+            ("5min", s(300)),
+            ("5 mins", s(300)),
+            ("2h", s(7200)),
+            ("1.5h", s(5400)),
+            ("2hr", s(7200)),
+            ("2 hrs", s(7200)),
+            ("7d", s(7 * 86400)),
+            ("1day", s(86400)),
+            ("1.5 days", s(129_600)),
+            ("  90s  ", s(90)),
+            ("\t5 m\n", s(300)),
+            (".5m", s(30)),
+            ("5.s", s(5)),
+            ("007s", s(7)),
+            ("0.0000000001s", s(0)),
+            ("36500d", s(3_153_600_000)),
+        ] {
+            assert_eq!(parse_duration(text).unwrap(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_why_in_the_words_used_before() {
+        let refused = |text: &str| parse_duration(text).unwrap_err().to_string();
+        let number = |t: &str| {
+            format!("invalid duration {t:?}: expected a number with an optional unit, e.g. 90s, 5m, 2h, 7d")
+        };
+        for text in ["", "   ", "-5s", "+5s", "soon", ".", "1.2.3s", "h"] {
+            assert_eq!(refused(text), number(text));
+        }
+        let unit = |t: &str, u: &str| {
+            format!("invalid duration {t:?}: unknown unit {u:?} (use ms, s, m, h or d)")
+        };
+        assert_eq!(refused("5x"), unit("5x", "x"));
+        assert_eq!(refused("1e300"), unit("1e300", "e300"));
+        assert_eq!(refused("5m30s"), unit("5m30s", "m30s"));
+        assert_eq!(refused("2w"), unit("2w", "w"));
+        assert_eq!(refused("5s ago"), unit("5s ago", "s ago"));
+        let long = |t: &str| {
+            format!("invalid duration {t:?}: longer than the limit of 100 years (36500d)")
+        };
+        for text in [
+            "36501d",
+            "36500.001d",
+            "3153600001",
+            "99999999999999999999s",
+            &"9".repeat(400),
+        ] {
+            assert_eq!(refused(text), long(text));
         }
     }
 }

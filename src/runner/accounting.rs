@@ -1,40 +1,9 @@
-//! Accounting: a finished attempt gives back its slots, counts toward the run's summary and
-//! stop rules (--max-failures, --max-cost, unreachable endpoints) and moves its lane's bar.
+//! Accounting: a finished attempt gives back its slots, counts toward the run's summary (which
+//! the stop rules read) and moves its lane's bar.
 
 use super::*;
 
 impl Coordinator<'_> {
-    /// Whether --max-failures is reached once these results are counted too.
-    pub(super) fn failures_reached_with(&self, results: &[Done]) -> bool {
-        let Some(limit) = self.opts.max_failures else {
-            return false;
-        };
-        let failed = results
-            .iter()
-            .filter(|d| d.finish.outcome.charged() && d.finish.outcome != Outcome::Ok)
-            .count() as u64;
-        limit.reached(
-            self.summary.failed_attempts + failed,
-            self.summary.attempts + results.len() as u64,
-        )
-    }
-
-    /// Whether --max-cost is reached once these results are counted too.
-    pub(super) fn cost_reached_with(&self, results: &[Done]) -> bool {
-        let Some(cap) = self.opts.max_cost else {
-            return false;
-        };
-        let more: f64 = results
-            .iter()
-            .filter_map(|d| {
-                let lane = self.lanes.get(&d.claim.model)?;
-                crate::report::cost::Usage::from_timings(d.finish.timings.as_ref())?
-                    .cost(&lane.model)
-            })
-            .sum();
-        self.summary.spent + more >= cap
-    }
-
     /// Gives back the slot of a finished attempt (global, lane and endpoint).
     pub(super) fn release(&mut self, done: &Done) {
         self.in_flight -= 1;
@@ -153,63 +122,6 @@ impl Coordinator<'_> {
                 self.summary.requeued += 1;
                 log::debug!("{what} back to pending: {why}");
             }
-        }
-    }
-
-    /// Stops lanes whose endpoints all stayed unreachable past the limit; their jobs stay pending.
-    pub(super) fn check_unreachable(&mut self) {
-        for (name, lane) in self.lanes.iter_mut() {
-            if lane.stopped.is_some() {
-                continue;
-            }
-            let Some(blocked) = lane.blocked_past(self.opts.unavailable_limit) else {
-                // Working again: a later outage is reported again.
-                lane.outage_reported = false;
-                continue;
-            };
-            let urls = &blocked.urls;
-            // A command lane has no server: what failed is starting its command.
-            let (what, hint) = if urls.iter().all(|u| u.is_empty()) {
-                (
-                    "its command could not be started".to_string(),
-                    "is the machine out of processes or files?",
-                )
-            } else if blocked.throttled {
-                (
-                    format!("{} throttled every request (429/503 busy)", urls.join(", ")),
-                    "is the server overloaded, or its rate limit below --rpm/--tpm (or unset)?",
-                )
-            } else {
-                (
-                    format!("{} unreachable", urls.join(", ")),
-                    "is the server running?",
-                )
-            };
-            // A daemon outlives the outage: it keeps probing (every 30 s at most).
-            if self.opts.watch {
-                if !lane.outage_reported {
-                    log::error!(
-                        "model {name}: {what} for {} — {hint} still trying (--watch)",
-                        human_secs(self.opts.unavailable_limit.as_secs_f64())
-                    );
-                    lane.outage_reported = true;
-                }
-                continue;
-            }
-            let msg = format!(
-                "model {name}: {what} for {} — {hint} its jobs stay pending",
-                human_secs(self.opts.unavailable_limit.as_secs_f64())
-            );
-            log::error!("{msg}");
-            lane.stopped = Some(
-                if blocked.throttled {
-                    "throttled"
-                } else {
-                    "unreachable"
-                }
-                .into(),
-            );
-            self.summary.stopped_lanes.push((name.clone(), msg));
         }
     }
 }

@@ -7,13 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::pace::Pacer;
+use super::schedule::{self, EndpointView, LaneView};
 use crate::attempt::AttemptJob;
 use crate::models::ModelConfig;
-
-/// Attempts shorter than this (moving average) make a lane "fast": it keeps its next job
-/// claimed and ready, so a finishing attempt thread starts it without waiting for the
-/// coordinator's round trip. Slower lanes (any real model call) never do.
-pub const FAST_ATTEMPT_MS: f64 = 100.0;
 
 /// The first rest after an endpoint was unreachable; it doubles up to `MAX_REST`.
 const FIRST_REST: Duration = Duration::from_secs(2);
@@ -215,42 +211,27 @@ impl Lane {
         self.timeout = timeout;
     }
 
-    /// One endpoint per free slot, the least busy first, so work spreads evenly. `busy` gives
-    /// the attempts in flight on an endpoint counted against this lane's concurrency: its own,
-    /// plus those of the variants that send the same served model there.
-    pub fn free_slots(
-        &self,
-        now: Instant,
-        cap: usize,
-        busy: &dyn Fn(&Endpoint) -> usize,
-    ) -> Vec<String> {
-        if self.stopped.is_some() || now < self.idle_until {
-            return Vec::new();
+    /// The lane as the scheduler sees it at `now`.
+    pub fn view<'a>(&'a self, name: &'a str, now: Instant) -> LaneView<'a> {
+        LaneView {
+            model: name,
+            served: (self.model.backend.as_str(), self.model.served()),
+            in_flight: self.in_flight,
+            last_claim: self.last_claim,
+            stopped: self.stopped.is_some(),
+            idle_until: self.idle_until,
+            paced_until: self.pacer.as_ref().map(Pacer::ready_at),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| EndpointView {
+                    url: &e.url,
+                    busy: e.busy(now),
+                    max: self.max_on(e),
+                    rest_until: e.rest_until,
+                })
+                .collect(),
         }
-        // A paced lane sends one request when its pacer allows, never a group at once.
-        let cap = match &self.pacer {
-            Some(p) if now < p.ready_at() => return Vec::new(),
-            Some(_) => cap.min(1),
-            None => cap,
-        };
-        let mut load: Vec<(usize, usize, usize)> = self
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.rest_until.is_none_or(|t| now >= t))
-            .map(|(i, e)| (busy(e), i, self.max_on(e)))
-            .collect();
-        let mut slots = Vec::new();
-        while slots.len() < cap {
-            let best = load
-                .iter_mut()
-                .filter(|(n, _, max)| n < max)
-                .min_by_key(|(n, i, _)| (*n, *i));
-            let Some((n, i, _)) = best else { break };
-            slots.push(self.endpoints[*i].url.clone());
-            *n += 1;
-        }
-        slots
     }
 
     /// Attempts at once this lane may have on an endpoint: its concurrency and the jobs kept
@@ -284,14 +265,12 @@ impl Lane {
         self.seen += 1;
     }
 
-    /// How many jobs this lane keeps ready while `lookahead`: per slot, about 20 ms of work
-    /// (1 to 8 jobs), so the coordinator can commit results in groups without a slot idling.
+    /// How many jobs this lane keeps ready: none unless `lookahead`.
     pub fn lookahead(&self) -> usize {
         if !self.lookahead {
             return 0;
         }
-        let per_slot = (20.0 / self.avg_ms.max(0.1)).clamp(1.0, 8.0) as usize;
-        self.model.concurrency.max(1) as usize * per_slot
+        schedule::ready_depth(self.model.concurrency.max(1) as usize, self.avg_ms)
     }
 
     pub fn endpoint_mut(&mut self, url: &str) -> Option<&mut Endpoint> {
@@ -457,6 +436,24 @@ impl Lane {
 mod tests {
     use super::*;
     use crate::domain::{Finish, Metrics, Outcome};
+
+    #[test]
+    fn the_scheduler_sees_a_throttled_endpoint_resting_at_half_its_limit() {
+        let mut model = ModelConfig::unconfigured("m");
+        model.concurrency = 4;
+        let mut lane = Lane::new(model, Duration::from_secs(60));
+        let url = lane.endpoints[0].url.clone();
+        let now = Instant::now();
+        assert_eq!(lane.view("m", now).endpoints[0].max, 4);
+        lane.started(1, &url);
+        assert_eq!(lane.view("m", now).endpoints[0].busy, 1);
+        lane.ended(1, &url, End::Throttled(Some(Duration::from_secs(5))));
+        let later = Instant::now();
+        let view = lane.view("m", later);
+        assert_eq!(view.endpoints[0].max, 2);
+        assert!(view.endpoints[0].rest_until.is_some_and(|t| t > later));
+        assert!(schedule::plan_claims(&[view], 64, later).is_empty());
+    }
 
     #[test]
     fn the_bar_shows_tokens_per_second_of_streamed_answers() {
