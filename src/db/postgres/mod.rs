@@ -3,9 +3,12 @@
 //! queue's SQL (see [`queue`]). Times are the database's clock (`llmbatch_now_ms()`).
 
 pub mod catalog;
+pub mod export;
+pub mod grades;
+pub mod latency;
 pub mod queue;
+pub mod report;
 pub mod session;
-pub mod snapshot;
 pub mod store;
 mod tls;
 
