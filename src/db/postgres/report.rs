@@ -312,7 +312,8 @@ pub fn phase_samples(
                 {}::float8, {}::float8{metrics}
          FROM attempts a
          WHERE a.outcome = 'ok' AND a.timings IS NOT NULL
-           AND {} IS NOT NULL{cond}",
+           AND {} IS NOT NULL{cond}
+         ORDER BY a.model COLLATE \"C\", a.id",
         timing("eval_count"),
         timing("eval_duration"),
         timing("total_duration"),
