@@ -336,16 +336,25 @@ pub fn phase_samples(
         .collect())
 }
 
+/// Per model: the backend's own generation tokens and seconds (Ollama's `eval_count` /
+/// `eval_duration`) where it reports them, else a streamed answer's tokens after the first
+/// and its time from first token to end (e2e − TTFT), as the SQLite engine sums them.
 pub fn generation_sums(c: &mut Client, scope: &AttemptScope) -> Result<Vec<GenerationSums>> {
     let mut p = Params::default();
     let cond = attempts_in(scope, "a", &mut p);
     let (count, dur) = (timing("eval_count"), timing("eval_duration"));
     let sql = format!(
-        "SELECT a.model, SUM({count})::float8, SUM({dur})::float8 / 1e9::float8
-         FROM attempts a
-         WHERE a.outcome = 'ok' AND a.timings IS NOT NULL
-           AND {count} IS NOT NULL AND {dur} > 0{cond}
-         GROUP BY a.model ORDER BY a.model COLLATE \"C\""
+        "WITH g AS (
+             SELECT a.model, {count} AS n, {dur}::float8 / 1e9::float8 AS s,
+                    a.output_tokens - 1 AS sn, (a.e2e_ms - a.ttft_ms) / 1e3::float8 AS ss
+             FROM attempts a
+             WHERE a.outcome = 'ok'{cond}
+         )
+         SELECT model, SUM(CASE WHEN n IS NOT NULL AND s > 0 THEN n ELSE sn END)::float8,
+                SUM(CASE WHEN n IS NOT NULL AND s > 0 THEN s ELSE ss END)
+         FROM g
+         WHERE (n IS NOT NULL AND s > 0) OR (sn > 0 AND ss > 0)
+         GROUP BY model ORDER BY model COLLATE \"C\""
     );
     Ok(c.query(&sql, &p.refs())?
         .iter()

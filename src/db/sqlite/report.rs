@@ -200,13 +200,18 @@ impl ReportSource for Db {
     fn generation_sums(&self, scope: &AttemptScope) -> Result<Vec<GenerationSums>> {
         let (cond, args) = scope.sql("a");
         let sql = format!(
-            "SELECT a.model, SUM(json_extract(a.timings, '$.eval_count')),
-                    SUM(json_extract(a.timings, '$.eval_duration')) / 1e9
-             FROM attempts a
-             WHERE a.outcome = 'ok' AND a.timings IS NOT NULL
-               AND json_extract(a.timings, '$.eval_count') IS NOT NULL
-               AND json_extract(a.timings, '$.eval_duration') > 0{cond}
-             GROUP BY a.model"
+            "WITH g AS (
+                 SELECT a.model, json_extract(a.timings, '$.eval_count') AS n,
+                        json_extract(a.timings, '$.eval_duration') / 1e9 AS s,
+                        a.output_tokens - 1 AS sn, (a.e2e_ms - a.ttft_ms) / 1e3 AS ss
+                 FROM attempts a
+                 WHERE a.outcome = 'ok'{cond}
+             )
+             SELECT model, SUM(CASE WHEN n IS NOT NULL AND s > 0 THEN n ELSE sn END),
+                    SUM(CASE WHEN n IS NOT NULL AND s > 0 THEN s ELSE ss END)
+             FROM g
+             WHERE (n IS NOT NULL AND s > 0) OR (sn > 0 AND ss > 0)
+             GROUP BY model"
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(params_from_iter(args), |r| {
