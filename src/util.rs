@@ -16,7 +16,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// How far the database's clock is ahead of this host's, for a reader that computes ages from
-/// a snapshot of a PostgreSQL queue (whose times are the database's).
+/// a PostgreSQL queue (whose times are the database's).
 static CLOCK_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 pub fn set_clock_offset(ms: i64) {

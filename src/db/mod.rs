@@ -13,7 +13,7 @@ use anyhow::Result;
 use std::path::Path;
 
 pub use export::*;
-pub use sqlite::{busy_timeout, explain_busy, is_busy, memory, Db};
+pub use sqlite::{busy_timeout, explain_busy, is_busy, Db};
 pub use store::*;
 
 /// What a command may do to the database.
@@ -32,7 +32,11 @@ pub enum Access {
 pub fn open(target: &Path, access: Access) -> Result<Box<dyn Store>> {
     let text = target.to_string_lossy();
     if postgres::is_url(&text) {
-        return Ok(Box::new(postgres::open(&text, access == Access::Create)?));
+        let store = postgres::open(&text, access == Access::Create)?;
+        if access == Access::Read {
+            store.hold_snapshot()?;
+        }
+        return Ok(Box::new(store));
     }
     Ok(Box::new(Db::open(target, access)?))
 }

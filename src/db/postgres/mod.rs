@@ -1,11 +1,15 @@
 //! The PostgreSQL engine: one queue for runners on several hosts. Connecting (URL, password,
 //! TLS, timeouts), its own migrations under `sql/postgres/` with a version table, and the
-//! queue's SQL (see [`queue`]). Times are the database's clock (`llmbatch_now_ms()`).
+//! queue's SQL (see [`queue`]); the reads of `report` and `export` (see [`report`], [`latency`],
+//! [`grades`], [`export`]). Times are the database's clock (`llmbatch_now_ms()`).
 
 pub mod catalog;
+pub mod export;
+pub mod grades;
+pub mod latency;
 pub mod queue;
+pub mod report;
 pub mod session;
-pub mod snapshot;
 pub mod store;
 mod tls;
 

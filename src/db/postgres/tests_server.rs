@@ -205,3 +205,42 @@ fn leases_are_written_on_the_database_clock() {
     let err = s.renew_leases(rid, 60_000).unwrap_err();
     assert!(format!("{err:#}").contains("marked stopped"), "{err:#}");
 }
+
+/// A read-only command's reads all see the moment of its first: a job enqueued meanwhile by
+/// another connection shows in none of its sections, and a long export between them would
+/// not either. Another reader started afterwards sees it.
+#[test]
+fn a_readers_sections_see_one_moment() {
+    let Some((target, mut client)) = fresh() else {
+        return;
+    };
+    enqueue(&mut client, 3);
+    let reader = store::PgStore::new(target.clone(), target.connect().unwrap());
+    reader.hold_snapshot().unwrap();
+    let scope = crate::db::report::AttemptScope::default();
+    let pending = |s: &store::PgStore| -> i64 {
+        let (models, _) = crate::db::ReportSource::status(s, &scope).unwrap();
+        models.iter().map(|(_, m)| m.counts[0]).sum()
+    };
+    assert_eq!(pending(&reader), 3);
+    client
+        .batch_execute(
+            "INSERT INTO items SELECT 'c', g::text, 'p', '{}' FROM generate_series(1, 5) g;
+             INSERT INTO jobs (batch, item_id, model, created_at, updated_at)
+                 SELECT 'c', g::text, 'm', 0, 0 FROM generate_series(1, 5) g;",
+        )
+        .unwrap();
+    assert_eq!(pending(&reader), 3, "the first read's moment holds");
+    let (jobs, _) = crate::db::ReportSource::jobs(&reader, &scope, None, None).unwrap();
+    assert_eq!(jobs.len(), 3);
+    let mut rows = 0;
+    crate::db::ExportSource::each_output(&reader, &Filter::default(), &mut |_| {
+        rows += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(rows, 3);
+    let later = store::PgStore::new(target.clone(), target.connect().unwrap());
+    later.hold_snapshot().unwrap();
+    assert_eq!(pending(&later), 8);
+}

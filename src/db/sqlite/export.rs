@@ -97,7 +97,7 @@ impl ExportSource for Db {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT DISTINCT gj.model, r.name FROM jobs gj JOIN jobs p ON p.id = gj.parent_id
                   JOIN rubrics r ON r.id = gj.rubric_id
-             WHERE gj.kind = 'grade'{cond}"
+             WHERE gj.kind = 'grade'{cond} ORDER BY gj.model, r.name"
         ))?;
         let pairs = stmt
             .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -53,7 +53,8 @@ const PHASES: [&str; 4] = [
     "a.duration_ms - json_extract(a.timings, '$.total_duration') / 1e6",
 ];
 
-/// One pass over the attempts with timings (their own partial index); json_extract reads each
+/// One pass over the attempts with timings (their own partial index, in its order: model, id,
+/// which PostgreSQL's engine follows so sums add up in the same order); json_extract reads each
 /// timings text once per field.
 pub fn phase_samples(
     conn: &Connection,
@@ -72,7 +73,8 @@ pub fn phase_samples(
                 json_extract(a.timings, '$.eval_duration'){metrics}
          FROM attempts a
          WHERE a.outcome = 'ok' AND a.timings IS NOT NULL
-           AND json_extract(a.timings, '$.total_duration') IS NOT NULL{cond}"
+           AND json_extract(a.timings, '$.total_duration') IS NOT NULL{cond}
+         ORDER BY a.model, a.id"
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(params_from_iter(args), |r| {

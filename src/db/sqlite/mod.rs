@@ -219,14 +219,6 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
-/// An empty database in memory with the current schema, foreign keys off (for loading).
-pub fn memory() -> Result<Connection> {
-    let mut conn = Connection::open_in_memory()?;
-    migrate(&mut conn)?;
-    conn.pragma_update(None, "foreign_keys", "OFF")?;
-    Ok(conn)
-}
-
 /// Opens an already-migrated database for a helper thread (heartbeat).
 fn open_again(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
@@ -236,16 +228,6 @@ fn open_again(path: &Path) -> Result<Connection> {
 }
 
 impl Db {
-    /// A database in memory holding `conn` (a snapshot of a PostgreSQL queue, read by the
-    /// report code as any file). Another handle on it is not possible: it is for one command.
-    pub fn in_memory(conn: Connection) -> Db {
-        Db {
-            conn,
-            path: PathBuf::from(":memory:"),
-            draft: None,
-        }
-    }
-
     /// Another connection to this database (already published), for another thread.
     pub fn open_again(path: &Path) -> Result<Db> {
         Ok(Db {

@@ -157,7 +157,7 @@ impl ReportSource for Db {
              FROM grades g JOIN jobs gj ON gj.id = g.job_id JOIN jobs p ON p.id = g.graded_job_id
                   JOIN rubrics r ON r.id = gj.rubric_id
              WHERE gj.state = 'done'{cond}
-             ORDER BY p.model, g.grader, r.id, p.batch, p.item_id"
+             ORDER BY p.model, g.grader, r.id, p.batch, p.item_id, p.id"
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let mut rows = stmt.query(params_from_iter(args))?;
@@ -390,7 +390,7 @@ impl ReportSource for Db {
             "SELECT j.id, j.model, j.batch, j.item_id, a.number, r.host, r.pid, a.started_at,
                     j.lease_expires_at
              FROM jobs j JOIN attempts a ON a.id = j.attempt_id LEFT JOIN runners r ON r.id = j.runner_id
-             WHERE j.state = 'running'{cond} ORDER BY a.started_at LIMIT {limit}"
+             WHERE j.state = 'running'{cond} ORDER BY a.started_at, j.id LIMIT {limit}"
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(params_from_iter(args), |r| {

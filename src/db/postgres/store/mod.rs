@@ -23,16 +23,15 @@ use enqueue::PgEnqueue;
 
 pub struct PgStore {
     session: RefCell<Session>,
-    /// The snapshot the report sections read, taken at the first one: every section of one
-    /// report sees the same moment.
-    snap: RefCell<Option<crate::db::Db>>,
+    /// Reads of a read-only command see one snapshot (see [`PgStore::hold_snapshot`]).
+    reads: reads::Reads,
 }
 
 impl PgStore {
     pub fn new(target: Target, client: Client) -> PgStore {
         PgStore {
             session: RefCell::new(Session::with_client(target, client)),
-            snap: RefCell::new(None),
+            reads: reads::Reads::default(),
         }
     }
 
@@ -42,12 +41,6 @@ impl PgStore {
 
     pub fn target(&self) -> Target {
         self.session.borrow().target.clone()
-    }
-
-    /// A consistent snapshot of the queue in an SQLite database in memory, for the reports.
-    pub fn snapshot(&self) -> Result<rusqlite::Connection> {
-        let shown = self.session.borrow().target.shown.clone();
-        self.with(|c| super::snapshot::snapshot(c, &shown))
     }
 }
 
