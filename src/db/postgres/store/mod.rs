@@ -78,12 +78,13 @@ impl QueueStore for PgStore {
 
     fn record_and_claim(&self, p: &RecordAndClaimParams) -> Result<Recorded> {
         self.session.borrow_mut().with_cache(|c, st| {
-            // Each finish and each claim is one statement, atomic and fenced by itself; more
-            // than one go in one short transaction (one commit), which ends before any
-            // claimed attempt starts.
-            // (A grade's finish also writes its verdict: always a transaction.)
-            let single = p.finishes.len() + p.claims.len() <= 1
-                && p.finishes.iter().all(|f| f.claim.kind != JobKind::Grade);
+            // The finishes are one statement, and each claim is one; either alone is atomic
+            // and fenced by itself. More than one go in one short transaction (one commit),
+            // which ends before any claimed attempt starts. (A grade's finish also writes its
+            // verdict: always a transaction.)
+            let statements = usize::from(!p.finishes.is_empty()) + p.claims.len();
+            let single =
+                statements <= 1 && p.finishes.iter().all(|f| f.claim.kind != JobKind::Grade);
             if single {
                 return record_and_claim_in(c, st, p);
             }
@@ -334,10 +335,10 @@ fn record_and_claim_in(
     st: &mut super::session::Statements,
     p: &RecordAndClaimParams,
 ) -> Result<Recorded> {
-    let mut done = Recorded::default();
-    for f in &p.finishes {
-        done.kept.push(queue::finish(c, st, f)?);
-    }
+    let mut done = Recorded {
+        kept: queue::finish(c, st, &p.finishes)?,
+        claims: Vec::with_capacity(p.claims.len()),
+    };
     for want in &p.claims {
         let started = std::time::Instant::now();
         let got = queue::claim(c, st, p.runner_id, p.lease_ms, p.filter, want)?;
