@@ -88,7 +88,9 @@ pub fn renew(
 
 /// Claims up to `endpoints.len()` runnable jobs of a model, one per endpoint slot, in one
 /// statement: rows locked with SKIP LOCKED in a CTE, then state, attempt number, lease token,
-/// lease expiry (database time) and the attempt row written together.
+/// lease expiry (database time) and the attempt row written together. `tokens` holds one
+/// lease token per endpoint slot, chosen by the caller, so that it knows them even when the
+/// answer never comes (see [`hand_back`]).
 pub fn claim(
     c: &mut impl GenericClient,
     st: &mut Statements,
@@ -96,21 +98,18 @@ pub fn claim(
     lease_ms: i64,
     filter: &Filter,
     want: &ClaimParams,
+    tokens: &[i64],
 ) -> Result<Vec<Claim>> {
     if want.endpoints.is_empty() {
         return Ok(Vec::new());
     }
+    debug_assert_eq!(tokens.len(), want.endpoints.len());
     let mut p = Params::default();
     let m = p.add(want.model.to_string());
     let cond = scope(filter, "j", &mut p);
     let limit = p.add(want.endpoints.len() as i64);
     let runner = p.add(runner_id);
-    let tokens: Vec<i64> = want
-        .endpoints
-        .iter()
-        .map(|_| fastrand::i64(1..i64::MAX))
-        .collect();
-    let tokens = p.add(tokens);
+    let tokens = p.add(tokens.to_vec());
     let lease = p.add(lease_ms);
     let eps = p.add(want.endpoints.to_vec());
     let timeout = p.add(want.timeout_s);
@@ -494,6 +493,33 @@ pub fn release_runner(c: &mut impl GenericClient, runner_id: i64) -> Result<usiz
          )
          SELECT COUNT(*) FROM held",
         &[&runner_id],
+    )?;
+    Ok(row.get::<_, i64>(0) as usize)
+}
+
+/// Puts back the jobs a runner's claims took under these lease tokens, if they still hold
+/// them: claims whose answer was lost with the connection (the server may have committed
+/// them), so the runner never started their attempts. Each attempt ends `interrupted`,
+/// uncharged, as when a runner hands its jobs back on a signal. Returns how many.
+pub fn hand_back(c: &mut impl GenericClient, runner_id: i64, tokens: &[i64]) -> Result<usize> {
+    let row = c.query_one(
+        "WITH held AS (
+             UPDATE jobs SET state = 'pending', runner_id = NULL, lease_token = NULL,
+                    lease_expires_at = NULL, last_outcome = 'interrupted',
+                    last_error = 'claimed as the connection to the database was lost',
+                    updated_at = llmbatch_now_ms()
+             WHERE runner_id = $1 AND state = 'running' AND lease_token = ANY($2::bigint[])
+             RETURNING attempt_id
+         ),
+         recorded AS (
+             UPDATE attempts SET outcome = 'interrupted', charged = 0,
+                    error = 'claimed as the connection to the database was lost',
+                    finished_at = GREATEST(llmbatch_now_ms(), started_at),
+                    duration_ms = GREATEST(llmbatch_now_ms(), started_at) - started_at
+             WHERE outcome IS NULL AND id IN (SELECT attempt_id FROM held)
+         )
+         SELECT COUNT(*) FROM held",
+        &[&runner_id, &tokens],
     )?;
     Ok(row.get::<_, i64>(0) as usize)
 }
