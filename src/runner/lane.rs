@@ -14,6 +14,8 @@ use crate::models::ModelConfig;
 /// claimed and ready, so a finishing attempt thread starts it without waiting for the
 /// coordinator's round trip. Slower lanes (any real model call) never do.
 pub const FAST_ATTEMPT_MS: f64 = 100.0;
+/// The first wait of a lane that found nothing runnable (see [`Lane::idle_pause`]).
+pub const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(25);
 
 /// The first rest after an endpoint was unreachable; it doubles up to `MAX_REST`.
 const FIRST_REST: Duration = Duration::from_secs(2);
@@ -109,6 +111,9 @@ pub struct Lane {
     pub in_flight: usize,
     /// No claim is tried before this (nothing runnable was found).
     pub idle_until: Instant,
+    /// How long the next such wait is when no backoff says when work comes: it doubles
+    /// from [`FIRST_IDLE_PAUSE`] up to a second, and starts over once a claim takes a job.
+    pub idle_pause: Duration,
     /// Why the lane stopped taking work, if it did.
     pub stopped: Option<String>,
     /// With `--watch` the lane keeps probing a long outage; it is reported once.
@@ -152,6 +157,7 @@ impl Lane {
             endpoints,
             in_flight: 0,
             idle_until: Instant::now(),
+            idle_pause: FIRST_IDLE_PAUSE,
             stopped: None,
             outage_reported: false,
             done: 0,

@@ -616,6 +616,11 @@ impl Coordinator<'_> {
             self.account(done, next, kept);
         }
         for (model, wanted, got) in claims {
+            if !got.is_empty() {
+                if let Some(lane) = self.lanes.get_mut(&model) {
+                    lane.idle_pause = lane::FIRST_IDLE_PAUSE;
+                }
+            }
             if got.len() < wanted {
                 self.idle_lane(&model)?;
             }
@@ -747,11 +752,14 @@ impl Coordinator<'_> {
     /// Nothing runnable now: look again when the earliest backoff ends (or within a tick).
     fn idle_lane(&mut self, model: &str) -> Result<()> {
         let next = self.store.next_runnable_in(&self.opts.filter, model)?;
-        let wait = match next {
-            Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(TICK),
-            _ => TICK,
-        };
         if let Some(lane) = self.lanes.get_mut(model) {
+            let wait = match next {
+                Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(TICK),
+                // No clock will bring work, but what runs elsewhere (another runner, a parent)
+                // may end any moment and retry or free a job: look again soon, then less often.
+                _ => lane.idle_pause,
+            };
+            lane.idle_pause = (lane.idle_pause * 2).min(TICK);
             lane.idle_until = Instant::now() + wait;
             // Its turn at a shared endpoint is used up: the others go first next time.
             lane.last_claim = Some(Instant::now());
