@@ -358,35 +358,65 @@ fn a_claim_whose_answer_is_lost_is_handed_back_after_reconnecting() {
     // The next call reconnects (after the session's pause) and hands job 2 back first; then
     // it records job 1 and claims again, so the runner holds exactly what it was told.
     let ok = Finish::new(Outcome::Ok, 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let again = loop {
+    let again = until_connected(|| {
         let finishes = vec![FinishParams {
             claim: &first[0],
             finish: &ok,
             next: Next::Done,
         }];
-        match claim_one(&s, rid, finishes) {
-            Ok(r) => break r,
+        claim_one(&s, rid, finishes)
+    });
+    assert_eq!(again.kept, [true]);
+    let told = |r: &Recorded| -> Vec<(i64, i64)> {
+        r.claims[0].iter().map(|c| (c.job_id, c.token)).collect()
+    };
+    assert_eq!(told(&again).len(), 1);
+    assert_eq!(held(&mut c), told(&again));
+    let attempt = |c: &mut Client, job: i64| -> (String, i64, i64) {
+        c.query_one(
+            "SELECT outcome, charged, (SELECT charged FROM jobs WHERE id = $1)
+             FROM attempts WHERE job_id = $1 AND number = 1",
+            &[&job],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap()
+    };
+    assert_eq!(attempt(&mut c, 2), ("interrupted".to_string(), 0, 0));
+
+    // The same when the answer lost is a COMMIT's: a finish and a claim in one transaction.
+    let second = &again.claims[0][0];
+    cutter.armed.store(true, SeqCst);
+    let finishes = vec![FinishParams {
+        claim: second,
+        finish: &ok,
+        next: Next::Done,
+    }];
+    assert!(is_disconnect(&claim_one(&s, rid, finishes).unwrap_err()));
+    let third = held(&mut c);
+    assert_eq!(third.len(), 1, "the claim committed: {third:?}");
+    let last = until_connected(|| claim_one(&s, rid, Vec::new()));
+    assert_eq!(held(&mut c), told(&last));
+    assert_eq!(
+        attempt(&mut c, third[0].0),
+        ("interrupted".to_string(), 0, 0)
+    );
+    let done: i64 = c
+        .query_one("SELECT COUNT(*) FROM jobs WHERE state = 'done'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(done, 2, "both finishes were recorded");
+}
+
+/// Retries `f` while the connection is being reopened (the session pauses between tries).
+fn until_connected<T>(mut f: impl FnMut() -> Result<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(v) => return v,
             Err(e) if is_disconnect(&e) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))
             }
             Err(e) => panic!("{e:#}"),
         }
-    };
-    assert_eq!(again.kept, [true]);
-    let told: Vec<(i64, i64)> = again.claims[0]
-        .iter()
-        .map(|c| (c.job_id, c.token))
-        .collect();
-    assert_eq!(told.len(), 1);
-    assert_eq!(held(&mut c), told);
-    let lost: (String, i64, i64) = c
-        .query_one(
-            "SELECT outcome, charged, (SELECT charged FROM jobs WHERE id = 2)
-             FROM attempts WHERE job_id = 2 AND number = 1",
-            &[],
-        )
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .unwrap();
-    assert_eq!(lost, ("interrupted".to_string(), 0, 0));
+    }
 }
