@@ -6,7 +6,8 @@
 #   scripts/with-postgres.sh scripts/bench-postgres.sh     # a throwaway server on this machine
 #   BENCH_PG=postgres://… scripts/bench-postgres.sh        # an existing, empty database
 #
-# Environment: BENCH_JOBS (default 2000), BENCH_RUNS (default 1). Prints one table.
+# Environment: BENCH_JOBS (default 2000), BENCH_RUNS (default 1), BENCH_BIN (a built llmbatch
+# to measure instead of building this tree's, e.g. to compare two versions). Prints one table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG=${BENCH_PG:-${LLMBATCH_TEST_PG:-}}
@@ -24,9 +25,13 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 # pct P: the nearest-rank P-th percentile of the numbers on stdin
 pct() { sort -g | awk -v p="$1" '{ v[NR] = $1 } END { r = int(NR * p / 100); if (r < NR * p / 100) r++; if (r < 1) r = 1; print v[r] }'; }
 
-say "building (release)"
-cargo build --release --quiet --bin llmbatch
-B=$PWD/target/release/llmbatch
+if [ -n "${BENCH_BIN:-}" ]; then
+    B=$BENCH_BIN
+else
+    say "building (release)"
+    cargo build --release --quiet --bin llmbatch
+    B=$PWD/target/release/llmbatch
+fi
 awk -v n="$JOBS" 'BEGIN { print "id,prompt"; for (i = 1; i <= n; i++) printf "%d,prompt number %d: tell me a joke\n", i, i }' >"$WORK/p.csv"
 
 psql_q() { psql "$PG" -Atqc "$1"; }
@@ -46,13 +51,19 @@ run_pg() {
         RUST_LOG=llmbatch::claim=debug $B -q --log-file "$WORK/log.$1.$i" --db "$PG" run --jobs 2 &
         pids+=($!)
     done
-    # Connections per runner, sampled while they work.
+    # Connections per runner, sampled while they work through one psql session kept open:
+    # a new psql per sample costs about 0.1 s of CPU (client, and a server backend forked and
+    # set up), which on 2 cores would be measured as llmbatch's slowness.
     local peak=0 n
+    coproc SAMPLER { psql "$PG" -Atq 2>/dev/null; }
     while kill -0 "${pids[0]}" 2>/dev/null; do
-        n=$(psql_q "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'llmbatch'" || echo 0)
+        echo "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'llmbatch';" >&"${SAMPLER[1]}"
+        read -r -t 5 n <&"${SAMPLER[0]}" || n=0
         [ "$n" -gt "$peak" ] && peak=$n
-        sleep 0.05
+        sleep 0.1
     done
+    exec {SAMPLER[1]}>&-
+    wait "$SAMPLER_PID" 2>/dev/null || true
     for p in "${pids[@]}"; do wait "$p"; done
     elapsed "$s"
     echo "$peak" >"$WORK/conns.$1"

@@ -29,6 +29,11 @@ impl Coordinator<'_> {
             self.account(done, next, kept);
         }
         for (wanted, got) in plan.into_iter().zip(recorded.claims) {
+            if !got.is_empty() {
+                if let Some(lane) = self.lanes.get_mut(&wanted.model) {
+                    lane.idle_pause = schedule::FIRST_IDLE_PAUSE;
+                }
+            }
             if got.len() < wanted.endpoints.len() {
                 self.idle_lane(&wanted.model)?;
             }
@@ -123,8 +128,9 @@ impl Coordinator<'_> {
     /// Nothing runnable now: look again when the earliest backoff ends (or within a tick).
     fn idle_lane(&mut self, model: &str) -> Result<()> {
         let next = self.store.next_runnable_in(&self.opts.filter, model)?;
-        let wait = schedule::idle_wait(next, TICK);
         if let Some(lane) = self.lanes.get_mut(model) {
+            let wait = schedule::idle_wait(next, lane.idle_pause, TICK);
+            lane.idle_pause = schedule::next_idle_pause(lane.idle_pause, TICK);
             lane.idle_until = Instant::now() + wait;
             // Its turn at a shared endpoint is used up: the others go first next time.
             lane.last_claim = Some(Instant::now());

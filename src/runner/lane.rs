@@ -105,6 +105,9 @@ pub struct Lane {
     pub in_flight: usize,
     /// No claim is tried before this (nothing runnable was found).
     pub idle_until: Instant,
+    /// How long the next such wait is when no backoff says when work comes: it doubles
+    /// from [`schedule::FIRST_IDLE_PAUSE`] up to a second, and starts over once a claim takes a job.
+    pub idle_pause: Duration,
     /// Why the lane stopped taking work, if it did.
     pub stopped: Option<String>,
     /// With `--watch` the lane keeps probing a long outage; it is reported once.
@@ -148,6 +151,7 @@ impl Lane {
             endpoints,
             in_flight: 0,
             idle_until: Instant::now(),
+            idle_pause: schedule::FIRST_IDLE_PAUSE,
             stopped: None,
             outage_reported: false,
             done: 0,

@@ -228,13 +228,24 @@ pub fn wait_time(
         .max(Duration::from_millis(5))
 }
 
+/// The first rest of a lane that found nothing runnable while no backoff says when work comes.
+pub const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(25);
+
 /// How long a lane that found nothing runnable rests: until its earliest backoff ends
-/// (`next_runnable_ms`, from the store), at most `tick`.
-pub fn idle_wait(next_runnable_ms: Option<i64>, tick: Duration) -> Duration {
+/// (`next_runnable_ms`, from the store), at most `tick`. With no backoff, no clock will bring
+/// work, but what runs elsewhere (another runner, a parent job) may end any moment and retry
+/// or free a job: its `pause`, which [`next_idle_pause`] doubles up to `tick`.
+pub fn idle_wait(next_runnable_ms: Option<i64>, pause: Duration, tick: Duration) -> Duration {
     match next_runnable_ms {
         Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(tick),
-        _ => tick,
+        _ => pause.min(tick),
     }
+}
+
+/// The pause after an idle look with nothing runnable: twice the last, at most `tick`. A
+/// claim that takes a job starts it over at [`FIRST_IDLE_PAUSE`].
+pub fn next_idle_pause(pause: Duration, tick: Duration) -> Duration {
+    (pause * 2).min(tick)
 }
 
 #[cfg(test)]
@@ -468,9 +479,23 @@ mod tests {
 
     #[test]
     fn an_idle_lane_waits_for_its_next_backoff_within_the_tick() {
-        assert_eq!(idle_wait(Some(250), S), Duration::from_millis(250));
-        assert_eq!(idle_wait(Some(5000), S), S);
-        assert_eq!(idle_wait(Some(0), S), S);
-        assert_eq!(idle_wait(None, S), S);
+        let p = FIRST_IDLE_PAUSE;
+        assert_eq!(idle_wait(Some(250), p, S), Duration::from_millis(250));
+        assert_eq!(idle_wait(Some(5000), p, S), S);
+        assert_eq!(idle_wait(Some(0), S, S), S);
+        assert_eq!(idle_wait(None, S, S), S);
+    }
+
+    #[test]
+    fn with_no_backoff_an_idle_lane_looks_again_soon_then_less_often() {
+        let mut pause = FIRST_IDLE_PAUSE;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            waits.push(idle_wait(None, pause, S).as_millis());
+            pause = next_idle_pause(pause, S);
+        }
+        assert_eq!(waits, [25, 50, 100, 200, 400, 800, 1000, 1000]);
+        // A backoff still decides when it says work comes.
+        assert_eq!(idle_wait(Some(300), FIRST_IDLE_PAUSE, S).as_millis(), 300);
     }
 }

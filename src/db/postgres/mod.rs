@@ -38,6 +38,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "004_sweeps",
         include_str!("../../../sql/postgres/004_sweeps.sql"),
     ),
+    (
+        "005_claim_index",
+        include_str!("../../../sql/postgres/005_claim_index.sql"),
+    ),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

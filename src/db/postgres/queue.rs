@@ -88,7 +88,9 @@ pub fn renew(
 
 /// Claims up to `endpoints.len()` runnable jobs of a model, one per endpoint slot, in one
 /// statement: rows locked with SKIP LOCKED in a CTE, then state, attempt number, lease token,
-/// lease expiry (database time) and the attempt row written together.
+/// lease expiry (database time) and the attempt row written together. `tokens` holds one
+/// lease token per endpoint slot, chosen by the caller, so that it knows them even when the
+/// answer never comes (see [`hand_back`]).
 pub fn claim(
     c: &mut impl GenericClient,
     st: &mut Statements,
@@ -96,21 +98,18 @@ pub fn claim(
     lease_ms: i64,
     filter: &Filter,
     want: &ClaimParams,
+    tokens: &[i64],
 ) -> Result<Vec<Claim>> {
     if want.endpoints.is_empty() {
         return Ok(Vec::new());
     }
+    debug_assert_eq!(tokens.len(), want.endpoints.len());
     let mut p = Params::default();
     let m = p.add(want.model.to_string());
     let cond = scope(filter, "j", &mut p);
     let limit = p.add(want.endpoints.len() as i64);
     let runner = p.add(runner_id);
-    let tokens: Vec<i64> = want
-        .endpoints
-        .iter()
-        .map(|_| fastrand::i64(1..i64::MAX))
-        .collect();
-    let tokens = p.add(tokens);
+    let tokens = p.add(tokens.to_vec());
     let lease = p.add(lease_ms);
     let eps = p.add(want.endpoints.to_vec());
     let timeout = p.add(want.timeout_s);
@@ -185,80 +184,135 @@ fn claim_row(r: &postgres::Row, model: &str) -> Claim {
     }
 }
 
-/// Records an attempt's end and moves its job in one statement, fenced by the lease token:
-/// if the job is no longer ours (reaped meanwhile), nothing is written and false is returned.
-/// A retry's wait counts from the database's now. A finished grade's verdict is stored too.
-pub fn finish(c: &mut impl GenericClient, st: &mut Statements, fp: &FinishParams) -> Result<bool> {
-    let (claim, f, next) = (fp.claim, fp.finish, fp.next);
-    let charged = f.outcome.charged() as i64;
-    let delay: Option<i64> = match next {
-        Next::Retry(d) => Some(d.max(0)),
-        _ => None,
-    };
-    let last_error = match next {
-        Next::Done => None,
-        _ => f
-            .error
-            .clone()
-            .or_else(|| Some(f.outcome.as_str().to_string())),
-    };
-    let timings = stored_timings(f).map(|t| t.to_string());
-    let m = f.metrics.clone().unwrap_or_default();
+/// Records attempts' ends and moves their jobs, all in one statement (one round trip however
+/// many there are), each fenced by its lease token: a job no longer ours (reaped meanwhile) is
+/// not written and its entry is false. A retry's wait counts from the database's now. A
+/// finished grade's verdict is stored too.
+pub fn finish(
+    c: &mut impl GenericClient,
+    st: &mut Statements,
+    fps: &[FinishParams],
+) -> Result<Vec<bool>> {
+    if fps.is_empty() {
+        return Ok(Vec::new());
+    }
     let stmt = st.get(
         c,
-        "WITH moved AS (
-             UPDATE jobs SET state = $1, charged = charged + $2,
-                    not_before = CASE WHEN $3::bigint IS NULL THEN 0 ELSE llmbatch_now_ms() + $3 END,
+        "WITH f AS (
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[],
+                    $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[],
+                    $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::text[],
+                    $15::text[], $16::text[], $17::text[], $18::text[], $19::float8[],
+                    $20::float8[], $21::float8[], $22::bigint[], $23::float8[], $24::text[],
+                    $25::bigint[])
+                 AS f(job_id, token, state, charged, delay, outcome, last_error, attempt_id,
+                      duration_ms, exit_code, signal, http_status, output, reasoning, raw_output,
+                      stderr, error, timings, ttft_ms, tpot_ms, e2e_ms, output_tokens,
+                      max_gap_ms, cache_key, cached_from)
+         ),
+         moved AS (
+             UPDATE jobs j SET state = f.state, charged = j.charged + f.charged,
+                    not_before = CASE WHEN f.delay IS NULL THEN 0 ELSE llmbatch_now_ms() + f.delay END,
                     runner_id = NULL, lease_token = NULL, lease_expires_at = NULL,
-                    last_outcome = $4, last_error = $5, updated_at = llmbatch_now_ms()
-             WHERE id = $6 AND state = 'running' AND lease_token = $7
-             RETURNING id
+                    last_outcome = f.outcome, last_error = f.last_error,
+                    updated_at = llmbatch_now_ms()
+             FROM f WHERE j.id = f.job_id AND j.state = 'running' AND j.lease_token = f.token
+             RETURNING j.id
          ),
          recorded AS (
-             UPDATE attempts SET finished_at = GREATEST(llmbatch_now_ms(), started_at),
-                    duration_ms = $8, outcome = $4, charged = $2, exit_code = $9, signal = $10,
-                    http_status = $11, output = $12, reasoning = $13, raw_output = $14,
-                    stderr = $15, error = $16, timings = $17, ttft_ms = $19, tpot_ms = $20,
-                    e2e_ms = $21, output_tokens = $22, max_gap_ms = $23, cache_key = $24,
-                    cached_from = $25
-             WHERE id = $18 AND outcome IS NULL AND EXISTS (SELECT 1 FROM moved)
-             RETURNING id
+             UPDATE attempts a SET finished_at = GREATEST(llmbatch_now_ms(), a.started_at),
+                    duration_ms = f.duration_ms, outcome = f.outcome, charged = f.charged,
+                    exit_code = f.exit_code, signal = f.signal, http_status = f.http_status,
+                    output = f.output, reasoning = f.reasoning, raw_output = f.raw_output,
+                    stderr = f.stderr, error = f.error, timings = f.timings,
+                    ttft_ms = f.ttft_ms, tpot_ms = f.tpot_ms, e2e_ms = f.e2e_ms,
+                    output_tokens = f.output_tokens, max_gap_ms = f.max_gap_ms,
+                    cache_key = f.cache_key, cached_from = f.cached_from
+             FROM f WHERE a.id = f.attempt_id AND a.outcome IS NULL
+                      AND f.job_id IN (SELECT id FROM moved)
          )
-         SELECT COUNT(*) FROM moved",
+         SELECT id FROM moved",
     )?;
-    let row = c.query_one(
-        &stmt,
-        &[
-            &next.state().as_str(),
-            &charged,
-            &delay,
-            &f.outcome.as_str(),
-            &last_error,
-            &claim.job_id,
-            &claim.token,
-            &f.duration_ms,
-            &f.exit_code,
-            &f.signal,
-            &f.http_status,
-            &f.output,
-            &f.reasoning,
-            &f.raw_output,
-            &f.stderr,
-            &f.error,
-            &timings,
-            &claim.attempt_id,
-            &m.ttft_ms,
-            &m.tpot_ms,
-            &m.e2e_ms,
-            &m.output_tokens,
-            &m.max_gap_ms,
-            &f.cache_key,
-            &f.cached_from,
-        ],
-    )?;
-    let kept = row.get::<_, i64>(0) > 0;
-    if kept && next == Next::Done && claim.kind == JobKind::Grade {
-        record_grade(c, claim, f)?;
+    let col = |g: &dyn Fn(&FinishParams) -> Option<i64>| fps.iter().map(g).collect::<Vec<_>>();
+    let text = |g: &dyn Fn(&FinishParams) -> Option<String>| fps.iter().map(g).collect::<Vec<_>>();
+    let real = |g: &dyn Fn(&FinishParams) -> Option<f64>| fps.iter().map(g).collect::<Vec<_>>();
+    let metric = |fp: &FinishParams| fp.finish.metrics.clone().unwrap_or_default();
+    let job_ids = col(&|fp| Some(fp.claim.job_id));
+    let tokens = col(&|fp| Some(fp.claim.token));
+    let states = text(&|fp| Some(fp.next.state().as_str().to_string()));
+    let charged = col(&|fp| Some(fp.finish.outcome.charged() as i64));
+    let delays = col(&|fp| match fp.next {
+        Next::Retry(d) => Some(d.max(0)),
+        _ => None,
+    });
+    let outcomes = text(&|fp| Some(fp.finish.outcome.as_str().to_string()));
+    let last_errors = text(&|fp| match fp.next {
+        Next::Done => None,
+        _ => fp
+            .finish
+            .error
+            .clone()
+            .or_else(|| Some(fp.finish.outcome.as_str().to_string())),
+    });
+    let attempt_ids = col(&|fp| Some(fp.claim.attempt_id));
+    let durations = col(&|fp| Some(fp.finish.duration_ms));
+    let exit_codes = col(&|fp| fp.finish.exit_code);
+    let signals = col(&|fp| fp.finish.signal);
+    let http = col(&|fp| fp.finish.http_status);
+    let outputs = text(&|fp| fp.finish.output.clone());
+    let reasoning = text(&|fp| fp.finish.reasoning.clone());
+    let raw = text(&|fp| fp.finish.raw_output.clone());
+    let stderr = text(&|fp| fp.finish.stderr.clone());
+    let errors = text(&|fp| fp.finish.error.clone());
+    let timings = text(&|fp| stored_timings(fp.finish).map(|t| t.to_string()));
+    let ttft = real(&|fp| metric(fp).ttft_ms);
+    let tpot = real(&|fp| metric(fp).tpot_ms);
+    let e2e = real(&|fp| metric(fp).e2e_ms);
+    let tokens_out = col(&|fp| metric(fp).output_tokens);
+    let gaps = real(&|fp| metric(fp).max_gap_ms);
+    let cache_keys = text(&|fp| fp.finish.cache_key.clone());
+    let cached_from = col(&|fp| fp.finish.cached_from);
+    let moved: std::collections::HashSet<i64> = c
+        .query(
+            &stmt,
+            &[
+                &job_ids,
+                &tokens,
+                &states,
+                &charged,
+                &delays,
+                &outcomes,
+                &last_errors,
+                &attempt_ids,
+                &durations,
+                &exit_codes,
+                &signals,
+                &http,
+                &outputs,
+                &reasoning,
+                &raw,
+                &stderr,
+                &errors,
+                &timings,
+                &ttft,
+                &tpot,
+                &e2e,
+                &tokens_out,
+                &gaps,
+                &cache_keys,
+                &cached_from,
+            ],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut kept = Vec::with_capacity(fps.len());
+    for fp in fps {
+        let k = moved.contains(&fp.claim.job_id);
+        if k && fp.next == Next::Done && fp.claim.kind == JobKind::Grade {
+            record_grade(c, fp.claim, fp.finish)?;
+        }
+        kept.push(k);
     }
     Ok(kept)
 }
@@ -439,6 +493,33 @@ pub fn release_runner(c: &mut impl GenericClient, runner_id: i64) -> Result<usiz
          )
          SELECT COUNT(*) FROM held",
         &[&runner_id],
+    )?;
+    Ok(row.get::<_, i64>(0) as usize)
+}
+
+/// Puts back the jobs a runner's claims took under these lease tokens, if they still hold
+/// them: claims whose answer was lost with the connection (the server may have committed
+/// them), so the runner never started their attempts. Each attempt ends `interrupted`,
+/// uncharged, as when a runner hands its jobs back on a signal. Returns how many.
+pub fn hand_back(c: &mut impl GenericClient, runner_id: i64, tokens: &[i64]) -> Result<usize> {
+    let row = c.query_one(
+        "WITH held AS (
+             UPDATE jobs SET state = 'pending', runner_id = NULL, lease_token = NULL,
+                    lease_expires_at = NULL, last_outcome = 'interrupted',
+                    last_error = 'claimed as the connection to the database was lost',
+                    updated_at = llmbatch_now_ms()
+             WHERE runner_id = $1 AND state = 'running' AND lease_token = ANY($2::bigint[])
+             RETURNING attempt_id
+         ),
+         recorded AS (
+             UPDATE attempts SET outcome = 'interrupted', charged = 0,
+                    error = 'claimed as the connection to the database was lost',
+                    finished_at = GREATEST(llmbatch_now_ms(), started_at),
+                    duration_ms = GREATEST(llmbatch_now_ms(), started_at) - started_at
+             WHERE outcome IS NULL AND id IN (SELECT attempt_id FROM held)
+         )
+         SELECT COUNT(*) FROM held",
+        &[&runner_id, &tokens],
     )?;
     Ok(row.get::<_, i64>(0) as usize)
 }

@@ -6,6 +6,11 @@
 use super::*;
 use crate::db::store::*;
 use crate::domain::{Finish, Next, Outcome};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A fresh, migrated database on the test server; None (after saying so) without a server.
 pub fn fresh() -> Option<(Target, Client)> {
@@ -20,11 +25,7 @@ pub fn fresh() -> Option<(Target, Client)> {
         }
     };
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = format!(
-        "u_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
+    let name = format!("u_{}_{}", std::process::id(), NEXT.fetch_add(1, SeqCst));
     let mut admin = Target::parse(&server).unwrap().connect().unwrap();
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
@@ -243,4 +244,218 @@ fn a_readers_sections_see_one_moment() {
     let later = store::PgStore::new(target.clone(), target.connect().unwrap());
     later.hold_snapshot().unwrap();
     assert_eq!(pending(&later), 8);
+}
+
+/// A TCP proxy to the test server that can lose the answer to a commit: once armed, it passes
+/// the server's messages on until the server reports a transaction ended (ReadyForQuery,
+/// status idle: an autocommit statement or a COMMIT has been applied), then closes both sides
+/// without passing that answer on. The client sees its connection drop; the server has
+/// committed. Arm it only while its client is idle (between calls).
+struct Cutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    /// Set once a connection was cut.
+    cut: Arc<AtomicBool>,
+}
+
+impl Cutter {
+    fn start(upstream: (String, u16)) -> Cutter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
+        let (a, k) = (armed.clone(), cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect((upstream.0.as_str(), upstream.1)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &c2, &mut &s2);
+                    let _ = s2.shutdown(Shutdown::Both);
+                });
+                let (a, k) = (a.clone(), k.clone());
+                std::thread::spawn(move || Cutter::answers(server, client, &a, &k));
+            }
+        });
+        Cutter { port, armed, cut }
+    }
+
+    /// Server to client: raw bytes while unarmed; message by message while armed, until the
+    /// end of a transaction, which is swallowed and the connection closed.
+    fn answers(server: TcpStream, client: TcpStream, armed: &AtomicBool, cut: &AtomicBool) {
+        let (mut from, mut to) = (&server, &client);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            let n = match from.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !armed.load(SeqCst) && buf.is_empty() {
+                if to.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                continue;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            // Whole messages: a type byte, then a length that counts itself.
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize + 1;
+                if buf.len() < len {
+                    break;
+                }
+                let msg: Vec<u8> = buf.drain(..len).collect();
+                if msg[0] == b'Z' && msg[5] == b'I' && armed.swap(false, SeqCst) {
+                    cut.store(true, SeqCst);
+                    let _ = server.shutdown(Shutdown::Both);
+                    let _ = client.shutdown(Shutdown::Both);
+                    return;
+                }
+                if to.write_all(&msg).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = client.shutdown(Shutdown::Both);
+    }
+}
+
+/// The test server's URL for a database, through `port` on the loopback.
+fn via_port(t: &Target, port: u16) -> Target {
+    let user = t.config.get_user().unwrap_or("postgres");
+    let db = t.config.get_dbname().unwrap();
+    Target::parse(&format!(
+        "postgres://{user}@127.0.0.1:{port}/{db}?sslmode=disable"
+    ))
+    .unwrap()
+}
+
+/// One claim of one slot of model `m`.
+fn claim_one(s: &dyn Store, rid: i64, finishes: Vec<FinishParams>) -> Result<Recorded> {
+    s.record_and_claim(&RecordAndClaimParams {
+        runner_id: rid,
+        lease_ms: 60_000,
+        filter: &Filter::default(),
+        finishes,
+        claims: vec![ClaimParams {
+            model: "m",
+            endpoints: &[String::new()],
+            timeout_s: 10.0,
+        }],
+    })
+}
+
+/// The hole of a lost acknowledgement: the server commits a claim, the connection drops
+/// before its answer arrives, and the runner cannot know it holds that job. Its next call, on
+/// a new connection, hands the job back (fenced by the claim's lease token): nothing stays
+/// `running` under a live runner that never started it, and the attempt is not charged.
+#[test]
+fn a_claim_whose_answer_is_lost_is_handed_back_after_reconnecting() {
+    let Some((t, mut c)) = fresh() else { return };
+    enqueue(&mut c, 3);
+    let host = match t.config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = t.config.get_ports().first().copied().unwrap_or(5432);
+    let cutter = Cutter::start((host, port));
+    let proxied = via_port(&t, cutter.port);
+    let s = store::PgStore::new(proxied.clone(), proxied.connect().unwrap());
+    let rid = s
+        .register_runner(&NewRunner {
+            host: "h".into(),
+            pid: 1,
+            pid_start: None,
+            boot_id: None,
+        })
+        .unwrap();
+    // A first claim, answered: the runner holds job 1 and knows it.
+    let first = claim_one(&s, rid, Vec::new()).unwrap().claims.remove(0);
+    assert_eq!(first.iter().map(|c| c.job_id).collect::<Vec<_>>(), [1]);
+
+    cutter.armed.store(true, SeqCst);
+    let err = claim_one(&s, rid, Vec::new()).unwrap_err();
+    assert!(cutter.cut.load(SeqCst));
+    assert!(is_disconnect(&err), "{err:#}");
+    let held = |c: &mut Client| -> Vec<(i64, i64)> {
+        c.query(
+            "SELECT id, lease_token FROM jobs WHERE state = 'running' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    // The server did commit it: job 2 is held, though the runner never heard so.
+    let ids: Vec<i64> = held(&mut c).iter().map(|h| h.0).collect();
+    assert_eq!(ids, [1, 2]);
+
+    // The next call reconnects (after the session's pause) and hands job 2 back first; then
+    // it records job 1 and claims again, so the runner holds exactly what it was told.
+    let ok = Finish::new(Outcome::Ok, 1);
+    let again = until_connected(|| {
+        let finishes = vec![FinishParams {
+            claim: &first[0],
+            finish: &ok,
+            next: Next::Done,
+        }];
+        claim_one(&s, rid, finishes)
+    });
+    assert_eq!(again.kept, [true]);
+    let told = |r: &Recorded| -> Vec<(i64, i64)> {
+        r.claims[0].iter().map(|c| (c.job_id, c.token)).collect()
+    };
+    assert_eq!(told(&again).len(), 1);
+    assert_eq!(held(&mut c), told(&again));
+    let attempt = |c: &mut Client, job: i64| -> (String, i64, i64) {
+        c.query_one(
+            "SELECT outcome, charged, (SELECT charged FROM jobs WHERE id = $1)
+             FROM attempts WHERE job_id = $1 AND number = 1",
+            &[&job],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap()
+    };
+    assert_eq!(attempt(&mut c, 2), ("interrupted".to_string(), 0, 0));
+
+    // The same when the answer lost is a COMMIT's: a finish and a claim in one transaction.
+    let second = &again.claims[0][0];
+    cutter.armed.store(true, SeqCst);
+    let finishes = vec![FinishParams {
+        claim: second,
+        finish: &ok,
+        next: Next::Done,
+    }];
+    assert!(is_disconnect(&claim_one(&s, rid, finishes).unwrap_err()));
+    let third = held(&mut c);
+    assert_eq!(third.len(), 1, "the claim committed: {third:?}");
+    let last = until_connected(|| claim_one(&s, rid, Vec::new()));
+    assert_eq!(held(&mut c), told(&last));
+    assert_eq!(
+        attempt(&mut c, third[0].0),
+        ("interrupted".to_string(), 0, 0)
+    );
+    let done: i64 = c
+        .query_one("SELECT COUNT(*) FROM jobs WHERE state = 'done'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(done, 2, "both finishes were recorded");
+}
+
+/// Retries `f` while the connection is being reopened (the session pauses between tries).
+fn until_connected<T>(mut f: impl FnMut() -> Result<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if is_disconnect(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
 }

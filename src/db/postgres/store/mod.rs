@@ -25,6 +25,10 @@ pub struct PgStore {
     session: RefCell<Session>,
     /// Reads of a read-only command see one snapshot (see [`PgStore::hold_snapshot`]).
     reads: reads::Reads,
+    /// Claims whose answer never came (the connection failed): the server may have committed
+    /// them, and then their jobs are held by this runner, which never started them. Handed
+    /// back, fenced by their lease tokens, before anything else is done on a connection.
+    unsure: RefCell<Vec<(i64, Vec<i64>)>>,
 }
 
 impl PgStore {
@@ -32,11 +36,39 @@ impl PgStore {
         PgStore {
             session: RefCell::new(Session::with_client(target, client)),
             reads: reads::Reads::default(),
+            unsure: RefCell::new(Vec::new()),
         }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        self.session.borrow_mut().with(f)
+        self.with_cache(|c, _| f(c))
+    }
+
+    /// Runs `f` on the connection (with its prepared statements), once claims left unsure by
+    /// a lost connection are settled.
+    fn with_cache<T>(
+        &self,
+        f: impl FnOnce(&mut Client, &mut super::session::Statements) -> Result<T>,
+    ) -> Result<T> {
+        self.session.borrow_mut().with_cache(|c, st| {
+            self.settle(c)?;
+            f(c, st)
+        })
+    }
+
+    /// Hands back the jobs of claims whose answer was lost, if the server committed them.
+    fn settle(&self, c: &mut Client) -> Result<()> {
+        let mut unsure = self.unsure.borrow_mut();
+        while let Some((runner_id, tokens)) = unsure.last() {
+            let n = queue::hand_back(c, *runner_id, tokens)?;
+            if n > 0 {
+                log::warn!(
+                    "{n} job(s) claimed just as the connection to the database was lost went back to pending (never started)"
+                );
+            }
+            unsure.pop();
+        }
+        Ok(())
     }
 
     pub fn target(&self) -> Target {
@@ -50,9 +82,7 @@ impl QueueStore for PgStore {
     }
 
     fn renew_leases(&self, runner_id: i64, lease_ms: i64) -> Result<()> {
-        self.session
-            .borrow_mut()
-            .with_cache(|c, st| queue::renew(c, st, runner_id, lease_ms))
+        self.with_cache(|c, st| queue::renew(c, st, runner_id, lease_ms))
     }
 
     fn stop_runner(&self, runner_id: i64, reason: &str) -> Result<()> {
@@ -70,21 +100,41 @@ impl QueueStore for PgStore {
     }
 
     fn record_and_claim(&self, p: &RecordAndClaimParams) -> Result<Recorded> {
-        self.session.borrow_mut().with_cache(|c, st| {
-            // Each finish and each claim is one statement, atomic and fenced by itself; more
-            // than one go in one short transaction (one commit), which ends before any
-            // claimed attempt starts.
-            // (A grade's finish also writes its verdict: always a transaction.)
-            let single = p.finishes.len() + p.claims.len() <= 1
-                && p.finishes.iter().all(|f| f.claim.kind != JobKind::Grade);
+        // Lease tokens are chosen here, so that a claim whose answer is lost can be found.
+        let tokens: Vec<Vec<i64>> = p
+            .claims
+            .iter()
+            .map(|w| {
+                w.endpoints
+                    .iter()
+                    .map(|_| fastrand::i64(1..i64::MAX))
+                    .collect()
+            })
+            .collect();
+        let result = self.with_cache(|c, st| {
+            // The finishes are one statement, and each claim is one; either alone is atomic
+            // and fenced by itself. More than one go in one short transaction (one commit),
+            // which ends before any claimed attempt starts. (A grade's finish also writes its
+            // verdict: always a transaction.)
+            let statements = usize::from(!p.finishes.is_empty()) + p.claims.len();
+            let single =
+                statements <= 1 && p.finishes.iter().all(|f| f.claim.kind != JobKind::Grade);
             if single {
-                return record_and_claim_in(c, st, p);
+                return record_and_claim_in(c, st, p, &tokens);
             }
             let mut tx = c.transaction()?;
-            let done = record_and_claim_in(&mut tx, st, p)?;
+            let done = record_and_claim_in(&mut tx, st, p, &tokens)?;
             tx.commit()?;
             Ok(done)
-        })
+        });
+        if result.is_err() {
+            // The commit may have been applied with only its answer lost.
+            let sent: Vec<i64> = tokens.into_iter().flatten().collect();
+            if !sent.is_empty() {
+                self.unsure.borrow_mut().push((p.runner_id, sent));
+            }
+        }
+        result
     }
 
     fn find_stuck(&self, except_runner: Option<i64>) -> Result<Vec<StuckJob>> {
@@ -326,14 +376,15 @@ fn record_and_claim_in(
     c: &mut impl postgres::GenericClient,
     st: &mut super::session::Statements,
     p: &RecordAndClaimParams,
+    tokens: &[Vec<i64>],
 ) -> Result<Recorded> {
-    let mut done = Recorded::default();
-    for f in &p.finishes {
-        done.kept.push(queue::finish(c, st, f)?);
-    }
-    for want in &p.claims {
+    let mut done = Recorded {
+        kept: queue::finish(c, st, &p.finishes)?,
+        claims: Vec::with_capacity(p.claims.len()),
+    };
+    for (want, tokens) in p.claims.iter().zip(tokens) {
         let started = std::time::Instant::now();
-        let got = queue::claim(c, st, p.runner_id, p.lease_ms, p.filter, want)?;
+        let got = queue::claim(c, st, p.runner_id, p.lease_ms, p.filter, want, tokens)?;
         log::debug!(
             target: "llmbatch::claim",
             "claimed {} job(s): claim took {:.3} ms",
