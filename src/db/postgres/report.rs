@@ -343,17 +343,22 @@ pub fn generation_sums(c: &mut Client, scope: &AttemptScope) -> Result<Vec<Gener
     let mut p = Params::default();
     let cond = attempts_in(scope, "a", &mut p);
     let (count, dur) = (timing("eval_count"), timing("eval_duration"));
+    let ollama = format!("{count} IS NOT NULL AND COALESCE({dur}, 0) > 0");
+    // As on SQLite: exact sums per branch, Ollama's nanoseconds divided once.
     let sql = format!(
-        "WITH g AS (
-             SELECT a.model, {count} AS n, {dur}::float8 / 1e9::float8 AS s,
-                    a.output_tokens - 1 AS sn, (a.e2e_ms - a.ttft_ms) / 1e3::float8 AS ss
+        "SELECT model, SUM(t)::float8, SUM(s) FROM (
+             SELECT a.model, SUM({count}) AS t, SUM({dur})::float8 / 1e9::float8 AS s
              FROM attempts a
-             WHERE a.outcome = 'ok'{cond}
-         )
-         SELECT model, SUM(CASE WHEN n IS NOT NULL AND s > 0 THEN n ELSE sn END)::float8,
-                SUM(CASE WHEN n IS NOT NULL AND s > 0 THEN s ELSE ss END)
-         FROM g
-         WHERE (n IS NOT NULL AND s > 0) OR (sn > 0 AND ss > 0)
+             WHERE a.outcome = 'ok' AND a.timings IS NOT NULL AND {ollama}{cond}
+             GROUP BY a.model
+             UNION ALL
+             SELECT a.model, SUM(a.output_tokens - 1)::numeric,
+                    SUM(a.e2e_ms - a.ttft_ms)::float8 / 1e3::float8
+             FROM attempts a
+             WHERE a.ttft_ms IS NOT NULL AND a.outcome = 'ok' AND a.output_tokens > 1
+               AND a.e2e_ms > a.ttft_ms AND NOT ({ollama}){cond}
+             GROUP BY a.model
+         ) g
          GROUP BY model ORDER BY model COLLATE \"C\""
     );
     Ok(c.query(&sql, &p.refs())?

@@ -199,22 +199,29 @@ impl ReportSource for Db {
 
     fn generation_sums(&self, scope: &AttemptScope) -> Result<Vec<GenerationSums>> {
         let (cond, args) = scope.sql("a");
+        // Two branches, each on its own cheap rows: attempts with Ollama's timings, and
+        // streamed ones without them (the partial index on ttft_ms).
+        let ollama = "json_extract(a.timings, '$.eval_count') IS NOT NULL
+                      AND COALESCE(json_extract(a.timings, '$.eval_duration'), 0) > 0";
         let sql = format!(
-            "WITH g AS (
-                 SELECT a.model, json_extract(a.timings, '$.eval_count') AS n,
-                        json_extract(a.timings, '$.eval_duration') / 1e9 AS s,
-                        a.output_tokens - 1 AS sn, (a.e2e_ms - a.ttft_ms) / 1e3 AS ss
+            "SELECT model, SUM(t), SUM(s) FROM (
+                 SELECT a.model, SUM(json_extract(a.timings, '$.eval_count')) AS t,
+                        SUM(json_extract(a.timings, '$.eval_duration')) / 1e9 AS s
                  FROM attempts a
-                 WHERE a.outcome = 'ok'{cond}
+                 WHERE a.outcome = 'ok' AND a.timings IS NOT NULL AND {ollama}{cond}
+                 GROUP BY a.model
+                 UNION ALL
+                 SELECT a.model, SUM(a.output_tokens - 1), SUM(a.e2e_ms - a.ttft_ms) / 1e3
+                 FROM attempts a
+                 WHERE a.ttft_ms IS NOT NULL AND a.outcome = 'ok' AND a.output_tokens > 1
+                   AND a.e2e_ms > a.ttft_ms AND NOT ({ollama}){cond}
+                 GROUP BY a.model
              )
-             SELECT model, SUM(CASE WHEN n IS NOT NULL AND s > 0 THEN n ELSE sn END),
-                    SUM(CASE WHEN n IS NOT NULL AND s > 0 THEN s ELSE ss END)
-             FROM g
-             WHERE (n IS NOT NULL AND s > 0) OR (sn > 0 AND ss > 0)
              GROUP BY model"
         );
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args), |r| {
+        let both = args.iter().chain(args.iter());
+        let rows = stmt.query_map(params_from_iter(both), |r| {
             Ok(GenerationSums {
                 model: r.get(0)?,
                 tokens: r.get(1)?,
