@@ -230,6 +230,21 @@ impl Finish {
         self.error = Some(msg.into());
         self
     }
+
+    /// The attempt's timings as stored: a grade job's verdict is kept there too, under `grade`.
+    pub fn stored_timings(&self) -> Option<Value> {
+        let Some(verdict) = &self.verdict else {
+            return self.timings.clone();
+        };
+        let mut timings = self
+            .timings
+            .clone()
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        if let Value::Object(m) = &mut timings {
+            m.insert("grade".into(), verdict.clone());
+        }
+        Some(timings)
+    }
 }
 
 /// Where a finished attempt sends its job.

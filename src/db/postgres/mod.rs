@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod export;
+pub mod finish;
 pub mod grades;
 pub mod latency;
 pub mod queue;

@@ -7,11 +7,10 @@
 use anyhow::Result;
 use postgres::types::ToSql;
 use postgres::GenericClient;
-use serde_json::{Map, Value};
 
 use super::session::Statements;
 use crate::db::store::*;
-use crate::domain::{Claim, Finish, JobKind, JobState, Next};
+use crate::domain::{Claim, Finish, JobKind, JobState};
 
 /// Query parameters built up with the SQL that uses them: [`Params::add`] returns `$n`.
 #[derive(Default)]
@@ -182,178 +181,6 @@ fn claim_row(r: &postgres::Row, model: &str) -> Claim {
             .and_then(|o| serde_json::from_str(o).ok())
             .unwrap_or_default(),
     }
-}
-
-/// Records attempts' ends and moves their jobs, all in one statement (one round trip however
-/// many there are), each fenced by its lease token: a job no longer ours (reaped meanwhile) is
-/// not written and its entry is false. A retry's wait counts from the database's now. A
-/// finished grade's verdict is stored too.
-pub fn finish(
-    c: &mut impl GenericClient,
-    st: &mut Statements,
-    fps: &[FinishParams],
-) -> Result<Vec<bool>> {
-    if fps.is_empty() {
-        return Ok(Vec::new());
-    }
-    let stmt = st.get(
-        c,
-        "WITH f AS (
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[],
-                    $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[],
-                    $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::text[],
-                    $15::text[], $16::text[], $17::text[], $18::text[], $19::float8[],
-                    $20::float8[], $21::float8[], $22::bigint[], $23::float8[], $24::text[],
-                    $25::bigint[])
-                 AS f(job_id, token, state, charged, delay, outcome, last_error, attempt_id,
-                      duration_ms, exit_code, signal, http_status, output, reasoning, raw_output,
-                      stderr, error, timings, ttft_ms, tpot_ms, e2e_ms, output_tokens,
-                      max_gap_ms, cache_key, cached_from)
-         ),
-         moved AS (
-             UPDATE jobs j SET state = f.state, charged = j.charged + f.charged,
-                    not_before = CASE WHEN f.delay IS NULL THEN 0 ELSE llmbatch_now_ms() + f.delay END,
-                    runner_id = NULL, lease_token = NULL, lease_expires_at = NULL,
-                    last_outcome = f.outcome, last_error = f.last_error,
-                    updated_at = llmbatch_now_ms()
-             FROM f WHERE j.id = f.job_id AND j.state = 'running' AND j.lease_token = f.token
-             RETURNING j.id
-         ),
-         recorded AS (
-             UPDATE attempts a SET finished_at = GREATEST(llmbatch_now_ms(), a.started_at),
-                    duration_ms = f.duration_ms, outcome = f.outcome, charged = f.charged,
-                    exit_code = f.exit_code, signal = f.signal, http_status = f.http_status,
-                    output = f.output, reasoning = f.reasoning, raw_output = f.raw_output,
-                    stderr = f.stderr, error = f.error, timings = f.timings,
-                    ttft_ms = f.ttft_ms, tpot_ms = f.tpot_ms, e2e_ms = f.e2e_ms,
-                    output_tokens = f.output_tokens, max_gap_ms = f.max_gap_ms,
-                    cache_key = f.cache_key, cached_from = f.cached_from
-             FROM f WHERE a.id = f.attempt_id AND a.outcome IS NULL
-                      AND f.job_id IN (SELECT id FROM moved)
-         )
-         SELECT id FROM moved",
-    )?;
-    let col = |g: &dyn Fn(&FinishParams) -> Option<i64>| fps.iter().map(g).collect::<Vec<_>>();
-    let text = |g: &dyn Fn(&FinishParams) -> Option<String>| fps.iter().map(g).collect::<Vec<_>>();
-    let real = |g: &dyn Fn(&FinishParams) -> Option<f64>| fps.iter().map(g).collect::<Vec<_>>();
-    let metric = |fp: &FinishParams| fp.finish.metrics.clone().unwrap_or_default();
-    let job_ids = col(&|fp| Some(fp.claim.job_id));
-    let tokens = col(&|fp| Some(fp.claim.token));
-    let states = text(&|fp| Some(fp.next.state().as_str().to_string()));
-    let charged = col(&|fp| Some(fp.finish.outcome.charged() as i64));
-    let delays = col(&|fp| match fp.next {
-        Next::Retry(d) => Some(d.max(0)),
-        _ => None,
-    });
-    let outcomes = text(&|fp| Some(fp.finish.outcome.as_str().to_string()));
-    let last_errors = text(&|fp| match fp.next {
-        Next::Done => None,
-        _ => fp
-            .finish
-            .error
-            .clone()
-            .or_else(|| Some(fp.finish.outcome.as_str().to_string())),
-    });
-    let attempt_ids = col(&|fp| Some(fp.claim.attempt_id));
-    let durations = col(&|fp| Some(fp.finish.duration_ms));
-    let exit_codes = col(&|fp| fp.finish.exit_code);
-    let signals = col(&|fp| fp.finish.signal);
-    let http = col(&|fp| fp.finish.http_status);
-    let outputs = text(&|fp| fp.finish.output.clone());
-    let reasoning = text(&|fp| fp.finish.reasoning.clone());
-    let raw = text(&|fp| fp.finish.raw_output.clone());
-    let stderr = text(&|fp| fp.finish.stderr.clone());
-    let errors = text(&|fp| fp.finish.error.clone());
-    let timings = text(&|fp| stored_timings(fp.finish).map(|t| t.to_string()));
-    let ttft = real(&|fp| metric(fp).ttft_ms);
-    let tpot = real(&|fp| metric(fp).tpot_ms);
-    let e2e = real(&|fp| metric(fp).e2e_ms);
-    let tokens_out = col(&|fp| metric(fp).output_tokens);
-    let gaps = real(&|fp| metric(fp).max_gap_ms);
-    let cache_keys = text(&|fp| fp.finish.cache_key.clone());
-    let cached_from = col(&|fp| fp.finish.cached_from);
-    let moved: std::collections::HashSet<i64> = c
-        .query(
-            &stmt,
-            &[
-                &job_ids,
-                &tokens,
-                &states,
-                &charged,
-                &delays,
-                &outcomes,
-                &last_errors,
-                &attempt_ids,
-                &durations,
-                &exit_codes,
-                &signals,
-                &http,
-                &outputs,
-                &reasoning,
-                &raw,
-                &stderr,
-                &errors,
-                &timings,
-                &ttft,
-                &tpot,
-                &e2e,
-                &tokens_out,
-                &gaps,
-                &cache_keys,
-                &cached_from,
-            ],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut kept = Vec::with_capacity(fps.len());
-    for fp in fps {
-        let k = moved.contains(&fp.claim.job_id);
-        if k && fp.next == Next::Done && fp.claim.kind == JobKind::Grade {
-            record_grade(c, fp.claim, fp.finish)?;
-        }
-        kept.push(k);
-    }
-    Ok(kept)
-}
-
-/// The attempt's timings as stored: a grade job's verdict is kept there too, under `grade`.
-pub fn stored_timings(f: &Finish) -> Option<Value> {
-    let Some(verdict) = &f.verdict else {
-        return f.timings.clone();
-    };
-    let mut timings = f
-        .timings
-        .clone()
-        .unwrap_or_else(|| Value::Object(Map::new()));
-    if let Value::Object(m) = &mut timings {
-        m.insert("grade".into(), verdict.clone());
-    }
-    Some(timings)
-}
-
-pub fn record_grade(c: &mut impl GenericClient, claim: &Claim, f: &Finish) -> Result<()> {
-    let v = f.verdict.clone().unwrap_or(Value::Null);
-    c.execute(
-        "INSERT INTO grades (job_id, graded_job_id, attempt_id, grader, pass, score, reason, fields)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (job_id) DO UPDATE SET graded_job_id = excluded.graded_job_id,
-             attempt_id = excluded.attempt_id, grader = excluded.grader, pass = excluded.pass,
-             score = excluded.score, reason = excluded.reason, fields = excluded.fields",
-        &[
-            &claim.job_id,
-            &claim.parent_id,
-            &claim.attempt_id,
-            &claim.model,
-            &v.get("pass").and_then(Value::as_bool).map(i64::from),
-            &v.get("score").and_then(Value::as_f64),
-            &v.get("reason").and_then(Value::as_str),
-            &v.get("fields")
-                .map(Value::to_string)
-                .unwrap_or_else(|| "{}".into()),
-        ],
-    )?;
-    Ok(())
 }
 
 /// Running jobs not held by `except_runner`, with their runner's record; how long ago each
@@ -614,7 +441,7 @@ pub fn answer_cached(
     claim: &Claim,
     f: &Finish,
 ) -> Result<Option<(i64, i64)>> {
-    let timings = stored_timings(f).map(|t| t.to_string());
+    let timings = f.stored_timings().map(|t| t.to_string());
     let output_tokens = f.metrics.as_ref().and_then(|m| m.output_tokens);
     let row = c.query_opt(
         "WITH done AS (
@@ -650,7 +477,7 @@ pub fn answer_cached(
         let mut answered = claim.clone();
         answered.attempt_id = attempt_id;
         answered.number = number;
-        record_grade(c, &answered, f)?;
+        super::finish::record_grade(c, &answered, f)?;
     }
     Ok(Some((attempt_id, number)))
 }

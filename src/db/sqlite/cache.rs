@@ -130,9 +130,7 @@ pub fn answer_cached(
         f.output,
         f.reasoning,
         f.raw_output,
-        super::jobs::stored_timings(f)
-            .as_ref()
-            .map(Value::to_string),
+        f.stored_timings().as_ref().map(Value::to_string),
         f.cache_key,
         f.cached_from,
         f.metrics.as_ref().and_then(|m| m.output_tokens),

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::db::store::{
     ClaimParams, Filter, FinishParams, MissingVar, Rescue, ResumeParams, RunnerRecord, StuckJob,
@@ -249,7 +249,7 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
         f.raw_output,
         f.stderr,
         f.error,
-        stored_timings(f).map(|t| t.to_string()),
+        f.stored_timings().map(|t| t.to_string()),
         claim.attempt_id,
         m.ttft_ms,
         m.tpot_ms,
@@ -263,21 +263,6 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
         record_grade(tx, claim, f)?;
     }
     Ok(true)
-}
-
-/// The attempt's timings as stored: a grade job's verdict is kept there too, under `grade`.
-pub fn stored_timings(f: &Finish) -> Option<Value> {
-    let Some(verdict) = &f.verdict else {
-        return f.timings.clone();
-    };
-    let mut timings = f
-        .timings
-        .clone()
-        .unwrap_or_else(|| Value::Object(Map::new()));
-    if let Value::Object(m) = &mut timings {
-        m.insert("grade".into(), verdict.clone());
-    }
-    Some(timings)
 }
 
 /// Stores the verdict of a finished grade job.

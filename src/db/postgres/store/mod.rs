@@ -379,7 +379,7 @@ fn record_and_claim_in(
     tokens: &[Vec<i64>],
 ) -> Result<Recorded> {
     let mut done = Recorded {
-        kept: queue::finish(c, st, &p.finishes)?,
+        kept: super::finish::finish(c, st, &p.finishes)?,
         claims: Vec::with_capacity(p.claims.len()),
     };
     for (want, tokens) in p.claims.iter().zip(tokens) {
