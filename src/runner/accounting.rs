@@ -16,9 +16,11 @@ impl Coordinator<'_> {
             ),
             _ => End::Answered,
         };
-        // Any end may make other work runnable (a graded parent, a freed slot).
+        // Any end may make other work runnable (a graded parent, a freed slot): every lane
+        // looks again now, and soon after that if it finds nothing.
         for lane in self.lanes.values_mut() {
             lane.idle_until = Instant::now();
+            lane.idle_pause = super::schedule::FIRST_IDLE_PAUSE;
         }
         let lane = self
             .lanes
