@@ -2,6 +2,7 @@
 //! each computed once; or, with `--format html`, one page of all of them.
 
 use anyhow::Result;
+use std::io::Write;
 
 use crate::cli::{Format, ReportArgs, Section};
 use crate::db::{ReportSource, Store};
@@ -42,6 +43,16 @@ pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
     if a.format == Format::Ids {
         return ids(a, db, &q, &wanted);
     }
+    if a.format == Format::Csv && wanted == [Section::Jobs] {
+        // A listing of the whole queue is written as it is read, never held.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let (state, outcome) = (a.state.as_deref(), a.outcome.map(|o| o.0));
+        render::csv_rows(&sections::jobs_header(), &mut out, &mut |push| {
+            sections::each_job(db, &q, state, outcome, &mut |row| push(&row))
+        })?;
+        out.flush()?;
+        return Ok(0);
+    }
     // Each section is computed once, however many others (the leaderboard) read it.
     let s = Sections::new(db, &q);
     let mut tables = Vec::new();
@@ -76,24 +87,25 @@ pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
 
 /// `--format ids`: the ids of the jobs behind a section, for `| llmbatch resume --ids-file -`.
 /// `jobs` lists what its filters select; `failures` the failed jobs (of `--outcome`, if given).
+/// Written as they are read: the listing may be the whole queue.
 fn ids(a: &ReportArgs, src: &dyn ReportSource, q: &Query, wanted: &[Section]) -> Result<u8> {
-    let mut tables = Vec::new();
+    let mut states = Vec::new();
     for section in wanted {
-        match section {
-            Section::Jobs => {
-                tables.push(sections::jobs(src, q, a.state.as_deref(), a.outcome.map(|o| o.0))?)
-            }
-            Section::Failures => tables.push(sections::jobs(
-                src,
-                q,
-                Some(a.state.as_deref().unwrap_or("failed")),
-                a.outcome.map(|o| o.0),
-            )?),
+        states.push(match section {
+            Section::Jobs => a.state.as_deref(),
+            Section::Failures => Some(a.state.as_deref().unwrap_or("failed")),
             other => crate::usage!(
                 "--format ids lists jobs: use it with `report jobs` or `report failures`, not {other:?}"
             ),
-        }
+        });
     }
-    render::render(&tables, Format::Ids, &mut std::io::stdout().lock())?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for state in states {
+        sections::each_job(src, q, state, a.outcome.map(|o| o.0), &mut |row| {
+            writeln!(out, "{}", render::cell_text(&row[0]))?;
+            Ok(())
+        })?;
+    }
+    out.flush()?;
     Ok(0)
 }

@@ -290,13 +290,14 @@ pub trait ReportSource {
     fn outcome_counts(&self, scope: &AttemptScope, by: &[GroupKey]) -> Result<Vec<OutcomeCounts>>;
 
     /// Jobs in scope (updated since `since_ms`), optionally in one state or last ended so,
-    /// by id; and the engine's clock.
-    fn jobs(
+    /// by id, handed to `each` one at a time: a listing may hold every job of the queue.
+    fn each_job(
         &self,
         scope: &AttemptScope,
         state: Option<JobState>,
         outcome: Option<Outcome>,
-    ) -> Result<(Vec<JobRow>, i64)>;
+        each: &mut dyn FnMut(JobRow) -> Result<()>,
+    ) -> Result<()>;
 
     /// The engine's clock (ms since the epoch): what report ages and windows count from.
     fn clock(&self) -> Result<i64>;

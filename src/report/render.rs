@@ -145,17 +145,27 @@ fn render_csv(tables: &[Table], out: &mut dyn Write) -> Result<()> {
             }
             writeln!(out, "# {}", t.name)?;
         }
-        let mut w = csv::Writer::from_writer(&mut *out);
-        w.write_record(&t.columns)?;
-        for row in &t.rows {
-            w.write_record(
-                row.iter()
-                    .enumerate()
-                    .map(|(i, v)| cell_text_to(v, t.places(i))),
-            )?;
-        }
-        w.flush()?;
+        csv_rows(t, out, &mut |push| {
+            t.rows.iter().try_for_each(|row| push(row))
+        })?;
     }
+    Ok(())
+}
+
+/// Rows handed to the caller's `push`, one at a time.
+pub type Rows<'a> = dyn FnMut(&mut dyn FnMut(&[Value]) -> Result<()>) -> Result<()> + 'a;
+
+/// One section as CSV, its header then each row `rows` pushes, written as it comes: a listing
+/// too long to hold in memory streams through here.
+pub fn csv_rows(t: &Table, out: &mut dyn Write, rows: &mut Rows) -> Result<()> {
+    let mut w = csv::Writer::from_writer(&mut *out);
+    w.write_record(&t.columns)?;
+    rows(&mut |row| {
+        let cells = row.iter().enumerate();
+        w.write_record(cells.map(|(i, v)| cell_text_to(v, t.places(i))))?;
+        Ok(())
+    })?;
+    w.flush()?;
     Ok(())
 }
 

@@ -197,17 +197,16 @@ pub fn jobs(
     state: Option<&str>,
     outcome: Option<Outcome>,
 ) -> Result<Table> {
-    let state = match state {
-        Some(s) => match JobState::parse(s) {
-            Some(state) => Some(state),
-            None => {
-                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
-                crate::usage!("--state {s:?}: expected one of {}", names.join(", "));
-            }
-        },
-        None => None,
-    };
-    let (rows, now) = src.jobs(&q.scope(), state, outcome)?;
+    let mut t = jobs_header();
+    each_job(src, q, state, outcome, &mut |row| {
+        t.push(row);
+        Ok(())
+    })?;
+    Ok(t)
+}
+
+/// The columns of the jobs listing, with no rows.
+pub fn jobs_header() -> Table {
     let mut t = Table::new(
         "jobs",
         "Jobs",
@@ -229,8 +228,31 @@ pub fn jobs(
     );
     // The key explains a cache miss: compare it with the key of the answer expected to match.
     t.pipe_only = vec!["cache_key".into(), "cached_from".into()];
-    for j in rows {
-        t.push(vec![
+    t
+}
+
+/// Each job of the listing as a row of [`jobs_header`]'s columns, handed over one at a time:
+/// a listing may hold every job of the queue, so it is never all in memory at once.
+pub fn each_job(
+    src: &dyn ReportSource,
+    q: &Query,
+    state: Option<&str>,
+    outcome: Option<Outcome>,
+    each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+) -> Result<()> {
+    let state = match state {
+        Some(s) => match JobState::parse(s) {
+            Some(state) => Some(state),
+            None => {
+                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                crate::usage!("--state {s:?}: expected one of {}", names.join(", "));
+            }
+        },
+        None => None,
+    };
+    let now = src.clock()?;
+    src.each_job(&q.scope(), state, outcome, &mut |j| {
+        each(vec![
             json!(j.id),
             json!(j.batch),
             json!(j.item_id),
@@ -244,9 +266,8 @@ pub fn jobs(
             secs(Some((now - j.updated_at).max(0) as f64)),
             json!(j.cache_key),
             json!(j.cached_from),
-        ]);
-    }
-    Ok(t)
+        ])
+    })
 }
 
 /// Every runner (with --since: those not stopped before then): where, since when, last

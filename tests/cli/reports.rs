@@ -522,3 +522,44 @@ fn output_cut_at_16_mib_is_reported_and_exported_as_truncated() {
         ]
     );
 }
+
+/// `report jobs` as CSV and as ids is written while it is read (a listing may be the whole
+/// queue); it must say what the collected table says, row for row.
+#[test]
+fn streamed_job_listings_match_the_collected_table() {
+    let env = fixed_db();
+    let without_age = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .map(|l| {
+                let mut cells: Vec<&str> = l.split(',').collect();
+                cells.remove(10); // age_s counts from each command's own now
+                cells.join(",")
+            })
+            .collect()
+    };
+    let streamed = table(&env, &["jobs", "--state", "failed", "--format", "csv"]);
+    // With a second section the listing goes through the collected tables.
+    let both = table(
+        &env,
+        &["status", "jobs", "--state", "failed", "--format", "csv"],
+    );
+    let collected = both
+        .split("# jobs\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no jobs block in {both}"));
+    assert!(
+        streamed.starts_with("id,batch,item,repeat,model,kind,state,attempts,last_outcome,last_error,age_s,cache_key,cached_from\n"),
+        "{streamed}"
+    );
+    assert_eq!(without_age(&streamed), without_age(collected));
+    let failed = env.int("SELECT COUNT(*) FROM jobs WHERE state = 'failed'");
+    assert!(failed > 0);
+    assert_eq!(streamed.lines().count() as i64, failed + 1);
+    let ids = table(&env, &["jobs", "--state", "failed", "--format", "ids"]);
+    let first_column: Vec<&str> = streamed
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(ids.lines().collect::<Vec<_>>(), first_column);
+}

@@ -198,14 +198,14 @@ pub fn outcome_counts(
         .collect())
 }
 
-pub fn jobs(
-    c: &mut Client,
+/// The listing of jobs in scope (updated since `since_ms`), in a state, last ended so; by id.
+pub fn jobs_sql(
     scope: &AttemptScope,
     state: Option<JobState>,
     outcome: Option<Outcome>,
-) -> Result<Vec<JobRow>> {
-    let mut p = Params::default();
-    let mut cond = jobs_in(scope, "j", "updated_at", &mut p);
+    p: &mut Params,
+) -> String {
+    let mut cond = jobs_in(scope, "j", "updated_at", p);
     if let Some(s) = state {
         cond.push_str(&format!(" AND j.state = {}", p.add(s.as_str().to_string())));
     }
@@ -215,30 +215,30 @@ pub fn jobs(
             p.add(o.as_str().to_string())
         ));
     }
-    let sql = format!(
+    format!(
         "SELECT j.id, j.batch, j.item_id, j.model, j.kind, j.state, j.attempts, j.last_outcome,
                 j.last_error, j.updated_at, j.repeat, a.cache_key, a.cached_from
          FROM jobs j LEFT JOIN attempts a ON a.id = j.attempt_id
          WHERE true{cond} ORDER BY j.id"
-    );
-    Ok(c.query(&sql, &p.refs())?
-        .iter()
-        .map(|r| JobRow {
-            id: r.get(0),
-            batch: r.get(1),
-            item_id: r.get(2),
-            model: r.get(3),
-            kind: r.get(4),
-            state: r.get(5),
-            attempts: r.get(6),
-            last_outcome: r.get(7),
-            last_error: r.get(8),
-            updated_at: r.get(9),
-            repeat: r.get(10),
-            cache_key: r.get(11),
-            cached_from: r.get(12),
-        })
-        .collect())
+    )
+}
+
+pub fn job_row(r: &postgres::Row) -> JobRow {
+    JobRow {
+        id: r.get(0),
+        batch: r.get(1),
+        item_id: r.get(2),
+        model: r.get(3),
+        kind: r.get(4),
+        state: r.get(5),
+        attempts: r.get(6),
+        last_outcome: r.get(7),
+        last_error: r.get(8),
+        updated_at: r.get(9),
+        repeat: r.get(10),
+        cache_key: r.get(11),
+        cached_from: r.get(12),
+    }
 }
 
 pub fn generates(c: &mut Client, filter: &Filter, model: &str) -> Result<bool> {

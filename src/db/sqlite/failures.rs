@@ -83,12 +83,13 @@ pub fn outcome_counts(
 }
 
 /// Jobs in scope (updated since `since_ms`), in a state, last ended so; by id.
-pub fn jobs(
+pub fn each_job(
     conn: &Connection,
     scope: &AttemptScope,
     state: Option<JobState>,
     outcome: Option<Outcome>,
-) -> Result<Vec<JobRow>> {
+    each: &mut dyn FnMut(JobRow) -> Result<()>,
+) -> Result<()> {
     let (mut cond, mut args) = scope.filter.sql("j");
     if let Some(s) = state {
         cond.push_str(" AND j.state = ?");
@@ -126,5 +127,8 @@ pub fn jobs(
             cached_from: r.get(12)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    for row in rows {
+        each(row?)?;
+    }
+    Ok(())
 }

@@ -102,17 +102,14 @@ impl ReportSource for Db {
         super::failures::outcome_counts(&self.conn, scope, by)
     }
 
-    fn jobs(
+    fn each_job(
         &self,
         scope: &AttemptScope,
         state: Option<JobState>,
         outcome: Option<Outcome>,
-    ) -> Result<(Vec<JobRow>, i64)> {
-        let now = now_ms();
-        Ok((
-            super::failures::jobs(&self.conn, scope, state, outcome)?,
-            now,
-        ))
+        each: &mut dyn FnMut(JobRow) -> Result<()>,
+    ) -> Result<()> {
+        super::failures::each_job(&self.conn, scope, state, outcome, each)
     }
 
     fn generates(&self, filter: &Filter, model: &str) -> Result<bool> {

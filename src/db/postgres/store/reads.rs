@@ -241,13 +241,17 @@ impl ReportSource for PgStore {
         self.read(|c| report::outcome_counts(c, scope, by))
     }
 
-    fn jobs(
+    fn each_job(
         &self,
         scope: &AttemptScope,
         state: Option<JobState>,
         outcome: Option<Outcome>,
-    ) -> Result<(Vec<JobRow>, i64)> {
-        self.read(|c| Ok((report::jobs(c, scope, state, outcome)?, report::clock(c)?)))
+        each: &mut dyn FnMut(JobRow) -> Result<()>,
+    ) -> Result<()> {
+        let mut p = Params::default();
+        let sql = report::jobs_sql(scope, state, outcome, &mut p);
+        self.each_fetched(&sql, &p, |r| each(report::job_row(r)))?;
+        Ok(())
     }
 }
 
