@@ -235,6 +235,9 @@ impl Coordinator<'_> {
             }
             // Results not yet recorded (a busy database) keep the runner here until they are.
             if self.in_flight == 0 && dispatched == 0 && pending.is_empty() {
+                // The results just recorded may have reached a limit: judge it now, not a
+                // tick later.
+                let claiming = claiming && self.check_stop_rules();
                 match self.when_idle(claiming)? {
                     Idle::Finished => return Ok(()),
                     Idle::LookAgain => continue,
