@@ -1,5 +1,5 @@
 //! The reaper: decides which running jobs have lost their runner (by the one liveness rule,
-//! [`crate::util::runner_life`]), puts them back through the store, marks their dead
+//! [`crate::liveness::runner_life`]), puts them back through the store, marks their dead
 //! runners stopped and kills what those left running. The store only lists and moves jobs.
 
 use anyhow::Result;

@@ -3,7 +3,7 @@
 //! by quality — grades when there are any, else the success rate — then by p95 latency, with
 //! ties and missing data said in a `note`, and one sentence naming the best model and why.
 //!
-//! A new column is one field on [`Entry`], one line in [`Entry::cells`] and one
+//! A new column is one field on [`Entry`], one line in `Entry::cells` and one
 //! name in [`COLUMNS`].
 
 use anyhow::Result;

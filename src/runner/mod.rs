@@ -2,7 +2,7 @@
 //! attempt to a pool thread (which runs a child process), and records what comes back —
 //! finishes and the next claims in one transaction. It never blocks on a model.
 //!
-//! Each pass of its loop ([`Coordinator::work`]) is a sequence of named steps, in files of
+//! Each pass of its loop (`Coordinator::work`) is a sequence of named steps, in files of
 //! their own: take the results that came back (`handle_finished`, `accounting.rs`), check the
 //! stop rules (`stop_rules.rs`), rescue the jobs of dead runners (`rescue.rs`), record the
 //! results and claim what the scheduler plans in one store call (`claims.rs`, the pure
