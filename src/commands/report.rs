@@ -43,13 +43,18 @@ pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
     if a.format == Format::Ids {
         return ids(a, db, &q, &wanted);
     }
-    if a.format == Format::Csv && wanted == [Section::Jobs] {
+    if matches!(a.format, Format::Csv | Format::Json) && wanted == [Section::Jobs] {
         // A listing of the whole queue is written as it is read, never held.
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         let (state, outcome) = (a.state.as_deref(), a.outcome.map(|o| o.0));
-        render::csv_rows(&sections::jobs_header(), &mut out, &mut |push| {
+        let mut rows = |push: &mut dyn FnMut(&[serde_json::Value]) -> Result<()>| {
             sections::each_job(db, &q, state, outcome, &mut |row| push(&row))
-        })?;
+        };
+        let header = sections::jobs_header();
+        match a.format {
+            Format::Csv => render::csv_rows(&header, &mut out, &mut rows)?,
+            _ => render::json_rows(&header, &mut out, &mut rows)?,
+        }
         out.flush()?;
         return Ok(0);
     }

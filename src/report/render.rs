@@ -179,6 +179,26 @@ fn render_json(tables: &[Table], out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// One section as the JSON document `render` writes for it alone, each row `rows` pushes
+/// written as it comes: a listing too long to hold in memory streams through here.
+pub fn json_rows(t: &Table, out: &mut dyn Write, rows: &mut Rows) -> Result<()> {
+    write!(out, "{{\n  {}: [", Value::String(t.name.clone()))?;
+    let mut first = true;
+    rows(&mut |row| {
+        let object: Map<String, Value> =
+            t.columns.iter().cloned().zip(row.iter().cloned()).collect();
+        let text = serde_json::to_string_pretty(&Value::Object(object))?;
+        write!(out, "{}", if first { "\n" } else { ",\n" })?;
+        first = false;
+        for (i, line) in text.lines().enumerate() {
+            write!(out, "{}    {line}", if i > 0 { "\n" } else { "" })?;
+        }
+        Ok(())
+    })?;
+    writeln!(out, "{}]\n}}", if first { "" } else { "\n  " })?;
+    Ok(())
+}
+
 /// A table's rows as JSON objects keyed by column name.
 pub fn rows_json(t: &Table) -> Value {
     Value::Array(

@@ -562,4 +562,22 @@ fn streamed_job_listings_match_the_collected_table() {
         .map(|l| l.split(',').next().unwrap())
         .collect();
     assert_eq!(ids.lines().collect::<Vec<_>>(), first_column);
+
+    let without_ages = |mut rows: serde_json::Value| {
+        for row in rows.as_array_mut().expect("rows") {
+            row.as_object_mut().unwrap().remove("age_s");
+        }
+        rows
+    };
+    let streamed = env.report_json(&["jobs", "--state", "failed"]);
+    let collected = env.report_json(&["status", "jobs", "--state", "failed"]);
+    assert_eq!(streamed.as_object().unwrap().len(), 1, "{streamed}");
+    assert_eq!(
+        without_ages(streamed["jobs"].clone()),
+        without_ages(collected["jobs"].clone())
+    );
+    assert_eq!(streamed["jobs"].as_array().unwrap().len() as i64, failed);
+    // No rows: the same empty document as a collected section.
+    let none = table(&env, &["jobs", "--state", "cancelled", "--format", "json"]);
+    assert_eq!(none, "{\n  \"jobs\": []\n}\n");
 }
