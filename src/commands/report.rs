@@ -45,10 +45,10 @@ pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
     }
     if matches!(a.format, Format::Csv | Format::Json) && wanted == [Section::Jobs] {
         // A listing of the whole queue is written as it is read, never held.
+        let listing = sections::JobListing::new(db, a.state.as_deref(), a.outcome.map(|o| o.0))?;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        let (state, outcome) = (a.state.as_deref(), a.outcome.map(|o| o.0));
         let mut rows = |push: &mut dyn FnMut(&[serde_json::Value]) -> Result<()>| {
-            sections::each_job(db, &q, state, outcome, &mut |row| push(&row))
+            listing.each(db, &q, &mut |row| push(&row))
         };
         let header = sections::jobs_header();
         match a.format {
@@ -94,19 +94,24 @@ pub fn run(a: &ReportArgs, db: &dyn Store) -> Result<u8> {
 /// `jobs` lists what its filters select; `failures` the failed jobs (of `--outcome`, if given).
 /// Written as they are read: the listing may be the whole queue.
 fn ids(a: &ReportArgs, src: &dyn ReportSource, q: &Query, wanted: &[Section]) -> Result<u8> {
-    let mut states = Vec::new();
+    let mut listings = Vec::new();
     for section in wanted {
-        states.push(match section {
+        let state = match section {
             Section::Jobs => a.state.as_deref(),
             Section::Failures => Some(a.state.as_deref().unwrap_or("failed")),
             other => crate::usage!(
                 "--format ids lists jobs: use it with `report jobs` or `report failures`, not {other:?}"
             ),
-        });
+        };
+        listings.push(sections::JobListing::new(
+            src,
+            state,
+            a.outcome.map(|o| o.0),
+        )?);
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for state in states {
-        sections::each_job(src, q, state, a.outcome.map(|o| o.0), &mut |row| {
+    for listing in listings {
+        listing.each(src, q, &mut |row| {
             writeln!(out, "{}", render::cell_text(&row[0]))?;
             Ok(())
         })?;

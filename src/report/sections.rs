@@ -197,8 +197,9 @@ pub fn jobs(
     state: Option<&str>,
     outcome: Option<Outcome>,
 ) -> Result<Table> {
+    let listing = JobListing::new(src, state, outcome)?;
     let mut t = jobs_header();
-    each_job(src, q, state, outcome, &mut |row| {
+    listing.each(src, q, &mut |row| {
         t.push(row);
         Ok(())
     })?;
@@ -231,43 +232,64 @@ pub fn jobs_header() -> Table {
     t
 }
 
-/// Each job of the listing as a row of [`jobs_header`]'s columns, handed over one at a time:
-/// a listing may hold every job of the queue, so it is never all in memory at once.
-pub fn each_job(
-    src: &dyn ReportSource,
-    q: &Query,
-    state: Option<&str>,
+/// What a jobs listing selects, checked and with the clock its ages count from: made before
+/// anything is written, so a bad `--state` leaves stdout empty.
+pub struct JobListing {
+    state: Option<JobState>,
     outcome: Option<Outcome>,
-    each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
-) -> Result<()> {
-    let state = match state {
-        Some(s) => match JobState::parse(s) {
-            Some(state) => Some(state),
-            None => {
-                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
-                crate::usage!("--state {s:?}: expected one of {}", names.join(", "));
-            }
-        },
-        None => None,
-    };
-    let now = src.clock()?;
-    src.each_job(&q.scope(), state, outcome, &mut |j| {
-        each(vec![
-            json!(j.id),
-            json!(j.batch),
-            json!(j.item_id),
-            json!(j.repeat),
-            json!(j.model),
-            json!(j.kind),
-            json!(j.state),
-            json!(j.attempts),
-            json!(j.last_outcome),
-            json!(j.last_error),
-            secs(Some((now - j.updated_at).max(0) as f64)),
-            json!(j.cache_key),
-            json!(j.cached_from),
-        ])
-    })
+    now: i64,
+}
+
+impl JobListing {
+    pub fn new(
+        src: &dyn ReportSource,
+        state: Option<&str>,
+        outcome: Option<Outcome>,
+    ) -> Result<JobListing> {
+        let state = match state {
+            Some(s) => match JobState::parse(s) {
+                Some(state) => Some(state),
+                None => {
+                    let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                    crate::usage!("--state {s:?}: expected one of {}", names.join(", "));
+                }
+            },
+            None => None,
+        };
+        Ok(JobListing {
+            state,
+            outcome,
+            now: src.clock()?,
+        })
+    }
+
+    /// Each job as a row of [`jobs_header`]'s columns, handed over one at a time: a listing
+    /// may hold every job of the queue, so it is never all in memory at once.
+    pub fn each(
+        &self,
+        src: &dyn ReportSource,
+        q: &Query,
+        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+    ) -> Result<()> {
+        let now = self.now;
+        src.each_job(&q.scope(), self.state, self.outcome, &mut |j| {
+            each(vec![
+                json!(j.id),
+                json!(j.batch),
+                json!(j.item_id),
+                json!(j.repeat),
+                json!(j.model),
+                json!(j.kind),
+                json!(j.state),
+                json!(j.attempts),
+                json!(j.last_outcome),
+                json!(j.last_error),
+                secs(Some((now - j.updated_at).max(0) as f64)),
+                json!(j.cache_key),
+                json!(j.cached_from),
+            ])
+        })
+    }
 }
 
 /// Every runner (with --since: those not stopped before then): where, since when, last

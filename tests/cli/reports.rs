@@ -580,4 +580,22 @@ fn streamed_job_listings_match_the_collected_table() {
     // No rows: the same empty document as a collected section.
     let none = table(&env, &["jobs", "--state", "cancelled", "--format", "json"]);
     assert_eq!(none, "{\n  \"jobs\": []\n}\n");
+
+    // A bad --state is refused before anything is written: no lone header, no half document.
+    for format in ["csv", "json", "ids", "table"] {
+        let out = env
+            .cmd(&["report", "jobs", "--state", "bogus", "--format", format])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{format}");
+        assert!(
+            out.stdout.is_empty(),
+            "{format}: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--state \"bogus\": expected one of"),
+            "{format}"
+        );
+    }
 }
