@@ -80,12 +80,15 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
 }
 
 /// Digits with at most one decimal point, written as jiff's friendly format wants them: a
-/// digit before the point, one after it, and at most nanoseconds (9 decimals) of precision.
+/// digit before the point (no leading zeros), one after it, and at most nanoseconds (9
+/// decimals) of precision.
 fn friendly_number(num: &str) -> Option<String> {
     let (int, frac) = num.split_once('.').unwrap_or((num, ""));
     if frac.contains('.') || (int.is_empty() && frac.is_empty()) {
         return None;
     }
+    // Leading zeros change nothing but would make jiff refuse a number it can hold.
+    let int = int.trim_start_matches('0');
     let int = if int.is_empty() { "0" } else { int };
     let frac = &frac[..frac.len().min(9)];
     Some(if frac.is_empty() {
@@ -149,6 +152,8 @@ mod tests {
             ("\t5 m\n", s(300)),
             (".5m", s(30)),
             ("5.s", s(5)),
+            ("0000000000000000000001s", s(1)),
+            ("000.5", ms(500)),
             ("007s", s(7)),
             ("0.0000000001s", s(0)),
             ("36500d", s(3_153_600_000)),
