@@ -267,9 +267,13 @@ impl ExportSource for PgStore {
     }
 
     fn grades_of(&self, job_id: i64) -> Result<Vec<GradeRow>> {
-        self.read(|c| {
-            let rows = c.query(export::GRADES_OF, &[&job_id])?;
-            Ok(rows.iter().map(export::grade_row).collect())
+        // Once per exported row: prepared once, so each is one round trip.
+        self.snapshot(|| {
+            self.with_cache(|c, st| {
+                let stmt = st.get(c, export::GRADES_OF)?;
+                let rows = c.query(&stmt, &[&job_id])?;
+                Ok(rows.iter().map(export::grade_row).collect())
+            })
         })
     }
 
