@@ -77,36 +77,36 @@ pub fn finish(
     Ok(kept)
 }
 
-/// One array per column of [`FINISH`], one entry per finish.
-struct Columns {
+/// One array per column of [`FINISH`], one entry per finish; text borrowed from the finishes.
+struct Columns<'a> {
     job_ids: Vec<Option<i64>>,
     tokens: Vec<Option<i64>>,
-    states: Vec<Option<String>>,
+    states: Vec<Option<&'a str>>,
     charged: Vec<Option<i64>>,
     delays: Vec<Option<i64>>,
-    outcomes: Vec<Option<String>>,
-    last_errors: Vec<Option<String>>,
+    outcomes: Vec<Option<&'a str>>,
+    last_errors: Vec<Option<&'a str>>,
     attempt_ids: Vec<Option<i64>>,
     durations: Vec<Option<i64>>,
     exit_codes: Vec<Option<i64>>,
     signals: Vec<Option<i64>>,
     http: Vec<Option<i64>>,
-    outputs: Vec<Option<String>>,
-    reasoning: Vec<Option<String>>,
-    raw: Vec<Option<String>>,
-    stderr: Vec<Option<String>>,
-    errors: Vec<Option<String>>,
+    outputs: Vec<Option<&'a str>>,
+    reasoning: Vec<Option<&'a str>>,
+    raw: Vec<Option<&'a str>>,
+    stderr: Vec<Option<&'a str>>,
+    errors: Vec<Option<&'a str>>,
     timings: Vec<Option<String>>,
     ttft: Vec<Option<f64>>,
     tpot: Vec<Option<f64>>,
     e2e: Vec<Option<f64>>,
     tokens_out: Vec<Option<i64>>,
     gaps: Vec<Option<f64>>,
-    cache_keys: Vec<Option<String>>,
+    cache_keys: Vec<Option<&'a str>>,
     cached_from: Vec<Option<i64>>,
 }
 
-impl Columns {
+impl Columns<'_> {
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         vec![
             &self.job_ids,
@@ -138,72 +138,53 @@ impl Columns {
     }
 }
 
-fn columns(fps: &[FinishParams]) -> Columns {
-    let col = |g: &dyn Fn(&FinishParams) -> Option<i64>| fps.iter().map(g).collect::<Vec<_>>();
-    let text = |g: &dyn Fn(&FinishParams) -> Option<String>| fps.iter().map(g).collect::<Vec<_>>();
-    let real = |g: &dyn Fn(&FinishParams) -> Option<f64>| fps.iter().map(g).collect::<Vec<_>>();
-    let metric = |fp: &FinishParams| fp.finish.metrics.clone().unwrap_or_default();
-    let job_ids = col(&|fp| Some(fp.claim.job_id));
-    let tokens = col(&|fp| Some(fp.claim.token));
-    let states = text(&|fp| Some(fp.next.state().as_str().to_string()));
-    let charged = col(&|fp| Some(fp.finish.outcome.charged() as i64));
-    let delays = col(&|fp| match fp.next {
-        Next::Retry(d) => Some(d.max(0)),
-        _ => None,
-    });
-    let outcomes = text(&|fp| Some(fp.finish.outcome.as_str().to_string()));
-    let last_errors = text(&|fp| match fp.next {
-        Next::Done => None,
-        _ => fp
-            .finish
-            .error
-            .clone()
-            .or_else(|| Some(fp.finish.outcome.as_str().to_string())),
-    });
-    let attempt_ids = col(&|fp| Some(fp.claim.attempt_id));
-    let durations = col(&|fp| Some(fp.finish.duration_ms));
-    let exit_codes = col(&|fp| fp.finish.exit_code);
-    let signals = col(&|fp| fp.finish.signal);
-    let http = col(&|fp| fp.finish.http_status);
-    let outputs = text(&|fp| fp.finish.output.clone());
-    let reasoning = text(&|fp| fp.finish.reasoning.clone());
-    let raw = text(&|fp| fp.finish.raw_output.clone());
-    let stderr = text(&|fp| fp.finish.stderr.clone());
-    let errors = text(&|fp| fp.finish.error.clone());
-    let timings = text(&|fp| fp.finish.stored_timings().map(|t| t.to_string()));
-    let ttft = real(&|fp| metric(fp).ttft_ms);
-    let tpot = real(&|fp| metric(fp).tpot_ms);
-    let e2e = real(&|fp| metric(fp).e2e_ms);
-    let tokens_out = col(&|fp| metric(fp).output_tokens);
-    let gaps = real(&|fp| metric(fp).max_gap_ms);
-    let cache_keys = text(&|fp| fp.finish.cache_key.clone());
-    let cached_from = col(&|fp| fp.finish.cached_from);
+fn columns<'a>(fps: &'a [FinishParams<'a>]) -> Columns<'a> {
+    fn each<'a, T>(
+        fps: &'a [FinishParams<'a>],
+        g: impl Fn(&'a FinishParams<'a>) -> Option<T>,
+    ) -> Vec<Option<T>> {
+        fps.iter().map(g).collect()
+    }
     Columns {
-        job_ids,
-        tokens,
-        states,
-        charged,
-        delays,
-        outcomes,
-        last_errors,
-        attempt_ids,
-        durations,
-        exit_codes,
-        signals,
-        http,
-        outputs,
-        reasoning,
-        raw,
-        stderr,
-        errors,
-        timings,
-        ttft,
-        tpot,
-        e2e,
-        tokens_out,
-        gaps,
-        cache_keys,
-        cached_from,
+        job_ids: each(fps, |fp| Some(fp.claim.job_id)),
+        tokens: each(fps, |fp| Some(fp.claim.token)),
+        states: each(fps, |fp| Some(fp.next.state().as_str())),
+        charged: each(fps, |fp| Some(fp.finish.outcome.charged() as i64)),
+        delays: each(fps, |fp| match fp.next {
+            Next::Retry(d) => Some(d.max(0)),
+            _ => None,
+        }),
+        outcomes: each(fps, |fp| Some(fp.finish.outcome.as_str())),
+        last_errors: each(fps, |fp| match fp.next {
+            Next::Done => None,
+            _ => fp
+                .finish
+                .error
+                .as_deref()
+                .or(Some(fp.finish.outcome.as_str())),
+        }),
+        attempt_ids: each(fps, |fp| Some(fp.claim.attempt_id)),
+        durations: each(fps, |fp| Some(fp.finish.duration_ms)),
+        exit_codes: each(fps, |fp| fp.finish.exit_code),
+        signals: each(fps, |fp| fp.finish.signal),
+        http: each(fps, |fp| fp.finish.http_status),
+        outputs: each(fps, |fp| fp.finish.output.as_deref()),
+        reasoning: each(fps, |fp| fp.finish.reasoning.as_deref()),
+        raw: each(fps, |fp| fp.finish.raw_output.as_deref()),
+        stderr: each(fps, |fp| fp.finish.stderr.as_deref()),
+        errors: each(fps, |fp| fp.finish.error.as_deref()),
+        timings: each(fps, |fp| fp.finish.stored_timings().map(|t| t.to_string())),
+        ttft: each(fps, |fp| fp.finish.metrics.as_ref().and_then(|m| m.ttft_ms)),
+        tpot: each(fps, |fp| fp.finish.metrics.as_ref().and_then(|m| m.tpot_ms)),
+        e2e: each(fps, |fp| fp.finish.metrics.as_ref().and_then(|m| m.e2e_ms)),
+        tokens_out: each(fps, |fp| {
+            fp.finish.metrics.as_ref().and_then(|m| m.output_tokens)
+        }),
+        gaps: each(fps, |fp| {
+            fp.finish.metrics.as_ref().and_then(|m| m.max_gap_ms)
+        }),
+        cache_keys: each(fps, |fp| fp.finish.cache_key.as_deref()),
+        cached_from: each(fps, |fp| fp.finish.cached_from),
     }
 }
 
