@@ -240,10 +240,24 @@ pub fn finish_is_fenced_by_the_lease_token(s: &dyn Store) {
     assert_eq!(count(s, JobState::Running), 1);
     assert!(finish(s, &c, &f, Next::Done));
     assert_eq!(count(s, JobState::Done), 1);
+    // The same finish sent again (its answer lost with a connection) is kept and written once.
+    assert!(finish(s, &c, &f, Next::Done), "the same finish again");
+    assert_eq!(count(s, JobState::Done), 1);
+    let mut attempts = Vec::new();
+    let scope = crate::db::report::AttemptScope::default();
+    s.each_job(&scope, None, None, &mut |j| {
+        attempts.push(j.attempts);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(attempts, [1]);
+    // Another end of a finished attempt writes nothing.
+    let other = Finish::new(Outcome::Exit, 5);
     assert!(
-        !finish(s, &c, &f, Next::Done),
+        !finish(s, &c, &other, Next::Done),
         "a finished job is not finished twice"
     );
+    assert!(!finish(s, &stale, &other, Next::Done));
 }
 
 pub fn a_retry_waits_its_delay(s: &dyn Store) {

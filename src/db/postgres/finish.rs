@@ -45,11 +45,17 @@ const FINISH: &str = "WITH f AS (
          FROM f WHERE a.id = f.attempt_id AND a.outcome IS NULL
                   AND f.job_id IN (SELECT id FROM moved)
      )
-     SELECT id FROM moved";
+     SELECT id FROM moved
+     UNION ALL
+     -- A finish sent again after its answer was lost: this very attempt already ended so.
+     SELECT f.job_id FROM f JOIN attempts a ON a.id = f.attempt_id
+     WHERE a.outcome = f.outcome AND f.job_id NOT IN (SELECT id FROM moved)";
 
 /// Records attempts' ends and moves their jobs, all in one statement (one round trip however
 /// many there are), each fenced by its lease token: a job no longer ours (reaped meanwhile) is
-/// not written and its entry is false. A retry's wait counts from the database's now. A
+/// not written and its entry is false; one whose attempt already ended with this outcome (the
+/// same finish, sent again after its answer was lost) is not written again and its entry is
+/// true. A retry's wait counts from the database's now. A
 /// finished grade's verdict is stored too.
 pub fn finish(
     c: &mut impl GenericClient,

@@ -438,7 +438,31 @@ fn a_claim_whose_answer_is_lost_is_handed_back_after_reconnecting() {
     assert!(is_disconnect(&claim_one(&s, rid, finishes).unwrap_err()));
     let third = held(&mut c);
     assert_eq!(third.len(), 1, "the claim committed: {third:?}");
-    let last = until_connected(|| claim_one(&s, rid, Vec::new()));
+    // The runner never heard of that commit: it sends the same finish again with its next
+    // claim. Recorded once already, the finish is kept (the runner counts it once) and not
+    // written again.
+    let last = until_connected(|| {
+        let finishes = vec![FinishParams {
+            claim: second,
+            finish: &ok,
+            next: Next::Done,
+        }];
+        claim_one(&s, rid, finishes)
+    });
+    assert_eq!(last.kept, [true], "the same finish, sent again, is kept");
+    let recorded: (String, i64, i64) = c
+        .query_one(
+            "SELECT a.outcome, a.charged, j.charged FROM attempts a JOIN jobs j ON j.id = a.job_id
+             WHERE a.id = $1",
+            &[&second.attempt_id],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(
+        recorded,
+        ("ok".to_string(), 1, 1),
+        "charged once, not twice (its first attempt was handed back uncharged)"
+    );
     assert_eq!(held(&mut c), told(&last));
     assert_eq!(
         attempt(&mut c, third[0].0),

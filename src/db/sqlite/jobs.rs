@@ -223,7 +223,7 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
             claim.token
         ])?;
     if changed == 0 {
-        return Ok(false);
+        return already_ended_so(tx, claim, f);
     }
     // finished_at can never precede started_at, whatever the wall clock did meanwhile.
     let finished_at = now.max(claim.started_at);
@@ -263,6 +263,17 @@ pub fn finish(tx: &Transaction, p: &FinishParams) -> Result<bool> {
         record_grade(tx, claim, f)?;
     }
     Ok(true)
+}
+
+/// A finish sent again (its first answer lost with the connection, on a networked store) is
+/// the same finish: kept when this very attempt already ended with this outcome, so the runner
+/// counts it once; nothing is written twice. A reaped attempt ended otherwise (`lost`).
+fn already_ended_so(tx: &Transaction, claim: &Claim, f: &Finish) -> Result<bool> {
+    let ended: Option<Option<String>> = tx
+        .prepare_cached("SELECT outcome FROM attempts WHERE id = ?1")?
+        .query_row([claim.attempt_id], |r| r.get(0))
+        .optional()?;
+    Ok(ended.flatten().as_deref() == Some(f.outcome.as_str()))
 }
 
 /// Stores the verdict of a finished grade job.
