@@ -32,23 +32,7 @@ impl Params {
 
 /// ` AND …` conditions of a filter on the jobs table under `alias`.
 pub fn scope(filter: &Filter, alias: &str, p: &mut Params) -> String {
-    let mut sql = String::new();
-    if let Some(b) = &filter.batch {
-        sql.push_str(&format!(" AND {alias}.batch = {}", p.add(b.clone())));
-    }
-    if !filter.models.is_empty() {
-        sql.push_str(&format!(
-            " AND {alias}.model = ANY({}::text[])",
-            p.add(filter.models.clone())
-        ));
-    }
-    if let Some(ids) = &filter.ids {
-        sql.push_str(&format!(
-            " AND {alias}.id = ANY({}::bigint[])",
-            p.add(ids.clone())
-        ));
-    }
-    sql
+    super::report::scope_on(filter, alias, "id", p)
 }
 
 pub fn register(c: &mut impl GenericClient, r: &NewRunner) -> Result<i64> {
