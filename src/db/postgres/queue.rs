@@ -287,25 +287,7 @@ pub fn resume(c: &mut impl GenericClient, rp: &ResumeParams) -> Result<Vec<i64>>
 
 /// Puts every job a runner still holds back to pending, uncharged, its attempt `interrupted`.
 pub fn release_runner(c: &mut impl GenericClient, runner_id: i64) -> Result<usize> {
-    let row = c.query_one(
-        "WITH held AS (
-             UPDATE jobs SET state = 'pending', runner_id = NULL, lease_token = NULL,
-                    lease_expires_at = NULL, last_outcome = 'interrupted',
-                    last_error = 'runner stopped on an error', updated_at = llmbatch_now_ms()
-             WHERE runner_id = $1 AND state = 'running'
-             RETURNING attempt_id
-         ),
-         recorded AS (
-             UPDATE attempts SET outcome = 'interrupted', charged = 0,
-                    error = 'runner stopped on an error',
-                    finished_at = GREATEST(llmbatch_now_ms(), started_at),
-                    duration_ms = GREATEST(llmbatch_now_ms(), started_at) - started_at
-             WHERE outcome IS NULL AND id IN (SELECT attempt_id FROM held)
-         )
-         SELECT COUNT(*) FROM held",
-        &[&runner_id],
-    )?;
-    Ok(row.get::<_, i64>(0) as usize)
+    put_back(c, runner_id, None, "runner stopped on an error")
 }
 
 /// Puts back the jobs a runner's claims took under these lease tokens, if they still hold
@@ -313,24 +295,35 @@ pub fn release_runner(c: &mut impl GenericClient, runner_id: i64) -> Result<usiz
 /// them), so the runner never started their attempts. Each attempt ends `interrupted`,
 /// uncharged, as when a runner hands its jobs back on a signal. Returns how many.
 pub fn hand_back(c: &mut impl GenericClient, runner_id: i64, tokens: &[i64]) -> Result<usize> {
+    let why = "claimed as the connection to the database was lost";
+    put_back(c, runner_id, Some(tokens), why)
+}
+
+/// The jobs a runner holds (only those under `tokens`, if given) back to pending, uncharged,
+/// their attempts `interrupted` with `why`. Returns how many.
+fn put_back(
+    c: &mut impl GenericClient,
+    runner_id: i64,
+    tokens: Option<&[i64]>,
+    why: &str,
+) -> Result<usize> {
     let row = c.query_one(
         "WITH held AS (
              UPDATE jobs SET state = 'pending', runner_id = NULL, lease_token = NULL,
-                    lease_expires_at = NULL, last_outcome = 'interrupted',
-                    last_error = 'claimed as the connection to the database was lost',
+                    lease_expires_at = NULL, last_outcome = 'interrupted', last_error = $3,
                     updated_at = llmbatch_now_ms()
-             WHERE runner_id = $1 AND state = 'running' AND lease_token = ANY($2::bigint[])
+             WHERE runner_id = $1 AND state = 'running'
+               AND ($2::bigint[] IS NULL OR lease_token = ANY($2::bigint[]))
              RETURNING attempt_id
          ),
          recorded AS (
-             UPDATE attempts SET outcome = 'interrupted', charged = 0,
-                    error = 'claimed as the connection to the database was lost',
+             UPDATE attempts SET outcome = 'interrupted', charged = 0, error = $3,
                     finished_at = GREATEST(llmbatch_now_ms(), started_at),
                     duration_ms = GREATEST(llmbatch_now_ms(), started_at) - started_at
              WHERE outcome IS NULL AND id IN (SELECT attempt_id FROM held)
          )
          SELECT COUNT(*) FROM held",
-        &[&runner_id, &tokens],
+        &[&runner_id, &tokens, &why],
     )?;
     Ok(row.get::<_, i64>(0) as usize)
 }
