@@ -5,8 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{
-    answer, backpressure, cut_short, error_text, failure, not_json, read_lines, status_failure,
-    stream, Reply, Streamed,
+    answer, cut_short, error_text, failure, not_json, read_lines, status_failure, stream, Streamed,
 };
 use crate::backends::{WorkerRequest, WorkerResponse};
 
@@ -35,19 +34,10 @@ pub fn call(r: &WorkerRequest, key: Option<&str>) -> WorkerResponse {
         Err(resp) => return *resp,
     };
     if !(200..300).contains(&ex.status) || !ex.is_stream() {
-        let text = match ex.read_all() {
+        let text = match ex.whole_body(&url) {
             Ok(t) => t,
             Err(resp) => return *resp,
         };
-        let reply = Reply {
-            status: ex.status,
-            body: text,
-            retry_after_ms: ex.retry_after_ms,
-        };
-        if let Some(throttled) = backpressure(&reply, &url) {
-            return throttled;
-        }
-        let text = reply.body;
         if !(200..300).contains(&ex.status) {
             return refused(r, base, &url, ex.status, &text);
         }

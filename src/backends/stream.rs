@@ -181,6 +181,20 @@ impl Exchange {
         Ok(crate::text::lossy(&bytes))
     }
 
+    /// A body that is not a stream (an answer sent whole, or an error): its text, unless it is
+    /// the server pushing back, which ends the attempt `throttled`.
+    pub fn whole_body(&mut self, url: &str) -> Result<String, Box<WorkerResponse>> {
+        let reply = super::Reply {
+            status: self.status,
+            body: self.read_all()?,
+            retry_after_ms: self.retry_after_ms,
+        };
+        match super::backpressure(&reply, url) {
+            Some(throttled) => Err(Box::new(throttled)),
+            None => Ok(reply.body),
+        }
+    }
+
     /// Waits for the next event under whichever deadline applies now.
     fn wait(&mut self) -> Result<(Instant, Event), Box<WorkerResponse>> {
         let now = Instant::now();
