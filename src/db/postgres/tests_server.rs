@@ -97,14 +97,7 @@ fn concurrent_claims_never_take_a_job_twice() {
             let t = t.clone();
             std::thread::spawn(move || {
                 let s = store::PgStore::new(t.clone(), t.connect().unwrap());
-                let rid = s
-                    .register_runner(&NewRunner {
-                        host: "h".into(),
-                        pid: 1,
-                        pid_start: None,
-                        boot_id: None,
-                    })
-                    .unwrap();
+                let rid = a_runner(&s);
                 let eps = vec![String::new(); 3];
                 let filter = Filter::default();
                 let mut got = Vec::new();
@@ -181,14 +174,7 @@ fn leases_are_written_on_the_database_clock() {
     let Some((t, mut c)) = fresh() else { return };
     enqueue(&mut c, 1);
     let s = store::PgStore::new(t, c);
-    let rid = s
-        .register_runner(&NewRunner {
-            host: "h".into(),
-            pid: 1,
-            pid_start: None,
-            boot_id: None,
-        })
-        .unwrap();
+    let rid = a_runner(&s);
     s.renew_leases(rid, 60_000).unwrap();
     let stuck = s.find_stuck(None).unwrap();
     assert!(stuck.is_empty());
@@ -369,14 +355,7 @@ fn a_claim_whose_answer_is_lost_is_handed_back_after_reconnecting() {
     let cutter = Cutter::start((host, port));
     let proxied = via_port(&t, cutter.port);
     let s = store::PgStore::new(proxied.clone(), proxied.connect().unwrap());
-    let rid = s
-        .register_runner(&NewRunner {
-            host: "h".into(),
-            pid: 1,
-            pid_start: None,
-            boot_id: None,
-        })
-        .unwrap();
+    let rid = a_runner(&s);
     // A first claim, answered: the runner holds job 1 and knows it.
     let first = claim_one(&s, rid, Vec::new()).unwrap().claims.remove(0);
     assert_eq!(first.iter().map(|c| c.job_id).collect::<Vec<_>>(), [1]);
@@ -487,4 +466,15 @@ fn until_connected<T>(mut f: impl FnMut() -> Result<T>) -> T {
             Err(e) => panic!("{e:#}"),
         }
     }
+}
+
+/// A runner registered as host `h`, pid 1.
+fn a_runner(s: &store::PgStore) -> i64 {
+    s.register_runner(&NewRunner {
+        host: "h".into(),
+        pid: 1,
+        pid_start: None,
+        boot_id: None,
+    })
+    .unwrap()
 }
