@@ -347,14 +347,7 @@ fn claim_one(s: &dyn Store, rid: i64, finishes: Vec<FinishParams>) -> Result<Rec
 fn a_claim_whose_answer_is_lost_is_handed_back_after_reconnecting() {
     let Some((t, mut c)) = fresh() else { return };
     enqueue(&mut c, 3);
-    let host = match t.config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".into(),
-    };
-    let port = t.config.get_ports().first().copied().unwrap_or(5432);
-    let cutter = Cutter::start((host, port));
-    let proxied = via_port(&t, cutter.port);
-    let s = store::PgStore::new(proxied.clone(), proxied.connect().unwrap());
+    let (cutter, s) = behind_a_cutter(&t);
     let rid = a_runner(&s);
     // A first claim, answered: the runner holds job 1 and knows it.
     let first = claim_one(&s, rid, Vec::new()).unwrap().claims.remove(0);
@@ -364,16 +357,6 @@ fn a_claim_whose_answer_is_lost_is_handed_back_after_reconnecting() {
     let err = claim_one(&s, rid, Vec::new()).unwrap_err();
     assert!(cutter.cut.load(SeqCst));
     assert!(is_disconnect(&err), "{err:#}");
-    let held = |c: &mut Client| -> Vec<(i64, i64)> {
-        c.query(
-            "SELECT id, lease_token FROM jobs WHERE state = 'running' ORDER BY id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-    };
     // The server did commit it: job 2 is held, though the runner never heard so.
     let ids: Vec<i64> = held(&mut c).iter().map(|h| h.0).collect();
     assert_eq!(ids, [1, 2]);
@@ -381,77 +364,93 @@ fn a_claim_whose_answer_is_lost_is_handed_back_after_reconnecting() {
     // The next call reconnects (after the session's pause) and hands job 2 back first; then
     // it records job 1 and claims again, so the runner holds exactly what it was told.
     let ok = Finish::new(Outcome::Ok, 1);
-    let again = until_connected(|| {
-        let finishes = vec![FinishParams {
-            claim: &first[0],
-            finish: &ok,
-            next: Next::Done,
-        }];
-        claim_one(&s, rid, finishes)
-    });
+    let again = until_connected(|| claim_one(&s, rid, finishing(&first[0], &ok)));
     assert_eq!(again.kept, [true]);
-    let told = |r: &Recorded| -> Vec<(i64, i64)> {
-        r.claims[0].iter().map(|c| (c.job_id, c.token)).collect()
-    };
     assert_eq!(told(&again).len(), 1);
     assert_eq!(held(&mut c), told(&again));
-    let attempt = |c: &mut Client, job: i64| -> (String, i64, i64) {
-        c.query_one(
-            "SELECT outcome, charged, (SELECT charged FROM jobs WHERE id = $1)
-             FROM attempts WHERE job_id = $1 AND number = 1",
-            &[&job],
-        )
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .unwrap()
-    };
-    assert_eq!(attempt(&mut c, 2), ("interrupted".to_string(), 0, 0));
+    let interrupted = ("interrupted".to_string(), 0, 0);
+    assert_eq!(first_attempt(&mut c, 2), interrupted);
 
     // The same when the answer lost is a COMMIT's: a finish and a claim in one transaction.
     let second = &again.claims[0][0];
     cutter.armed.store(true, SeqCst);
-    let finishes = vec![FinishParams {
-        claim: second,
-        finish: &ok,
-        next: Next::Done,
-    }];
-    assert!(is_disconnect(&claim_one(&s, rid, finishes).unwrap_err()));
+    let err = claim_one(&s, rid, finishing(second, &ok)).unwrap_err();
+    assert!(is_disconnect(&err), "{err:#}");
     let third = held(&mut c);
     assert_eq!(third.len(), 1, "the claim committed: {third:?}");
     // The runner never heard of that commit: it sends the same finish again with its next
     // claim. Recorded once already, the finish is kept (the runner counts it once) and not
     // written again.
-    let last = until_connected(|| {
-        let finishes = vec![FinishParams {
-            claim: second,
-            finish: &ok,
-            next: Next::Done,
-        }];
-        claim_one(&s, rid, finishes)
-    });
+    let last = until_connected(|| claim_one(&s, rid, finishing(second, &ok)));
     assert_eq!(last.kept, [true], "the same finish, sent again, is kept");
-    let recorded: (String, i64, i64) = c
-        .query_one(
-            "SELECT a.outcome, a.charged, j.charged FROM attempts a JOIN jobs j ON j.id = a.job_id
-             WHERE a.id = $1",
-            &[&second.attempt_id],
-        )
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .unwrap();
     assert_eq!(
-        recorded,
+        ended(&mut c, "a.id = $1", second.attempt_id),
         ("ok".to_string(), 1, 1),
         "charged once, not twice (its first attempt was handed back uncharged)"
     );
     assert_eq!(held(&mut c), told(&last));
-    assert_eq!(
-        attempt(&mut c, third[0].0),
-        ("interrupted".to_string(), 0, 0)
-    );
+    assert_eq!(first_attempt(&mut c, third[0].0), interrupted);
     let done: i64 = c
         .query_one("SELECT COUNT(*) FROM jobs WHERE state = 'done'", &[])
         .unwrap()
         .get(0);
     assert_eq!(done, 2, "both finishes were recorded");
+}
+
+/// A store whose connection goes through a [`Cutter`] to the test server.
+fn behind_a_cutter(t: &Target) -> (Cutter, store::PgStore) {
+    let host = match t.config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = t.config.get_ports().first().copied().unwrap_or(5432);
+    let cutter = Cutter::start((host, port));
+    let proxied = via_port(t, cutter.port);
+    let s = store::PgStore::new(proxied.clone(), proxied.connect().unwrap());
+    (cutter, s)
+}
+
+/// One finish, done, for a claim.
+fn finishing<'a>(claim: &'a crate::domain::Claim, finish: &'a Finish) -> Vec<FinishParams<'a>> {
+    vec![FinishParams {
+        claim,
+        finish,
+        next: Next::Done,
+    }]
+}
+
+/// Running jobs and their lease tokens, as the server has them.
+fn held(c: &mut Client) -> Vec<(i64, i64)> {
+    c.query(
+        "SELECT id, lease_token FROM jobs WHERE state = 'running' ORDER BY id",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// The jobs and tokens a runner was told it claimed.
+fn told(r: &Recorded) -> Vec<(i64, i64)> {
+    r.claims[0].iter().map(|c| (c.job_id, c.token)).collect()
+}
+
+/// An attempt's outcome and charge, and its job's charge; the attempt chosen by `cond` on `id`.
+fn ended(c: &mut Client, cond: &str, id: i64) -> (String, i64, i64) {
+    c.query_one(
+        &format!(
+            "SELECT a.outcome, a.charged, j.charged FROM attempts a JOIN jobs j ON j.id = a.job_id
+             WHERE {cond}"
+        ),
+        &[&id],
+    )
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .unwrap()
+}
+
+fn first_attempt(c: &mut Client, job: i64) -> (String, i64, i64) {
+    ended(c, "a.job_id = $1 AND a.number = 1", job)
 }
 
 /// Retries `f` while the connection is being reopened (the session pauses between tries).
